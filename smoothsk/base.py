@@ -1,0 +1,351 @@
+"""The shared base of every smoothsk estimator.
+
+:class:`SmoothedClassifier` is a skorch ``NeuralNetClassifier`` that owns what all
+randomized-smoothing methods share: the noise level σ, the certification
+parameters, label encoding, the smoothed ``predict`` / ``predict_proba``,
+``certify`` and ``predict_or_abstain``, seeding, and scikit-learn tags.  A
+training method subclasses it and supplies one thing, :meth:`training_loss`,
+which calls a pure loss function of its own module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import numpy as np
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import (
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
+from skorch import NeuralNetClassifier
+from skorch.dataset import unpack_data
+from skorch.utils import to_tensor
+
+from smoothsk import certification
+from smoothsk.certification import Certificate, _predict_from_counts
+from smoothsk.models import MLP
+
+__all__ = ["SmoothedClassifier"]
+
+
+@contextlib.contextmanager
+def _seeded_torch(random_state, device):
+    """Seed torch's global generators inside the block and restore them after.
+
+    Training uses the global generator (weight init, DataLoader shuffling, training
+    noise); forking keeps a seeded ``fit`` from changing the caller's random stream.
+    """
+    if random_state is None:
+        yield
+        return
+    if isinstance(random_state, numbers.Integral):
+        seed = int(random_state)
+    else:
+        seed = int(random_state.randint(np.iinfo(np.int32).max))
+    devices = []
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        devices = [torch.device(device).index or 0]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class SmoothedClassifier(NeuralNetClassifier):
+    """Base class of the smoothed classifiers ``g(x) = argmax_c P(f(x + δ) = c)``.
+
+    Not used directly: subclasses implement :meth:`training_loss`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance, or None
+        Base network ``f`` returning logits.  ``None`` uses :class:`smoothsk.models.MLP`
+        with ``in_features`` and ``num_classes`` taken from the training data
+        (``module__hidden_units`` sets its widths).
+    sigma : float, default=0.25
+        Noise level σ of ``δ ~ N(0, σ² I)`` used in training and certification.
+    n0, n : int, default=100, 100_000
+        CERTIFY's selection and estimation draws (Cohen et al. 2019).
+    alpha : float, default=0.001
+        Failure probability of CERTIFY and PREDICT.  No training parameter uses this name.
+    n_predict : int, default=1000
+        Draws per input behind ``predict``, ``predict_proba`` and ``predict_or_abstain``.
+    certify_batch_size : int, default=1000
+        Noisy inputs per forward pass in certification and prediction.
+    random_state : int, RandomState or None, default=None
+        Seeds training (weight initialisation, shuffling, noise) and the noise of
+        certification and prediction; an int makes ``fit`` and every prediction
+        reproducible.
+    criterion, optimizer, lr, max_epochs, batch_size, train_split, verbose, **kwargs
+        As in skorch's ``NeuralNetClassifier``.  Defaults differ in three places:
+        ``criterion=CrossEntropyLoss`` (networks return logits), ``train_split=None``
+        (``fit`` trains on all the data it is given, as scikit-learn estimators do)
+        and ``iterator_train__shuffle=True``.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Labels seen in ``fit``; predictions are drawn from them.
+    n_features_in_ : int
+        ``X.shape[1]`` in ``fit``, as scikit-learn defines it (channels for images).
+    input_shape_ : tuple
+        Shape of one input as seen in ``fit``.
+    """
+
+    def __init__(
+        self,
+        module=None,
+        *,
+        sigma: float = 0.25,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        n_predict: int = 1000,
+        certify_batch_size: int = 1000,
+        random_state=None,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.SGD,
+        lr: float = 0.01,
+        max_epochs: int = 10,
+        batch_size: int = 128,
+        train_split=None,
+        verbose: int = 0,
+        **kwargs,
+    ):
+        kwargs.setdefault("iterator_train__shuffle", True)
+        super().__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            verbose=verbose,
+            **kwargs,
+        )
+        self.sigma = sigma
+        self.n0 = n0
+        self.n = n
+        self.alpha = alpha
+        self.n_predict = n_predict
+        self.certify_batch_size = certify_batch_size
+        self.random_state = random_state
+
+    def _get_param_names(self):
+        # skorch lists private bookkeeping (``_params_to_validate``) as a parameter;
+        # it is rebuilt by ``__init__``, so clone and set_params need not see it.
+        return [name for name in super()._get_param_names() if not name.startswith("_")]
+
+    # ------------------------------------------------------------------ training
+    def training_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of one training batch (``X`` and encoded ``y`` on the device)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss.")
+
+    @property
+    def epoch_index_(self) -> int:
+        """Zero-based index of the current training epoch (for warm-up schedules)."""
+        return max(len(self.history) - 1, 0)
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        loss = self.training_loss(to_tensor(Xi, self.device), to_tensor(yi, self.device))
+        loss.backward()
+        return {"loss": loss, "y_pred": None}
+
+    def _check_smoothing_params(self):
+        certification._check_sigma(self.sigma)
+        certification._check_alpha(self.alpha)
+        for name in ("n0", "n", "n_predict", "certify_batch_size"):
+            certification._check_positive_int(getattr(self, name), name)
+
+    def _validate_X(self, X, *, reset: bool):
+        """Arrays and tensors become float32 arrays of a fixed per-sample shape."""
+        if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
+            if reset:
+                first = X[0][0] if isinstance(X[0], (tuple, list)) else X[0]
+                self.input_shape_ = tuple(torch.as_tensor(first).shape)
+            return X
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        X = validate_data(self, X, reset=reset, allow_nd=True, dtype=np.float32)
+        if reset:
+            self.input_shape_ = tuple(X.shape[1:])
+        elif tuple(X.shape[1:]) != self.input_shape_:
+            raise ValueError(
+                f"X has per-sample shape {tuple(X.shape[1:])}, but {type(self).__name__} "
+                f"was fitted on inputs of shape {self.input_shape_}."
+            )
+        return X
+
+    def _prepare_fit_data(self, X, y, fit_params, *, reset: bool, classes=None):
+        """Validate ``X``, encode ``y`` against ``classes_`` (learned when ``reset``)."""
+        if fit_params:
+            raise TypeError(
+                f"{type(self).__name__}.fit does not accept {sorted(fit_params)}; "
+                "sample_weight and other fit parameters are not supported."
+            )
+        self._check_smoothing_params()
+        X = self._validate_X(X, reset=reset)
+        if not isinstance(X, np.ndarray):  # a torch Dataset of (x, class index) pairs
+            if reset:
+                if self.classes is None or not len(self.classes):
+                    raise ValueError("Pass classes=[...] when fitting on a torch Dataset.")
+                self.classes_fitted_ = np.asarray(self.classes)
+            return X, None
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        y = column_or_1d(y, warn=True)
+        check_consistent_length(X, y)
+        check_classification_targets(y)
+        if reset:
+            labels = y if classes is None else np.asarray(classes)
+            self.classes_fitted_ = np.unique(labels)
+            if len(self.classes_fitted_) < 2:
+                raise ValueError(
+                    "The training data has one class; a classifier needs at least 2 "
+                    f"classes. Got classes {self.classes_fitted_.tolist()}."
+                )
+        unknown = np.setdiff1d(y, self.classes_fitted_)
+        if len(unknown):
+            raise ValueError(f"y contains labels not seen in fit: {unknown.tolist()}.")
+        return X, np.searchsorted(self.classes_fitted_, y).astype(np.int64)
+
+    def fit(self, X, y=None, **fit_params):
+        """Learn ``classes_`` and train the base network with :meth:`training_loss`.
+
+        ``X`` is an array or tensor of shape ``(N, ...)`` with ``y`` of any labels,
+        or a torch ``Dataset`` of ``(x, class_index)`` pairs with ``y=None`` and the
+        ``classes`` parameter giving the labels.  With ``warm_start=True`` a fitted
+        estimator continues training.
+        """
+        warm = self.warm_start and self.initialized_ and hasattr(self, "classes_fitted_")
+        X, y = self._prepare_fit_data(X, y, fit_params, reset=not warm)
+        with _seeded_torch(self.random_state, self.device):
+            if not warm:
+                self.initialize()
+            return NeuralNetClassifier.partial_fit(self, X, y)
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """Train for ``max_epochs`` more epochs without re-initialising the network.
+
+        The first call learns ``classes_`` from ``classes`` (or ``y``).  Later calls
+        are not re-seeded, so that they see fresh shuffles and noise.
+        """
+        first = not (self.initialized_ and hasattr(self, "classes_fitted_"))
+        X, y = self._prepare_fit_data(X, y, fit_params, reset=first, classes=classes)
+        if first:
+            self.initialize()
+        return NeuralNetClassifier.partial_fit(self, X, y)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        try:
+            return self.classes_fitted_
+        except AttributeError as exc:
+            raise AttributeError(f"{type(self).__name__} has no classes_ before fit.") from exc
+
+    def initialize_module(self):
+        if self.module is not None:
+            return super().initialize_module()
+        if not hasattr(self, "input_shape_"):
+            raise NotFittedError("The default network is built in fit, from the data's shape.")
+        in_features = int(np.prod(self.input_shape_))
+        kwargs = {"in_features": in_features, "num_classes": len(self.classes_)}
+        kwargs.update(self.get_params_for("module"))
+        self.module_ = MLP(**kwargs)
+        return self
+
+    # ------------------------------------------------------------------ smoothed inference
+    def _check_fitted_X(self, X):
+        check_is_fitted(self, ["module_", "classes_fitted_"])
+        return self._validate_X(X, reset=False)
+
+    def _smoothed_counts(self, X) -> np.ndarray:
+        X = self._check_fitted_X(X)
+        counts = certification.class_counts(
+            self.module_, X, self.sigma, self.n_predict,
+            batch_size=self.certify_batch_size, random_state=self.random_state,
+        )
+        self._check_n_classes(counts.shape[1])
+        return counts
+
+    def _check_n_classes(self, n_outputs: int):
+        if n_outputs != len(self.classes_):
+            raise ValueError(
+                f"The network returns {n_outputs} logits but fit saw {len(self.classes_)} "
+                "classes; set the network's number of outputs (e.g. module__num_classes)."
+            )
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Monte Carlo estimate of ``P(f(x + δ) = c)`` from ``n_predict`` draws per input.
+
+        Columns follow ``classes_``; rows sum to 1.
+        """
+        return self._smoothed_counts(X) / self.n_predict
+
+    def predict(self, X) -> np.ndarray:
+        """The smoothed classifier's vote ``argmax_c P(f(x + δ) = c)``, as labels.
+
+        Never abstains; :meth:`predict_or_abstain` adds Cohen's significance test.
+        """
+        votes = self._smoothed_counts(X).argmax(axis=1)
+        return self.classes_[votes]
+
+    def predict_or_abstain(self, X, *, abstain_label=-1) -> np.ndarray:
+        """Cohen et al.'s PREDICT with ``n_predict`` draws and failure probability ``alpha``.
+
+        Returns labels from ``classes_`` with ``abstain_label`` where the two-sided
+        binomial test between the top two classes is not significant at ``alpha``.
+        The returned label differs from ``g(x)`` with probability at most ``alpha``.
+        """
+        index = _predict_from_counts(self._smoothed_counts(X), self.alpha)
+        if abstain_label in set(self.classes_.tolist()):
+            raise ValueError(
+                f"abstain_label={abstain_label!r} is one of the classes; pass another marker."
+            )
+        marker = np.asarray(abstain_label)
+        numeric = self.classes_.dtype.kind in "biuf" and marker.dtype.kind in "biuf"
+        dtype = np.result_type(self.classes_.dtype, marker.dtype) if numeric else object
+        out = np.full(len(index), abstain_label, dtype=dtype)
+        keep = index != certification.ABSTAIN
+        out[keep] = self.classes_[index[keep]]
+        return out
+
+    def certify(
+        self, X, *, n0=None, n=None, alpha=None, batch_size=None, random_state=None,
+        index_offset: int = 0,
+    ) -> Certificate:
+        """Cohen et al.'s CERTIFY on every input (see :func:`smoothsk.certify`).
+
+        Defaults come from the estimator's ``n0``, ``n``, ``alpha``,
+        ``certify_batch_size`` and ``random_state``.  The result's ``labels()``
+        maps class indices to ``classes_``; ``is_correct(y)`` compares with labels.
+        """
+        X = self._check_fitted_X(X)
+        result = certification.certify(
+            self.module_, X, self.sigma,
+            n0=self.n0 if n0 is None else n0,
+            n=self.n if n is None else n,
+            alpha=self.alpha if alpha is None else alpha,
+            batch_size=self.certify_batch_size if batch_size is None else batch_size,
+            random_state=self.random_state if random_state is None else random_state,
+            index_offset=index_offset,
+        )
+        self._check_n_classes(result.counts.shape[1])
+        result.classes = self.classes_
+        return result
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = self.random_state is None
+        return tags

@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class LinearBinary(torch.nn.Module):
+    """``sign(w·x + b)`` as a two-logit network: logits ``(−s, s)`` with ``s = w·x + b``.
+
+    Its smoothed classifier is known in closed form: ``p_A = Φ(|w·x + b| / (σ‖w‖))``,
+    and the true robust radius of ``g`` at ``x`` is ``|w·x + b| / ‖w‖``.
+    """
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float32))
+        self.b = torch.nn.Parameter(torch.as_tensor(float(b)))
+
+    def forward(self, x):
+        s = x.flatten(1) @ self.w + self.b
+        return torch.stack([-s, s], dim=1)
+
+    def _score(self, X):
+        w = self.w.detach().numpy().astype(np.float64)
+        flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+        return flat @ w + float(self.b.detach()), np.linalg.norm(w)
+
+    def true_radius(self, X):
+        score, norm = self._score(X)
+        return np.abs(score) / norm
+
+    def true_class(self, X):
+        return (self._score(X)[0] > 0).astype(int)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16.0).astype(np.float32), y

@@ -1,0 +1,249 @@
+import numpy as np
+import pytest
+import torch
+from conftest import LinearBinary
+from scipy.stats import binom, binomtest, norm
+
+from smoothsk import (
+    ABSTAIN,
+    certify,
+    class_counts,
+    lower_confidence_bound,
+    predict,
+    upper_confidence_bound,
+)
+
+# ----------------------------------------------------------------------------- bounds
+
+
+def test_lower_bound_all_successes_closed_form():
+    # P(Bin(n, p) = n) = p^n = alpha  ->  p_lower = alpha ** (1 / n)
+    n = np.array([1, 10, 100, 100_000])
+    np.testing.assert_allclose(lower_confidence_bound(n, n, 0.001), 0.001 ** (1 / n), rtol=1e-10)
+
+
+def test_upper_bound_no_successes_closed_form():
+    # P(Bin(n, p) = 0) = (1 - p)^n = alpha  ->  p_upper = 1 - alpha ** (1 / n)
+    n = np.array([1, 10, 1000])
+    np.testing.assert_allclose(upper_confidence_bound(0, n, 0.01), 1 - 0.01 ** (1 / n), rtol=1e-10)
+
+
+def test_bounds_at_extremes():
+    assert lower_confidence_bound(0, 50, 0.05) == 0.0
+    assert upper_confidence_bound(50, 50, 0.05) == 1.0
+
+
+def test_lower_bound_matches_scipy_exact_interval():
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 5000, size=40)
+    k = rng.integers(0, n + 1)
+    alpha = 0.01
+    bounds = lower_confidence_bound(k, n, alpha)  # vectorised
+    for ki, ni, lo in zip(k, n, bounds):
+        # one-sided (1 - alpha) bound = lower end of the two-sided (1 - 2 alpha) exact interval
+        ref = binomtest(int(ki), int(ni)).proportion_ci(1 - 2 * alpha, method="exact").low
+        assert lo == pytest.approx(ref, abs=1e-12)
+    uppers = upper_confidence_bound(k, n, alpha)
+    for ki, ni, hi in zip(k, n, uppers):
+        ref = binomtest(int(ki), int(ni)).proportion_ci(1 - 2 * alpha, method="exact").high
+        assert hi == pytest.approx(ref, abs=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 2, "0.1"])
+def test_bound_rejects_bad_alpha(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        lower_confidence_bound(1, 2, alpha)
+
+
+def test_bound_rejects_bad_counts():
+    with pytest.raises(ValueError, match="trials"):
+        lower_confidence_bound(3, 2, 0.1)
+
+
+# ----------------------------------------------------------------------------- soundness
+
+
+def _points_at_radii(model, radii, rng):
+    """Points whose distance to the hyperplane is exactly ``radii`` (random side, position)."""
+    w = model.w.detach().numpy().astype(np.float64)
+    b = float(model.b.detach())
+    d = len(w)
+    u = w / np.linalg.norm(w)
+    base = rng.normal(size=(len(radii), d))
+    base -= np.outer(base @ u + b / np.linalg.norm(w), u)  # project onto the hyperplane
+    side = rng.choice([-1.0, 1.0], size=len(radii))
+    return (base + (side * radii)[:, None] * u).astype(np.float32)
+
+
+@pytest.mark.parametrize("dim,sigma", [(2, 0.25), (20, 0.5), (5, 1.0)])
+def test_certified_radius_exceeds_true_radius_at_most_alpha_rate(dim, sigma):
+    rng = np.random.default_rng(dim)
+    model = LinearBinary(rng.normal(size=dim), rng.normal())
+    trials, alpha, n = 1500, 0.05, 400
+    # true p_A between 0.55 and 0.98: the region where a wrong bound would show up
+    radii = sigma * norm.ppf(rng.uniform(0.55, 0.98, size=trials))
+    X = _points_at_radii(model, radii, rng)
+    np.testing.assert_allclose(model.true_radius(X), radii, rtol=1e-4, atol=1e-5)
+    cert = certify(model, X, sigma, n0=50, n=n, alpha=alpha, batch_size=4096, random_state=1)
+    certified = cert.prediction != ABSTAIN
+    wrong = certified & ((cert.prediction != model.true_class(X)) | (cert.radius > radii))
+    # Each trial fails independently with probability <= alpha (Cohen et al., Thm 1 and the
+    # Clopper-Pearson guarantee), so failures <= Bin(trials, alpha); a correct implementation
+    # exceeds its 1 - 1e-4 quantile with probability < 1e-4.
+    assert wrong.sum() <= binom.ppf(1 - 1e-4, trials, alpha)
+    assert certified.mean() > 0.5  # and it is not vacuous
+
+
+def test_certified_radius_is_close_to_true_radius_for_large_n():
+    rng = np.random.default_rng(3)
+    sigma = 0.5
+    model = LinearBinary(rng.normal(size=10), 0.3)
+    radii = sigma * np.linspace(0.5, 2.0, 12)  # p_A from 0.69 to 0.98
+    X = _points_at_radii(model, radii, rng)
+    cert = certify(model, X, sigma, n=100_000, alpha=0.001, batch_size=20_000, random_state=0)
+    assert np.all(cert.prediction == model.true_class(X))
+    ratio = cert.radius / radii
+    # With n = 1e5 the Clopper-Pearson slack is about 3.1 sqrt(p(1-p)/n) <= 0.005 in p_A,
+    # i.e. a few percent of the radius here; the certificate must be that tight.
+    assert np.all(ratio <= 1.0)
+    assert np.all(ratio > 0.9) and ratio.mean() > 0.95
+
+
+# ----------------------------------------------------------------------------- reproducibility
+
+
+@pytest.fixture
+def small_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+
+
+@pytest.fixture
+def small_X():
+    return np.random.default_rng(0).uniform(size=(23, 3, 2, 2)).astype(np.float32)
+
+
+def test_certificates_do_not_depend_on_batch_size_or_chunking(small_net, small_X):
+    kw = dict(n0=37, n=2500, alpha=0.01, random_state=7)
+    ref = certify(small_net, small_X, 0.5, batch_size=1000, **kw)
+    for batch_size in (1, 64, 999, 4096):
+        other = certify(small_net, small_X, 0.5, batch_size=batch_size, **kw)
+        np.testing.assert_array_equal(other.counts, ref.counts)
+        np.testing.assert_array_equal(other.selection_counts, ref.selection_counts)
+        np.testing.assert_array_equal(other.radius, ref.radius)
+    parts = [certify(small_net, small_X[s:s + 5], 0.5, index_offset=s, batch_size=300, **kw)
+             for s in range(0, len(small_X), 5)]
+    np.testing.assert_array_equal(np.concatenate([p.counts for p in parts]), ref.counts)
+    np.testing.assert_array_equal(np.concatenate([p.prediction for p in parts]), ref.prediction)
+
+
+def test_datasets_and_loaders_give_the_same_certificates(small_net, small_X):
+    kw = dict(n0=20, n=300, random_state=3, batch_size=128)
+    ref = certify(small_net, small_X, 0.25, **kw)
+    labels = torch.zeros(len(small_X), dtype=torch.long)
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(small_X), labels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=6)
+    for X in (torch.from_numpy(small_X), dataset, loader):
+        np.testing.assert_array_equal(certify(small_net, X, 0.25, **kw).counts, ref.counts)
+
+
+def test_different_seeds_give_different_counts(small_net, small_X):
+    a = class_counts(small_net, small_X, 0.5, 500, random_state=0)
+    b = class_counts(small_net, small_X, 0.5, 500, random_state=1)
+    assert not np.array_equal(a, b)
+    assert np.all(a.sum(axis=1) == 500)
+
+
+def test_certify_selection_and_estimation_use_fresh_noise(small_net, small_X):
+    cert = certify(small_net, small_X, 1.0, n0=500, n=500, random_state=0)
+    assert not np.array_equal(cert.selection_counts, cert.counts)
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+        self.largest_batch = 0
+        self.modes = set()
+
+    def forward(self, x):
+        self.largest_batch = max(self.largest_batch, len(x))
+        self.modes.add((self.training, torch.is_inference_mode_enabled()))
+        return self.lin(x)
+
+
+def test_memory_is_bounded_by_batch_size_and_mode_is_restored():
+    net = _Recorder().train()
+    X = np.zeros((3, 4), dtype=np.float32)
+    certify(net, X, 0.5, n0=10, n=50_000, batch_size=333, random_state=0)
+    assert net.largest_batch == 333  # never num copies at once
+    assert net.modes == {(False, True)}  # eval mode, inference mode
+    assert net.training  # restored
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_certify_with_gpu_module_if_available(small_net, small_X):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine (the CPU path is tested everywhere else)")
+    cert = certify(small_net.cuda(), small_X, 0.5, n0=10, n=100, random_state=0)
+    assert cert.counts.sum(axis=1).tolist() == [100] * len(small_X)
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def test_predict_abstains_on_the_boundary_and_answers_far_from_it():
+    model = LinearBinary([1.0, 0.0], 0.0)
+    far = np.array([[3.0, 0.0], [-3.0, 1.0]], dtype=np.float32)
+    on_boundary = np.zeros((40, 2), dtype=np.float32)
+    assert predict(model, far, 0.5, n=1000, alpha=0.001, random_state=0).tolist() == [1, 0]
+    # at p_A = 1/2 a non-abstaining answer is an error of PREDICT: rate <= alpha = 0.05,
+    # so at most Bin(40, 0.05).ppf(1 - 1e-4) = 8 of 40 answer.
+    answers = predict(model, on_boundary, 0.5, n=1000, alpha=0.05, random_state=0)
+    assert (answers != ABSTAIN).sum() <= binom.ppf(1 - 1e-4, 40, 0.05)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(sigma=0.0), "sigma"),
+        (dict(sigma=-1.0), "sigma"),
+        (dict(sigma=float("nan")), "sigma"),
+        (dict(alpha=0.0), "alpha"),
+        (dict(alpha=1.5), "alpha"),
+        (dict(n0=0), "n0"),
+        (dict(n=0), "n"),
+        (dict(n=2.5), "n"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(index_offset=-1), "index_offset"),
+    ],
+)
+def test_certify_rejects_bad_parameters(small_net, small_X, kwargs, match):
+    params = dict(sigma=0.5, n0=5, n=10)
+    params.update(kwargs)
+    sigma = params.pop("sigma")
+    with pytest.raises(ValueError, match=match):
+        certify(small_net, small_X, sigma, **params)
+
+
+def test_certify_rejects_bad_inputs(small_net, small_X):
+    bad = small_X.copy()
+    bad[3, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        certify(small_net, bad, 0.5, n0=5, n=10)
+    with pytest.raises(ValueError, match="empty"):
+        certify(small_net, small_X[:0], 0.5, n0=5, n=10)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        certify(small_net, small_X[0, 0, 0], 0.5, n0=5, n=10)
+
+
+def test_certify_rejects_networks_without_batch_by_class_logits(small_X):
+    class Scalar(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1).sum(1)
+
+    with pytest.raises(ValueError, match="shape \\(batch, n_classes\\)"):
+        certify(Scalar(), small_X, 0.5, n0=5, n=10)
