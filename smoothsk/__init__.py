@@ -1,5 +1,6 @@
 """smoothsk: certified robustness by randomized smoothing as a scikit-learn workflow."""
 
+from smoothsk.attacks import SmoothedAttackResult, smoothed_attack_objective, smoothed_pgd_attack
 from smoothsk.base import SmoothedClassifier
 from smoothsk.certification import (
     ABSTAIN,
@@ -11,6 +12,13 @@ from smoothsk.certification import (
     upper_confidence_bound,
 )
 from smoothsk.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
+from smoothsk.metrics import average_certified_radius, certified_accuracy
+from smoothsk.smoothmix import (
+    SmoothMixClassifier,
+    mixup_towards_uniform,
+    smoothmix_loss,
+    warmup_factor,
+)
 
 __version__ = "0.1.0"
 
@@ -18,7 +26,16 @@ __all__ = [
     "ABSTAIN",
     "Certificate",
     "GaussianAugClassifier",
+    "SmoothMixClassifier",
+    "SmoothedAttackResult",
     "SmoothedClassifier",
+    "average_certified_radius",
+    "certified_accuracy",
+    "mixup_towards_uniform",
+    "smoothed_attack_objective",
+    "smoothed_pgd_attack",
+    "smoothmix_loss",
+    "warmup_factor",
     "certify",
     "class_counts",
     "gaussian_augmentation_loss",
