@@ -107,8 +107,10 @@ def smoothmix_loss(
     loss = cross_entropy + eta * warmup * mixup
     if not return_parts:
         return loss
-    parts = dict(cross_entropy=cross_entropy, mixup=mixup, clean=clean, adversarial=attack.adversarial,
-                 soft_target=soft_target, mixed_x=mixed_x, mixed_y=mixed_y, correct=correct, lam=lam)
+    parts = dict(
+        cross_entropy=cross_entropy, mixup=mixup, clean=clean, adversarial=attack.adversarial,
+        soft_target=soft_target, mixed_x=mixed_x, mixed_y=mixed_y, correct=correct, lam=lam,
+    )
     return loss, parts
 
 
