@@ -11,6 +11,7 @@ from smoothsk.certification import (
     predict,
     upper_confidence_bound,
 )
+from smoothsk.crt import CRTStudent, crt_loss
 from smoothsk.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
 from smoothsk.metrics import average_certified_radius, certified_accuracy
 from smoothsk.smoothmix import (
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABSTAIN",
+    "CRTStudent",
     "Certificate",
     "GaussianAugClassifier",
     "SmoothMixClassifier",
@@ -38,6 +40,7 @@ __all__ = [
     "warmup_factor",
     "certify",
     "class_counts",
+    "crt_loss",
     "gaussian_augmentation_loss",
     "lower_confidence_bound",
     "predict",

@@ -148,6 +148,11 @@ class SmoothedClassifier(NeuralNetClassifier):
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss.")
 
     @property
+    def noise_level_(self) -> float:
+        """The σ in use: ``sigma`` here; subclasses may resolve it in ``fit``."""
+        return self.sigma
+
+    @property
     def epoch_index_(self) -> int:
         """Zero-based index of the current training epoch (for warm-up schedules)."""
         return max(len(self.history) - 1, 0)
@@ -195,9 +200,10 @@ class SmoothedClassifier(NeuralNetClassifier):
         X = self._validate_X(X, reset=reset)
         if not isinstance(X, np.ndarray):  # a torch Dataset of (x, class index) pairs
             if reset:
-                if self.classes is None or not len(self.classes):
+                classes = self._classes_for_fit() if classes is None else classes
+                if classes is None:
                     raise ValueError("Pass classes=[...] when fitting on a torch Dataset.")
-                self.classes_fitted_ = np.asarray(self.classes)
+                self.classes_fitted_ = np.asarray(classes)
             return X, None
         if y is None:
             raise ValueError(
@@ -207,6 +213,7 @@ class SmoothedClassifier(NeuralNetClassifier):
         check_consistent_length(X, y)
         check_classification_targets(y)
         if reset:
+            classes = self._classes_for_fit() if classes is None else classes
             labels = y if classes is None else np.asarray(classes)
             self.classes_fitted_ = np.unique(labels)
             if len(self.classes_fitted_) < 2:
@@ -218,6 +225,10 @@ class SmoothedClassifier(NeuralNetClassifier):
         if len(unknown):
             raise ValueError(f"y contains labels not seen in fit: {unknown.tolist()}.")
         return X, np.searchsorted(self.classes_fitted_, y).astype(np.int64)
+
+    def _classes_for_fit(self):
+        """Labels to learn in ``fit``: the ``classes`` parameter, or None to take ``y``'s."""
+        return None if self.classes is None or not len(self.classes) else self.classes
 
     def fit(self, X, y=None, **fit_params):
         """Learn ``classes_`` and train the base network with :meth:`training_loss`.
@@ -272,7 +283,7 @@ class SmoothedClassifier(NeuralNetClassifier):
     def _smoothed_counts(self, X) -> np.ndarray:
         X = self._check_fitted_X(X)
         counts = certification.class_counts(
-            self.module_, X, self.sigma, self.n_predict,
+            self.module_, X, self.noise_level_, self.n_predict,
             batch_size=self.certify_batch_size, random_state=self.random_state,
         )
         self._check_n_classes(counts.shape[1])
@@ -332,7 +343,7 @@ class SmoothedClassifier(NeuralNetClassifier):
         """
         X = self._check_fitted_X(X)
         result = certification.certify(
-            self.module_, X, self.sigma,
+            self.module_, X, self.noise_level_,
             n0=self.n0 if n0 is None else n0,
             n=self.n if n is None else n,
             alpha=self.alpha if alpha is None else alpha,

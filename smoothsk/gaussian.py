@@ -34,4 +34,4 @@ class GaussianAugClassifier(SmoothedClassifier):
     """
 
     def training_loss(self, X, y):
-        return gaussian_augmentation_loss(self.module_, X, y, self.sigma)
+        return gaussian_augmentation_loss(self.module_, X, y, self.noise_level_)

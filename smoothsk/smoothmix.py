@@ -198,7 +198,7 @@ class SmoothMixClassifier(SmoothedClassifier):
 
     def training_loss(self, X, y):
         return smoothmix_loss(
-            self.module_, X, y, self.sigma,
+            self.module_, X, y, self.noise_level_,
             num_noise=self.num_noise, num_steps=self.num_steps, step_size=self.step_size,
             eta=self.eta, mix_step=self.mix_step, mix_radius=self.mix_radius,
             attack_radius=self.attack_radius, clip_range=self.clip_range,

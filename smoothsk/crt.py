@@ -1,0 +1,245 @@
+"""Certified Robustness Transfer (Vaishnavi, Eykholt & Rahmati, NeurIPS 2022).
+
+"Transferring Adversarial Robustness Through Robust Representation Matching" for
+randomized smoothing: a student base network learns to reproduce a robust
+teacher's logits on the same Gaussian-noised inputs, at about the cost of
+Gaussian augmentation (one extra forward pass of the teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from smoothsk import certification
+from smoothsk.attacks import frozen
+from smoothsk.base import SmoothedClassifier
+
+__all__ = ["CRTStudent", "crt_loss"]
+
+
+def crt_loss(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sigma: float,
+    *,
+    transfer_weight: float = 1.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``a · mean_b ‖f_S(x_b + δ_b) − f_T(x_b + δ_b)‖₂ + (1 − a) · CE(f_S(x + δ), y)``.
+
+    One ``δ_b ~ N(0, σ² I)`` per example, shared by teacher and student; distances
+    on raw logits, per example, not squared, averaged over the batch.  The teacher
+    runs frozen, in eval mode, without gradients.
+    """
+    noisy = X + (sigma * torch.randn_like(X) if noise is None else noise)
+    with frozen(teacher), torch.no_grad():
+        teacher_logits = teacher(noisy)
+    student_logits = student(noisy)
+    loss = transfer_weight * (student_logits - teacher_logits).norm(dim=1).mean()
+    if transfer_weight != 1.0:
+        loss = loss + (1.0 - transfer_weight) * F.cross_entropy(student_logits, y)
+    return loss
+
+
+def _unwrap(teacher):
+    """The smoothsk estimator inside a FrozenEstimator, or ``teacher`` itself."""
+    inner = getattr(teacher, "estimator", None)
+    if type(teacher).__name__ == "FrozenEstimator" and isinstance(inner, SmoothedClassifier):
+        return inner
+    return teacher
+
+
+def _is_fitted_estimator(estimator) -> bool:
+    try:
+        check_is_fitted(estimator, ["module_", "classes_fitted_"])
+    except NotFittedError:
+        return False
+    return True
+
+
+class _TeacherNetwork:
+    """Holds the teacher's network outside skorch's registry of trainable modules
+    (so skorch neither optimises, moves nor re-initialises it)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+
+class CRTStudent(SmoothedClassifier):
+    """Smoothed classifier whose base network is distilled from a robust teacher.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance, or None
+        The student network (any architecture with the teacher's number of classes).
+    teacher : estimator, FrozenEstimator or torch.nn.Module
+        - a fitted smoothsk estimator (e.g. a :class:`~smoothsk.SmoothMixClassifier`),
+          used as is;
+        - ``sklearn.frozen.FrozenEstimator(fitted_estimator)``, the scikit-learn way to
+          say "never refit this" (also under ``clone``);
+        - an unfitted smoothsk estimator: ``fit`` first fits a clone of it on the same
+          data and keeps it as ``teacher_``;
+        - a trained ``torch.nn.Module`` returning logits: give ``sigma`` and ``classes``.
+    transfer_weight : float in [0, 1], default=1.0
+        ``a``; the authors use 1 (pure logit matching); 0 is Gaussian augmentation.
+    sigma : float or None, default=None
+        None takes the teacher's σ.  A different σ raises unless ``allow_sigma_mismatch``.
+    allow_sigma_mismatch : bool, default=False
+        Accept a student σ that differs from the teacher's.
+    **kwargs
+        Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
+
+    Attributes
+    ----------
+    teacher_ : estimator
+        The teacher estimator actually used (fitted here if ``teacher`` was unfitted);
+        for a torch-module teacher, a holder whose ``.module`` is that module.
+    sigma_ : float
+        The σ used for training and certification.
+
+    Notes
+    -----
+    ``clone`` (and so ``GridSearchCV`` and ``cross_val_score``) keeps a fitted teacher,
+    a ``FrozenEstimator`` or a torch module by reference instead of copying it: the
+    teacher is only read, so it is never refitted and never lost.  An unfitted teacher
+    is cloned like any other parameter and fitted in each ``fit``.
+    """
+
+    def __init__(
+        self,
+        module=None,
+        *,
+        teacher=None,
+        transfer_weight: float = 1.0,
+        sigma: float | None = None,
+        allow_sigma_mismatch: bool = False,
+        **kwargs,
+    ):
+        super().__init__(module, sigma=sigma, **kwargs)
+        self.teacher = teacher
+        self.transfer_weight = transfer_weight
+        self.allow_sigma_mismatch = allow_sigma_mismatch
+
+    def __setattr__(self, name, value):
+        if name == "teacher":  # a parameter, not one of skorch's trainable components
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __sklearn_clone__(self):
+        params = self.get_params(deep=False)
+        teacher = params.pop("teacher")
+        inner = _unwrap(teacher)
+        keep = isinstance(teacher, torch.nn.Module) or inner is not teacher or (
+            isinstance(teacher, SmoothedClassifier) and _is_fitted_estimator(teacher)
+        )
+        params = {key: clone(value, safe=False) for key, value in params.items()}
+        params["teacher"] = teacher if keep else clone(teacher, safe=False)
+        return type(self)(**params)
+
+    @property
+    def noise_level_(self) -> float:
+        return getattr(self, "sigma_", self.sigma)
+
+    def _check_smoothing_params(self):
+        if self.sigma is not None:
+            certification._check_sigma(self.sigma)
+        certification._check_alpha(self.alpha)
+        for name in ("n0", "n", "n_predict", "certify_batch_size"):
+            certification._check_positive_int(getattr(self, name), name)
+        if not 0.0 <= self.transfer_weight <= 1.0:
+            raise ValueError(f"transfer_weight must be in [0, 1]; got {self.transfer_weight!r}.")
+
+    def _resolve_teacher(self, X, y):
+        """Set ``teacher_``, ``teacher_network_`` and ``sigma_``; check compatibility."""
+        teacher = _unwrap(self.teacher)
+        if teacher is None:
+            raise ValueError("CRTStudent needs a teacher: a smoothsk estimator or a torch module.")
+        if isinstance(teacher, torch.nn.Module):
+            if self.sigma is None or self.classes is None or not len(self.classes):
+                raise ValueError(
+                    "A torch.nn.Module teacher needs sigma=... and classes=[...] on the student."
+                )
+            self.teacher_ = self.teacher_network_ = _TeacherNetwork(teacher)
+            teacher_sigma, teacher_classes, teacher_shape = self.sigma, np.asarray(self.classes), None
+        elif isinstance(teacher, SmoothedClassifier):
+            if not _is_fitted_estimator(teacher):
+                teacher = clone(teacher).fit(X, y)
+            self.teacher_, self.teacher_network_ = teacher, _TeacherNetwork(teacher.module_)
+            teacher_sigma, teacher_classes = teacher.noise_level_, teacher.classes_
+            teacher_shape = teacher.input_shape_
+        else:
+            raise ValueError(
+                "teacher must be a smoothsk estimator, a FrozenEstimator wrapping one, or a "
+                f"torch.nn.Module; got {type(self.teacher).__name__}."
+            )
+        sigma = teacher_sigma if self.sigma is None else float(self.sigma)
+        if sigma != teacher_sigma and not self.allow_sigma_mismatch:
+            raise ValueError(
+                f"sigma={sigma} differs from the teacher's sigma={teacher_sigma}; leave sigma=None "
+                "to use the teacher's, or set allow_sigma_mismatch=True."
+            )
+        self.sigma_ = sigma
+        return teacher_classes, teacher_shape
+
+    def fit(self, X, y=None, **fit_params):
+        """Fit (or take) the teacher, check it matches the data, then train the student."""
+        self._prepare_teacher(X, y)
+        return super().fit(X, y, **fit_params)
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        if not hasattr(self, "teacher_network_"):
+            self._prepare_teacher(X, y)
+        return super().partial_fit(X, y, classes=classes, **fit_params)
+
+    def _prepare_teacher(self, X, y):
+        X_checked = self._validate_X(X, reset=True)
+        teacher_classes, teacher_shape = self._resolve_teacher(X, y)
+        if teacher_shape is not None and tuple(teacher_shape) != self.input_shape_:
+            raise ValueError(
+                f"The teacher takes inputs of shape {tuple(teacher_shape)} but X has per-sample "
+                f"shape {self.input_shape_}."
+            )
+        labels = np.unique(np.asarray(y)) if y is not None and isinstance(X_checked, np.ndarray) \
+            else np.asarray(self.classes)
+        if not set(labels.tolist()) <= set(np.asarray(teacher_classes).tolist()):
+            raise ValueError(
+                f"The data's classes {labels.tolist()} are not among the teacher's classes "
+                f"{np.asarray(teacher_classes).tolist()}."
+            )
+        device = torch.device(self.device)
+        network = self.teacher_network_.module
+        teacher_device, teacher_dtype = certification._module_device_dtype(network)
+        if teacher_device != device:  # never move the caller's teacher in place
+            network = copy.deepcopy(network).to(device)
+            self.teacher_network_ = _TeacherNetwork(network)
+        if isinstance(X_checked, np.ndarray):
+            probe = torch.as_tensor(X_checked[:1])
+        else:
+            item = X_checked[0]
+            probe = torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)[None]
+        with frozen(network), torch.no_grad():
+            width = network(probe.to(device=device, dtype=teacher_dtype)).shape[-1]
+        if width != len(teacher_classes):
+            raise ValueError(
+                f"The teacher returns {width} logits but has {len(teacher_classes)} classes."
+            )
+        self.teacher_classes_ = np.asarray(teacher_classes)
+
+    def _classes_for_fit(self):
+        # The student predicts the teacher's classes, in the teacher's order, even when
+        # a training fold lacks one of them.
+        return self.teacher_classes_
+
+    def training_loss(self, X, y):
+        return crt_loss(self.module_, self.teacher_network_.module, X, y, self.sigma_,
+                        transfer_weight=self.transfer_weight)

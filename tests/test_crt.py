@@ -1,0 +1,160 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from smoothsk import CRTStudent, GaussianAugClassifier, SmoothMixClassifier, crt_loss
+from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
+
+FAST = dict(max_epochs=8, lr=0.05, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
+            n_predict=100, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    X, y = digits
+    return GaussianAugClassifier(sigma=0.25, **FAST).fit(X[:800], y[:800])
+
+
+def test_loss_matches_the_formula_on_a_fixed_case():
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    X, y, noise = torch.rand(5, 3), torch.tensor([0, 1, 2, 3, 0]), 0.1 * torch.randn(5, 3)
+    s, t = student(X + noise), teacher(X + noise)
+    distance = torch.sqrt(((s - t) ** 2).sum(dim=1)).mean()  # per-example l2, not squared
+    for a in (1.0, 0.3):
+        expected = a * distance + (1 - a) * F.cross_entropy(s, y)
+        got = crt_loss(student, teacher, X, y, 0.1, transfer_weight=a, noise=noise)
+        torch.testing.assert_close(got, expected)
+    # a = 0: Gaussian-augmentation cross-entropy on the same noisy input
+    got = crt_loss(student, teacher, X, y, 0.1, transfer_weight=0.0, noise=noise)
+    torch.testing.assert_close(got, F.cross_entropy(s, y))
+
+
+def test_teacher_is_frozen_and_unchanged(teacher, digits):
+    X, y = digits
+    before = [p.detach().clone() for p in teacher.module_.parameters()]
+    for p in teacher.module_.parameters():
+        p.grad = None  # the teacher's own training left gradients behind
+    teacher.module_.train()
+    student = CRTStudent(teacher=teacher, **FAST).fit(X[:400], y[:400])
+    assert teacher.module_.training  # mode restored after every step
+    for p, q in zip(before, teacher.module_.parameters()):
+        assert torch.equal(p, q) and q.grad is None  # no gradient reached the teacher
+    assert student.sigma_ == 0.25
+    assert not any(p is q for p in student.module_.parameters()
+                   for q in teacher.module_.parameters())
+
+
+def test_student_follows_teacher_and_certifies(teacher, digits):
+    X, y = digits
+    student = CRTStudent(teacher=FrozenEstimator(teacher), module__hidden_units=(64,),
+                         **dict(FAST, max_epochs=20)).fit(X[:800], y[:800])
+    agreement = (student.predict(X[800:1000]) == teacher.predict(X[800:1000])).mean()
+    assert agreement > 0.85
+    cert = student.certify(X[800:1000])
+    assert cert.is_correct(y[800:1000]).mean() > 0.7
+
+
+class _CountingGaussian(GaussianAugClassifier):
+    fits = 0
+
+    def fit(self, X, y=None, **kw):
+        type(self).fits += 1
+        return super().fit(X, y, **kw)
+
+
+def test_grid_search_never_trains_a_fitted_teacher(digits):
+    X, y = digits
+    teacher = _CountingGaussian(sigma=0.25, **FAST).fit(X[:300], y[:300])
+    _CountingGaussian.fits = 0
+    for wrapped in (teacher, FrozenEstimator(teacher)):
+        search = GridSearchCV(CRTStudent(teacher=wrapped, **dict(FAST, max_epochs=2)),
+                              {"transfer_weight": [1.0, 0.5]}, cv=2)
+        search.fit(X[:300], y[:300])
+        assert search.best_estimator_.teacher_ is teacher
+        cross_val_score(CRTStudent(teacher=wrapped, **dict(FAST, max_epochs=1)), X[:200], y[:200],
+                        cv=2)
+        assert clone(CRTStudent(teacher=wrapped)).teacher is wrapped
+    assert _CountingGaussian.fits == 0
+
+
+def test_unfitted_teacher_is_fitted_once_per_fit(digits):
+    X, y = digits
+    _CountingGaussian.fits = 0
+    teacher = _CountingGaussian(sigma=0.5, **dict(FAST, max_epochs=2))
+    student = CRTStudent(teacher=teacher, **dict(FAST, max_epochs=2)).fit(X[:200], y[:200])
+    assert _CountingGaussian.fits == 1
+    assert student.teacher_ is not teacher and student.sigma_ == 0.5
+    assert not hasattr(teacher, "module_")  # the user's object is untouched
+
+
+def test_torch_module_teacher_needs_sigma_and_classes(teacher, digits):
+    X, y = digits
+    net = teacher.module_
+    with pytest.raises(ValueError, match="sigma=... and classes"):
+        CRTStudent(teacher=net, **FAST).fit(X[:100], y[:100])
+    student = CRTStudent(teacher=net, sigma=0.25, classes=list(range(10)),
+                         **dict(FAST, max_epochs=2)).fit(X[:200], y[:200])
+    assert list(student.classes_) == list(range(10))
+
+
+def test_mismatches_are_reported_before_training(teacher, digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="differs from the teacher's sigma"):
+        CRTStudent(teacher=teacher, sigma=0.5, **FAST).fit(X[:100], y[:100])
+    ok = CRTStudent(teacher=teacher, sigma=0.5, allow_sigma_mismatch=True,
+                    **dict(FAST, max_epochs=1)).fit(X[:100], y[:100])
+    assert ok.sigma_ == 0.5
+    with pytest.raises(ValueError, match="not among the teacher's classes"):
+        CRTStudent(teacher=teacher, **FAST).fit(X[:100], y[:100] + 10)
+    with pytest.raises(ValueError, match="shape"):
+        CRTStudent(teacher=teacher, **FAST).fit(X[:100, :32], y[:100])
+    with pytest.raises(ValueError, match="needs a teacher"):
+        CRTStudent(**FAST).fit(X[:100], y[:100])
+
+
+def test_fold_missing_a_class_still_predicts_the_teachers_classes(teacher, digits):
+    X, y = digits
+    keep = y[:400] != 3
+    student = CRTStudent(teacher=teacher, **dict(FAST, max_epochs=2)).fit(X[:400][keep],
+                                                                          y[:400][keep])
+    assert list(student.classes_) == list(teacher.classes_)
+
+
+def test_chain_of_generations_and_pickle(teacher, digits):
+    X, y = digits
+    first = CRTStudent(teacher=teacher, **dict(FAST, max_epochs=4)).fit(X[:400], y[:400])
+    second = CRTStudent(teacher=first, **dict(FAST, max_epochs=4)).fit(X[:400], y[:400])
+    assert second.sigma_ == 0.25 and second.teacher_ is first
+    restored = pickle.loads(pickle.dumps(second))
+    np.testing.assert_array_equal(restored.certify(X[:20]).counts, second.certify(X[:20]).counts)
+
+
+def test_smoothmix_teacher_transfers_its_robustness(digits):
+    X, y = digits
+    teacher = SmoothMixClassifier(sigma=0.5, num_noise=2, num_steps=2, step_size=0.5, eta=2.0,
+                                  warmup=2, **dict(FAST, max_epochs=10)).fit(X[:900], y[:900])
+    student = CRTStudent(teacher=FrozenEstimator(teacher), **dict(FAST, max_epochs=20))
+    student.fit(X[:900], y[:900])
+    from smoothsk import average_certified_radius
+
+    acr_t = average_certified_radius(y[900:1100], teacher.certify(X[900:1100]))
+    acr_s = average_certified_radius(y[900:1100], student.certify(X[900:1100]))
+    # stated margin: the student keeps at least 80 % of its teacher's ACR on digits
+    assert acr_s >= 0.8 * acr_t > 0
+
+
+@parametrize_with_checks(
+    [CRTStudent(teacher=GaussianAugClassifier(**tiny_estimator_params()),
+                **tiny_estimator_params(sigma=None))],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible_with_unfitted_teacher(estimator, check):
+    check(estimator)
