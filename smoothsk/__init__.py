@@ -13,7 +13,12 @@ from smoothsk.certification import (
 )
 from smoothsk.crt import CRTStudent, crt_loss
 from smoothsk.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
-from smoothsk.metrics import average_certified_radius, certified_accuracy
+from smoothsk.metrics import (
+    average_certified_radius,
+    average_certified_radius_scorer,
+    certified_accuracy,
+    certified_accuracy_scorer,
+)
 from smoothsk.smoothmix import (
     SmoothMixClassifier,
     mixup_towards_uniform,
@@ -32,7 +37,9 @@ __all__ = [
     "SmoothedAttackResult",
     "SmoothedClassifier",
     "average_certified_radius",
+    "average_certified_radius_scorer",
     "certified_accuracy",
+    "certified_accuracy_scorer",
     "mixup_towards_uniform",
     "smoothed_attack_objective",
     "smoothed_pgd_attack",

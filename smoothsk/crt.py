@@ -170,7 +170,8 @@ class CRTStudent(SmoothedClassifier):
                     "A torch.nn.Module teacher needs sigma=... and classes=[...] on the student."
                 )
             self.teacher_ = self.teacher_network_ = _TeacherNetwork(teacher)
-            teacher_sigma, teacher_classes, teacher_shape = self.sigma, np.asarray(self.classes), None
+            teacher_sigma, teacher_classes = self.sigma, np.asarray(self.classes)
+            teacher_shape = None
         elif isinstance(teacher, SmoothedClassifier):
             if not _is_fitted_estimator(teacher):
                 teacher = clone(teacher).fit(X, y)

@@ -6,7 +6,12 @@ import numpy as np
 
 from smoothsk.certification import Certificate
 
-__all__ = ["average_certified_radius", "certified_accuracy"]
+__all__ = [
+    "average_certified_radius",
+    "average_certified_radius_scorer",
+    "certified_accuracy",
+    "certified_accuracy_scorer",
+]
 
 
 def certified_accuracy(y_true, certificate: Certificate, radius=0.0):
@@ -35,3 +40,69 @@ def average_certified_radius(y_true, certificate: Certificate) -> float:
     """ACR ``= (1/N) Σ_i R_i · 1[ĉ_i = y_i]`` (Zhai et al. 2020); abstentions give 0."""
     correct = certificate.is_correct(y_true)
     return float(np.mean(np.where(correct, certificate.radius, 0.0)))
+
+
+class _CertificationScorer:
+    """``scorer(estimator, X, y) -> float``: certify, then apply a metric (greater is better).
+
+    A ``Pipeline`` is certified by its last step on ``X`` transformed by the earlier
+    steps, so the certificate holds in the input space of the smoothed step.
+    """
+
+    def __init__(self, metric_name: str, radius: float | None, overrides: dict):
+        self.metric_name = metric_name
+        self.radius = radius
+        self.overrides = overrides
+
+    def __call__(self, estimator, X, y) -> float:
+        smoothed = estimator
+        if hasattr(estimator, "steps"):  # a Pipeline: transform through all but the last step
+            for _, step in estimator.steps[:-1]:
+                if step is not None and step != "passthrough":
+                    X = step.transform(X)
+            smoothed = estimator.steps[-1][1]
+        if not hasattr(smoothed, "certify"):
+            raise ValueError(
+                f"{type(smoothed).__name__} has no certify method; score a smoothsk estimator "
+                "or a Pipeline ending in one."
+            )
+        certificate = smoothed.certify(X, **self.overrides)
+        if self.metric_name == "acr":
+            return average_certified_radius(y, certificate)
+        return certified_accuracy(y, certificate, self.radius)
+
+    def __repr__(self) -> str:
+        args = [f"radius={self.radius}"] if self.metric_name == "ca" else []
+        args += [f"{k}={v!r}" for k, v in self.overrides.items()]
+        name = "certified_accuracy" if self.metric_name == "ca" else "average_certified_radius"
+        return f"{name}_scorer({', '.join(args)})"
+
+
+_OVERRIDABLE = {"n0", "n", "alpha", "batch_size", "random_state"}
+
+
+def _check_overrides(overrides: dict) -> dict:
+    unknown = set(overrides) - _OVERRIDABLE
+    if unknown:
+        raise ValueError(
+            f"Unknown certification overrides {sorted(unknown)}; allowed: {sorted(_OVERRIDABLE)}."
+        )
+    return overrides
+
+
+def certified_accuracy_scorer(radius: float, **certification_overrides) -> _CertificationScorer:
+    """Scorer of certified accuracy at l2 radius ``radius`` for ``GridSearchCV`` & co.
+
+    σ and the certification defaults (``n0``, ``n``, ``alpha``, ...) come from the
+    estimator unless overridden here, e.g. ``certified_accuracy_scorer(0.5, n=10_000)``.
+    """
+    radius = float(radius)
+    if not np.isfinite(radius) or radius < 0:
+        raise ValueError(f"radius must be finite and >= 0; got {radius!r}.")
+    return _CertificationScorer("ca", radius, _check_overrides(certification_overrides))
+
+
+def average_certified_radius_scorer(**certification_overrides) -> _CertificationScorer:
+    """Scorer of the average certified radius (ACR); overrides as in
+    :func:`certified_accuracy_scorer`."""
+    return _CertificationScorer("acr", None, _check_overrides(certification_overrides))

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from smoothsk import (
+    ABSTAIN,
+    Certificate,
+    GaussianAugClassifier,
+    average_certified_radius,
+    average_certified_radius_scorer,
+    certified_accuracy,
+    certified_accuracy_scorer,
+)
+
+FAST = dict(max_epochs=8, lr=0.05, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
+            n_predict=100, random_state=0)
+
+
+def _certificate(prediction, radius, classes=None):
+    prediction = np.asarray(prediction)
+    counts = np.zeros((len(prediction), 3), dtype=int)
+    return Certificate(prediction, np.asarray(radius, dtype=float), np.zeros(len(prediction)),
+                       counts, counts, 0.5, 10, 10, 0.01, classes)
+
+
+def test_metrics_on_a_hand_made_certificate():
+    cert = _certificate([0, 1, ABSTAIN, 2], [0.3, 1.0, 0.0, 0.6])
+    y = np.array([0, 1, 1, 0])  # the last one is certified but wrong
+    assert certified_accuracy(y, cert, 0.0) == 0.5
+    np.testing.assert_allclose(certified_accuracy(y, cert, [0.0, 0.3, 0.5, 1.0, 1.5]),
+                               [0.5, 0.5, 0.25, 0.25, 0.0])
+    assert average_certified_radius(y, cert) == pytest.approx((0.3 + 1.0) / 4)
+    labelled = _certificate([0, 1, ABSTAIN], [0.3, 1.0, 0.0], classes=np.array(["a", "b", "c"]))
+    assert certified_accuracy(np.array(["a", "a", "c"]), labelled) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="radius"):
+        certified_accuracy(y, cert, -1.0)
+    with pytest.raises(ValueError, match="y_true"):
+        certified_accuracy(y[:2], cert)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X, y = digits
+    return GaussianAugClassifier(sigma=0.25, **FAST).fit(X[:600], y[:600])
+
+
+def test_scorers_equal_metrics_from_certify(fitted, digits):
+    X, y = digits
+    Xs, ys = X[600:700], y[600:700]
+    cert = fitted.certify(Xs, n=500)
+    assert certified_accuracy_scorer(0.25, n=500)(fitted, Xs, ys) == certified_accuracy(ys, cert,
+                                                                                         0.25)
+    assert average_certified_radius_scorer(n=500)(fitted, Xs, ys) == average_certified_radius(
+        ys, cert)
+    with pytest.raises(ValueError, match="allowed"):
+        certified_accuracy_scorer(0.5, sigma=1.0)
+
+
+def test_multi_metric_grid_search_refits_on_certified_accuracy(digits):
+    X, y = digits
+    scoring = {"ca_0.5": certified_accuracy_scorer(0.5), "acr": average_certified_radius_scorer()}
+    search = GridSearchCV(GaussianAugClassifier(**dict(FAST, max_epochs=6)),
+                          {"sigma": [0.05, 0.5]}, scoring=scoring, refit="ca_0.5", cv=2)
+    search.fit(X[:400], y[:400])
+    scores = search.cv_results_["mean_test_ca_0.5"]
+    assert search.best_params_ == search.cv_results_["params"][int(np.argmax(scores))]
+    # sigma = 0.05 cannot certify r = 0.5 (max radius about 3.1 sigma at n = 300)
+    assert search.best_params_["sigma"] == 0.5 and scores[0] == 0.0
+    cv = cross_val_score(GaussianAugClassifier(**dict(FAST, max_epochs=3)), X[:200], y[:200],
+                         cv=2, scoring=average_certified_radius_scorer())
+    assert cv.shape == (2,) and np.all(cv >= 0)
+
+
+def test_pipeline_is_certified_in_the_smoothed_steps_input_space(digits):
+    X, y = digits
+    double = FunctionTransformer(lambda Z: 2.0 * Z)
+    pipe = make_pipeline(double, GaussianAugClassifier(sigma=0.5, **FAST)).fit(X[:600], y[:600])
+    score = certified_accuracy_scorer(0.25)(pipe, X[600:700], y[600:700])
+    direct = certified_accuracy(y[600:700], pipe[-1].certify(2.0 * X[600:700]), 0.25)
+    assert score == direct > 0.5
