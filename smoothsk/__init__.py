@@ -11,8 +11,10 @@ from smoothsk.certification import (
     predict,
     upper_confidence_bound,
 )
+from smoothsk.consistency import ConsistencyClassifier, consistency_loss
 from smoothsk.crt import CRTStudent, crt_loss
 from smoothsk.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
+from smoothsk.macer import MACERClassifier, macer_loss
 from smoothsk.metrics import (
     average_certified_radius,
     average_certified_radius_scorer,
@@ -25,12 +27,16 @@ from smoothsk.smoothmix import (
     smoothmix_loss,
     warmup_factor,
 )
+from smoothsk.stability import StabilityClassifier, stability_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ABSTAIN",
     "CRTStudent",
+    "ConsistencyClassifier",
+    "MACERClassifier",
+    "StabilityClassifier",
     "Certificate",
     "GaussianAugClassifier",
     "SmoothMixClassifier",
@@ -47,7 +53,10 @@ __all__ = [
     "warmup_factor",
     "certify",
     "class_counts",
+    "consistency_loss",
     "crt_loss",
+    "macer_loss",
+    "stability_loss",
     "gaussian_augmentation_loss",
     "lower_confidence_bound",
     "predict",

@@ -1,0 +1,132 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from smoothsk import (
+    ConsistencyClassifier,
+    MACERClassifier,
+    StabilityClassifier,
+    consistency_loss,
+    macer_loss,
+    stability_loss,
+)
+from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(2)
+    return torch.rand(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g), g
+
+
+def test_consistency_reduces_to_gaussian_cross_entropy(net, batch):
+    X, y, g = batch
+    noises = 0.25 * torch.randn(1, 8, 5, generator=g)
+    loss = consistency_loss(net, X, y, 0.25, consistency_weight=0.0, entropy_weight=0.0,
+                            noises=noises)
+    torch.testing.assert_close(loss, F.cross_entropy(net(X + noises[0]), y))
+
+
+def test_consistency_terms_by_hand(net, batch):
+    X, y, g = batch
+    noises = 0.5 * torch.randn(2, 8, 5, generator=g)
+    probs = [F.softmax(net(X + d), 1) for d in noises]
+    mean = sum(probs) / 2
+    kl = sum((mean * (mean.log() - p.log())).sum(1).mean() for p in probs) / 2
+    entropy = -(mean * mean.log()).sum(1).mean()
+    ce = sum(F.cross_entropy(net(X + d), y) for d in noises) / 2
+    got = consistency_loss(net, X, y, 0.5, consistency_weight=10.0, entropy_weight=0.5,
+                           noises=noises)
+    torch.testing.assert_close(got, ce + 10.0 * kl + 0.5 * entropy, rtol=1e-5, atol=1e-5)
+
+
+def test_stability_reduces_to_clean_cross_entropy_and_has_the_kl(net, batch):
+    X, y, g = batch
+    noise = 0.3 * torch.randn(8, 5, generator=g)
+    clean_ce = F.cross_entropy(net(X), y)
+    torch.testing.assert_close(stability_loss(net, X, y, 0.3, stability_weight=0.0, noise=noise),
+                               clean_ce)
+    p, q = F.softmax(net(X), 1), F.softmax(net(X + noise), 1)
+    kl = (p * (p.log() - q.log())).sum(1).mean()
+    torch.testing.assert_close(stability_loss(net, X, y, 0.3, stability_weight=2.0, noise=noise),
+                               clean_ce + 2.0 * kl, rtol=1e-5, atol=1e-6)
+
+
+def test_macer_reduces_to_smoothed_cross_entropy(net, batch):
+    X, y, g = batch
+    noises = 0.25 * torch.randn(4, 8, 5, generator=g)
+    smoothed = sum(F.softmax(net(X + d), 1) for d in noises) / 4
+    expected = F.nll_loss(torch.log(smoothed + 1e-10), y)
+    got = macer_loss(net, X, y, 0.25, robustness_weight=0.0, noises=noises)
+    torch.testing.assert_close(got, expected)
+
+
+class _FixedLogits(torch.nn.Module):
+    """Returns hand-made logits whatever the (noisy) input, one row per example."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.logits.repeat(len(x) // len(self.logits), 1)
+
+
+def test_macer_mask_and_guards_on_hand_made_logits():
+    logits = [
+        [2.0, 0.0, 0.0],    # correct (y=0), small gap: inside the margin -> counted
+        [0.0, 2.0, 0.0],    # wrong (y=0): excluded
+        [60.0, 0.0, 0.0],   # correct, tempered softmax saturates: infinite gap -> excluded
+        [0.3, 0.0, 0.0],    # correct, tiny gap -> counted
+    ]
+    y = torch.tensor([0, 0, 0, 0])
+    net = _FixedLogits(logits)
+    X, noises = torch.zeros(4, 1), torch.zeros(2, 4, 1)
+    loss, parts = macer_loss(net, X, y, 0.5, inverse_temperature=1.0, margin=8.0,
+                             robustness_weight=1.0, noises=noises, return_parts=True)
+    assert parts["active"].tolist() == [True, False, False, True]
+    assert not torch.isfinite(parts["gap"][2])
+    p = F.softmax(torch.tensor(logits), 1)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    gaps = [normal.icdf(p[i, 0]) - normal.icdf(p[i].sort(descending=True).values[1])
+            for i in (0, 3)]
+    torch.testing.assert_close(parts["hinge"], sum(8.0 - gap for gap in gaps) * 0.25)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(net.logits.grad).all()  # the infinite gap never propagates
+
+
+@pytest.mark.parametrize("cls,params", [
+    (ConsistencyClassifier, dict(num_noise=2, consistency_weight=5.0)),
+    (StabilityClassifier, dict(stability_weight=2.0)),
+    (MACERClassifier, dict(num_noise=4, robustness_weight=4.0)),
+])
+def test_digits_training_gives_far_above_chance_certified_accuracy(cls, params, digits):
+    X, y = digits
+    clf = cls(sigma=0.25, max_epochs=10, lr=0.05, optimizer__momentum=0.9, batch_size=64,
+              n0=50, n=500, random_state=0, **params).fit(X[:1000], y[:1000])
+    assert clf.certify(X[1000:1200]).is_correct(y[1000:1200]).mean() > 0.7  # chance: 0.1
+
+
+@parametrize_with_checks(
+    [ConsistencyClassifier(**tiny_estimator_params()),
+     StabilityClassifier(**tiny_estimator_params()),
+     MACERClassifier(num_noise=2, **tiny_estimator_params())],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_no_parameter_is_called_alpha_except_certification():
+    for cls in (ConsistencyClassifier, StabilityClassifier, MACERClassifier):
+        names = cls().get_params(deep=False)
+        # only the certification failure probability carries the name
+        assert [name for name in names if "alpha" in name] == ["alpha"]
