@@ -20,6 +20,11 @@ import torch.nn.functional as F
 __all__ = ["SmoothedAttackResult", "smoothed_attack_objective", "smoothed_pgd_attack"]
 
 
+def _draw_noises(x: torch.Tensor, sigma: float, num: int) -> torch.Tensor:
+    """``(num, B, ...)`` draws of ``N(0, σ² I)`` on ``x``'s device, shared by a loss's terms."""
+    return sigma * torch.randn((num, *x.shape), device=x.device, dtype=x.dtype)
+
+
 def _noisy_batch(x: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
     """``(m·B, ...)``: the m noisy copies of the batch, noise draw major."""
     return (x.unsqueeze(0) + noises).flatten(0, 1)

@@ -10,6 +10,7 @@ which calls a pure loss function of its own module.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import numbers
 
@@ -56,7 +57,7 @@ def _seeded_torch(random_state, device):
         yield
 
 
-class SmoothedClassifier(NeuralNetClassifier):
+class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     """Base class of the smoothed classifiers ``g(x) = argmax_c P(f(x + δ) = c)``.
 
     Not used directly: subclasses implement :meth:`training_loss`.
@@ -143,9 +144,9 @@ class SmoothedClassifier(NeuralNetClassifier):
         return [name for name in super()._get_param_names() if not name.startswith("_")]
 
     # ------------------------------------------------------------------ training
+    @abc.abstractmethod
     def training_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scalar loss of one training batch (``X`` and encoded ``y`` on the device)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement training_loss.")
 
     @property
     def noise_level_(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from smoothsk.attacks import _draw_noises, _noisy_batch
 from smoothsk.base import SmoothedClassifier
 
 __all__ = ["ConsistencyClassifier", "consistency_loss"]
@@ -26,9 +27,9 @@ def consistency_loss(
     The m noisy copies run as one batch; KL and entropy are averaged over the batch.
     """
     if noises is None:
-        noises = sigma * torch.randn((num_noise, *X.shape), device=X.device, dtype=X.dtype)
+        noises = _draw_noises(X, sigma, num_noise)
     m = len(noises)
-    logits = module((X.unsqueeze(0) + noises).flatten(0, 1))
+    logits = module(_noisy_batch(X, noises))
     cross_entropy = F.cross_entropy(logits, y.repeat(m))
     log_probs = F.log_softmax(logits, dim=1).view(m, len(X), -1)
     mean_probs = log_probs.exp().mean(dim=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from smoothsk.attacks import _draw_noises, _noisy_batch
 from smoothsk.base import SmoothedClassifier
 
 __all__ = ["MACERClassifier", "macer_loss"]
@@ -34,9 +35,9 @@ def macer_loss(
     or NaN gaps are excluded before the sum, so they never propagate.
     """
     if noises is None:
-        noises = sigma * torch.randn((num_noise, *X.shape), device=X.device, dtype=X.dtype)
+        noises = _draw_noises(X, sigma, num_noise)
     k = len(noises)
-    logits = module((X.unsqueeze(0) + noises).flatten(0, 1)).view(k, len(X), -1)
+    logits = module(_noisy_batch(X, noises)).view(k, len(X), -1)
     smoothed = F.softmax(logits, dim=2).mean(dim=0)
     classification = F.nll_loss(torch.log(smoothed + 1e-10), y, reduction="sum")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.attacks import _clip, _noisy_batch, _project_l2, smoothed_pgd_attack
+from smoothsk.attacks import _clip, _draw_noises, _noisy_batch, _project_l2, smoothed_pgd_attack
 from smoothsk.base import SmoothedClassifier
 
 __all__ = ["SmoothMixClassifier", "mixup_towards_uniform", "smoothmix_loss", "warmup_factor"]
@@ -82,7 +82,7 @@ def smoothmix_loss(
     if mix_step not in (0, 1):
         raise ValueError(f"mix_step must be 0 or 1; got {mix_step!r}.")
     if noises is None:
-        noises = sigma * torch.randn((num_noise, *X.shape), device=X.device, dtype=X.dtype)
+        noises = _draw_noises(X, sigma, num_noise)
     m = len(noises)
     attack = smoothed_pgd_attack(
         module, X, y, noises, num_steps=num_steps, step_size=step_size, epsilon=attack_radius,

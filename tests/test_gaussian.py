@@ -176,3 +176,10 @@ def test_module_with_wrong_number_of_outputs_is_reported(digits):
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_base_class_needs_a_training_loss():
+    from smoothsk import SmoothedClassifier
+
+    with pytest.raises(TypeError, match="training_loss"):
+        SmoothedClassifier()
