@@ -29,7 +29,7 @@ from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
 from smoothsk import certification
-from smoothsk.certification import Certificate, _predict_from_counts
+from smoothsk.certification import Certificate, _first_field, _predict_from_counts
 from smoothsk.models import MLP
 
 __all__ = ["SmoothedClassifier"]
@@ -165,8 +165,11 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         loss.backward()
         return {"loss": loss, "y_pred": None}
 
-    def _check_smoothing_params(self):
+    def _check_sigma_param(self):
         certification._check_sigma(self.sigma)
+
+    def _check_smoothing_params(self):
+        self._check_sigma_param()
         certification._check_alpha(self.alpha)
         for name in ("n0", "n", "n_predict", "certify_batch_size"):
             certification._check_positive_int(getattr(self, name), name)
@@ -175,8 +178,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         """Arrays and tensors become float32 arrays of a fixed per-sample shape."""
         if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
             if reset:
-                first = X[0][0] if isinstance(X[0], (tuple, list)) else X[0]
-                self.input_shape_ = tuple(torch.as_tensor(first).shape)
+                self.input_shape_ = tuple(torch.as_tensor(_first_field(X[0])).shape)
             return X
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from smoothsk import certification
 from smoothsk.attacks import frozen
 from smoothsk.base import SmoothedClassifier
+from smoothsk.certification import _first_field
 
 __all__ = ["CRTStudent", "crt_loss"]
 
@@ -52,9 +54,8 @@ def crt_loss(
 
 def _unwrap(teacher):
     """The smoothsk estimator inside a FrozenEstimator, or ``teacher`` itself."""
-    inner = getattr(teacher, "estimator", None)
-    if type(teacher).__name__ == "FrozenEstimator" and isinstance(inner, SmoothedClassifier):
-        return inner
+    if isinstance(teacher, FrozenEstimator) and isinstance(teacher.estimator, SmoothedClassifier):
+        return teacher.estimator
     return teacher
 
 
@@ -150,12 +151,12 @@ class CRTStudent(SmoothedClassifier):
     def noise_level_(self) -> float:
         return getattr(self, "sigma_", self.sigma)
 
+    def _check_sigma_param(self):
+        if self.sigma is not None:  # None: the teacher's σ, resolved in fit
+            super()._check_sigma_param()
+
     def _check_smoothing_params(self):
-        if self.sigma is not None:
-            certification._check_sigma(self.sigma)
-        certification._check_alpha(self.alpha)
-        for name in ("n0", "n", "n_predict", "certify_batch_size"):
-            certification._check_positive_int(getattr(self, name), name)
+        super()._check_smoothing_params()
         if not 0.0 <= self.transfer_weight <= 1.0:
             raise ValueError(f"transfer_weight must be in [0, 1]; got {self.transfer_weight!r}.")
 
@@ -226,8 +227,7 @@ class CRTStudent(SmoothedClassifier):
         if isinstance(X_checked, np.ndarray):
             probe = torch.as_tensor(X_checked[:1])
         else:
-            item = X_checked[0]
-            probe = torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)[None]
+            probe = torch.as_tensor(_first_field(X_checked[0]))[None]
         with frozen(network), torch.no_grad():
             width = network(probe.to(device=device, dtype=teacher_dtype)).shape[-1]
         if width != len(teacher_classes):
