@@ -21,6 +21,8 @@ from smoothsk.metrics import (
     certified_accuracy,
     certified_accuracy_scorer,
 )
+from smoothsk.robustness import EmpiricalRobustness, empirical_robustness
+from smoothsk.smoothadv import SmoothAdvClassifier, smoothadv_loss
 from smoothsk.smoothmix import (
     SmoothMixClassifier,
     mixup_towards_uniform,
@@ -36,6 +38,8 @@ __all__ = [
     "CRTStudent",
     "ConsistencyClassifier",
     "MACERClassifier",
+    "SmoothAdvClassifier",
+    "EmpiricalRobustness",
     "StabilityClassifier",
     "Certificate",
     "GaussianAugClassifier",
@@ -56,6 +60,8 @@ __all__ = [
     "consistency_loss",
     "crt_loss",
     "macer_loss",
+    "smoothadv_loss",
+    "empirical_robustness",
     "stability_loss",
     "gaussian_augmentation_loss",
     "lower_confidence_bound",

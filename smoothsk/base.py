@@ -156,7 +156,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     @property
     def epoch_index_(self) -> int:
         """Zero-based index of the current training epoch (for warm-up schedules)."""
-        return max(len(self.history) - 1, 0)
+        return 0 if self.history is None else max(len(self.history) - 1, 0)
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)

@@ -2,15 +2,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch.history import History
 
 from smoothsk import (
     ConsistencyClassifier,
     MACERClassifier,
+    SmoothAdvClassifier,
     StabilityClassifier,
     consistency_loss,
     macer_loss,
+    smoothadv_loss,
     stability_loss,
 )
+from smoothsk.attacks import smoothed_pgd_attack
 from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 
@@ -107,6 +111,7 @@ def test_macer_mask_and_guards_on_hand_made_logits():
     (ConsistencyClassifier, dict(num_noise=2, consistency_weight=5.0)),
     (StabilityClassifier, dict(stability_weight=2.0)),
     (MACERClassifier, dict(num_noise=4, robustness_weight=4.0)),
+    (SmoothAdvClassifier, dict(epsilon=0.5, num_steps=2, num_noise=2, warmup=3)),
 ])
 def test_digits_training_gives_far_above_chance_certified_accuracy(cls, params, digits):
     X, y = digits
@@ -118,7 +123,9 @@ def test_digits_training_gives_far_above_chance_certified_accuracy(cls, params, 
 @parametrize_with_checks(
     [ConsistencyClassifier(**tiny_estimator_params()),
      StabilityClassifier(**tiny_estimator_params()),
-     MACERClassifier(num_noise=2, **tiny_estimator_params())],
+     MACERClassifier(num_noise=2, **tiny_estimator_params()),
+     SmoothAdvClassifier(num_noise=2, num_steps=2, epsilon=0.1, clip_range=None,
+                         **tiny_estimator_params())],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_compatible(estimator, check):
@@ -126,7 +133,54 @@ def test_sklearn_compatible(estimator, check):
 
 
 def test_no_parameter_is_called_alpha_except_certification():
-    for cls in (ConsistencyClassifier, StabilityClassifier, MACERClassifier):
+    for cls in (ConsistencyClassifier, StabilityClassifier, MACERClassifier, SmoothAdvClassifier):
         names = cls().get_params(deep=False)
         # only the certification failure probability carries the name
         assert [name for name in names if "alpha" in name] == ["alpha"]
+
+
+def test_smoothadv_without_attack_is_gaussian_cross_entropy_over_m_copies(net, batch):
+    X, y, g = batch
+    noises = 0.25 * torch.randn(3, 8, 5, generator=g)
+    expected = sum(F.cross_entropy(net(X + d), y) for d in noises) / 3
+    for loss in (smoothadv_loss(net, X, y, 0.25, epsilon=0.0, noises=noises),
+                 smoothadv_loss(net, X, y, 0.25, num_steps=0, noises=noises)):
+        torch.testing.assert_close(loss, expected)
+
+
+def test_smoothadv_attacks_with_step_two_epsilon_over_t_inside_the_ball(net, batch):
+    X, y, g = batch
+    noises = 0.25 * torch.randn(2, 8, 5, generator=g)
+    # T = 1: one step of length 2ε, projected back onto the sphere of radius ε
+    adv = smoothed_pgd_attack(net, X, y, noises, num_steps=1, step_size=2 * 0.3,
+                              epsilon=0.3, clip_range=None).adversarial
+    torch.testing.assert_close((adv - X).norm(dim=1), torch.full((8,), 0.3))
+    expected = sum(F.cross_entropy(net(adv + d), y) for d in noises) / 2
+    got = smoothadv_loss(net, X, y, 0.25, epsilon=0.3, num_steps=1, clip_range=None,
+                         noises=noises)
+    torch.testing.assert_close(got, expected)
+    # the attack raises the loss it is trained on (one ascent step on a smooth net)
+    clean = smoothadv_loss(net, X, y, 0.25, epsilon=0.0, noises=noises)
+    assert got > clean
+    # the network's parameters receive gradients, the attack leaves its flags alone
+    got.backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_smoothadv_epsilon_warms_up_linearly():
+    clf = SmoothAdvClassifier(epsilon=1.0, warmup=4)
+    clf.history_ = History()
+    seen = []
+    for _ in range(6):
+        clf.history.new_epoch()
+        seen.append(clf.current_epsilon_)
+    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert SmoothAdvClassifier(epsilon=0.7, warmup=0).current_epsilon_ == 0.7
+
+
+@pytest.mark.parametrize("params", [dict(epsilon=-1.0), dict(num_noise=0), dict(num_steps=-1),
+                                    dict(warmup=-2)])
+def test_smoothadv_rejects_bad_parameters(params, digits):
+    X, y = digits
+    with pytest.raises(ValueError, match=next(iter(params))):
+        SmoothAdvClassifier(**params, **tiny_estimator_params()).fit(X[:50], y[:50])
