@@ -1,5 +1,6 @@
 """smoothsk: certified robustness by randomized smoothing as a scikit-learn workflow."""
 
+from smoothsk.adaptive import RadiusCertificate, certify_radius, round_sizes
 from smoothsk.attacks import SmoothedAttackResult, smoothed_attack_objective, smoothed_pgd_attack
 from smoothsk.base import SmoothedClassifier
 from smoothsk.certification import (
@@ -56,6 +57,9 @@ __all__ = [
     "smoothmix_loss",
     "warmup_factor",
     "certify",
+    "certify_radius",
+    "round_sizes",
+    "RadiusCertificate",
     "class_counts",
     "consistency_loss",
     "crt_loss",

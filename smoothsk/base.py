@@ -25,10 +25,12 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from skorch import NeuralNetClassifier
+from skorch.callbacks import EpochScoring
 from skorch.dataset import unpack_data
-from skorch.utils import to_tensor
+from skorch.utils import to_numpy, to_tensor
 
 from smoothsk import certification
+from smoothsk.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certification import Certificate, _first_field, _predict_from_counts
 from smoothsk.models import MLP
 
@@ -55,6 +57,15 @@ def _seeded_torch(random_state, device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _clean_accuracy(net, X, y) -> float:
+    """Accuracy of the base network's argmax on clean inputs against skorch's encoded targets.
+
+    Used as ``valid_acc`` with skorch's inference cache, so it costs no extra forward pass.
+    """
+    logits = net.forward(X, training=False)
+    return float((to_numpy(logits).argmax(axis=1) == np.asarray(y)).mean())
 
 
 class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
@@ -142,6 +153,15 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         # skorch lists private bookkeeping (``_params_to_validate``) as a parameter;
         # it is rebuilt by ``__init__``, so clone and set_params need not see it.
         return [name for name in super()._get_param_names() if not name.startswith("_")]
+
+    @property
+    def _default_callbacks(self):
+        # skorch's valid_acc calls predict, which here is the (slow) smoothed vote in
+        # labels; score the base network's clean logits from the cache instead.
+        callbacks = dict(super()._default_callbacks)
+        callbacks["valid_acc"] = EpochScoring(_clean_accuracy, name="valid_acc",
+                                              lower_is_better=False)
+        return list(callbacks.items())
 
     # ------------------------------------------------------------------ training
     @abc.abstractmethod
@@ -243,7 +263,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         """
         warm = self.warm_start and self.initialized_ and hasattr(self, "classes_fitted_")
         X, y = self._prepare_fit_data(X, y, fit_params, reset=not warm)
-        with _seeded_torch(self.random_state, self.device):
+        with _seeded_torch(self.random_state, self.device), self._training_context():
             if not warm:
                 self.initialize()
             return NeuralNetClassifier.partial_fit(self, X, y)
@@ -258,7 +278,18 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         X, y = self._prepare_fit_data(X, y, fit_params, reset=first, classes=classes)
         if first:
             self.initialize()
-        return NeuralNetClassifier.partial_fit(self, X, y)
+        with self._training_context():
+            return NeuralNetClassifier.partial_fit(self, X, y)
+
+    @contextlib.contextmanager
+    def _training_context(self):
+        # Callbacks run inside fit see skorch's encoded targets (class indices); the
+        # scorers read this flag to map them back to labels.
+        self._fitting = True
+        try:
+            yield
+        finally:
+            del self._fitting
 
     @property
     def classes_(self) -> np.ndarray:
@@ -355,6 +386,41 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             index_offset=index_offset,
         )
         self._check_n_classes(result.counts.shape[1])
+        result.classes = self.classes_
+        return result
+
+    def certify_radius(
+        self, X, radius: float, *, y=None, n0=None, n=None, alpha=None, first_round: int = 64,
+        growth: float = 2.0, batch_size=None, random_state=None, index_offset: int = 0,
+    ) -> RadiusCertificate:
+        """Adaptive fixed-radius certification (see :func:`smoothsk.certify_radius`).
+
+        Decides per input whether the smoothed classifier is certified at ``radius``,
+        stopping each input's sampling as soon as the answer is known; ``n`` is the
+        largest number of estimation draws.  With ``y`` (labels), inputs whose
+        selected class is not their label draw no estimation samples.  Defaults come
+        from the estimator as in :meth:`certify`.
+        """
+        X = self._check_fitted_X(X)
+        y_index = None
+        if y is not None:
+            y = column_or_1d(y)
+            if len(y) != len(X):
+                raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
+            position = np.searchsorted(self.classes_, y).clip(0, len(self.classes_) - 1)
+            known = self.classes_[position] == y
+            y_index = np.where(known, position, -1)  # unseen labels are never correct
+        result = certify_radius(
+            self.module_, X, self.noise_level_, radius, y=y_index,
+            n0=self.n0 if n0 is None else n0,
+            n=self.n if n is None else n,
+            alpha=self.alpha if alpha is None else alpha,
+            first_round=first_round, growth=growth,
+            batch_size=self.certify_batch_size if batch_size is None else batch_size,
+            random_state=self.random_state if random_state is None else random_state,
+            index_offset=index_offset,
+        )
+        self._check_n_classes(result.selection_counts.shape[1])
         result.classes = self.classes_
         return result
 

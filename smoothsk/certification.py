@@ -156,7 +156,8 @@ class _NoiseSampler:
         self.generator = torch.Generator(device=self.device)
 
     def _block_seed(self, index: int, block: int) -> int:
-        sequence = np.random.SeedSequence([self.base_seed, index, self.stream, block])
+        stream = list(self.stream) if isinstance(self.stream, tuple) else [self.stream]
+        sequence = np.random.SeedSequence([self.base_seed, int(index), *stream, block])
         return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
     def _votes(self, batch: torch.Tensor) -> torch.Tensor:
@@ -169,11 +170,17 @@ class _NoiseSampler:
             )
         return logits.argmax(dim=1), logits.shape[1]
 
-    def counts(self, chunk: torch.Tensor, first_index: int, num: int) -> torch.Tensor:
+    def counts(self, chunk: torch.Tensor, first_index, num: int) -> torch.Tensor:
         """Vote counts of shape ``(len(chunk), n_classes)`` from ``num`` draws each.
 
-        At most ``batch_size + _NOISE_BLOCK`` noisy rows exist at any time, whatever ``num``.
+        ``first_index`` is the global index of ``chunk[0]`` (the rest follow), or an
+        array holding every row's global index.  At most ``batch_size + _NOISE_BLOCK``
+        noisy rows exist at any time, whatever ``num``.
         """
+        if np.ndim(first_index) == 0:
+            indices = range(first_index, first_index + len(chunk))
+        else:
+            indices = first_index
         counts = None
         pending, owners, n_pending = [], [], 0
 
@@ -202,7 +209,7 @@ class _NoiseSampler:
             x = chunk[j]
             for block, start in enumerate(range(0, num, _NOISE_BLOCK)):
                 size = min(_NOISE_BLOCK, num - start)
-                self.generator.manual_seed(self._block_seed(first_index + j, block))
+                self.generator.manual_seed(self._block_seed(indices[j], block))
                 noise = torch.randn(
                     (size, *x.shape), generator=self.generator, device=self.device, dtype=self.dtype
                 )
@@ -214,13 +221,37 @@ class _NoiseSampler:
         return counts.view(len(chunk), -1)
 
 
+def _check_index_offset(index_offset):
+    """An int (global index of the first input) or a 1-D array of every input's index."""
+    if np.ndim(index_offset) == 1:
+        indices = np.asarray(index_offset)
+        if indices.dtype.kind not in "iu" or np.any(indices < 0):
+            raise ValueError("index_offset given as an array must hold non-negative integers.")
+        return indices.astype(np.int64)
+    offset_ok = isinstance(index_offset, numbers.Integral) and not isinstance(index_offset, bool)
+    if not offset_ok or index_offset < 0:
+        raise ValueError(
+            f"index_offset must be a non-negative integer or an array of them; got "
+            f"{index_offset!r}."
+        )
+    return int(index_offset)
+
+
+def _chunk_indices(index_offset, seen: int, size: int):
+    if isinstance(index_offset, np.ndarray):
+        if seen + size > len(index_offset):
+            raise ValueError(
+                f"index_offset holds {len(index_offset)} indices but X has more inputs."
+            )
+        return index_offset[seen : seen + size]
+    return index_offset + seen
+
+
 def _sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams):
     """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C)."""
     sigma = _check_sigma(sigma)
     batch_size = _check_positive_int(batch_size, "batch_size")
-    offset_ok = isinstance(index_offset, numbers.Integral) and not isinstance(index_offset, bool)
-    if not offset_ok or index_offset < 0:
-        raise ValueError(f"index_offset must be a non-negative integer; got {index_offset!r}.")
+    index_offset = _check_index_offset(index_offset)
     base_seed = _base_seed(random_state)
     samplers = [_NoiseSampler(module, sigma, batch_size, base_seed, s) for s in streams]
     device, dtype = samplers[0].device, samplers[0].dtype
@@ -236,12 +267,15 @@ def _sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_of
                 if not torch.isfinite(chunk).all():
                     raise ValueError("X contains NaN or infinity; certify needs finite inputs.")
                 for sampler, num, out in zip(samplers, nums, results):
-                    out.append(sampler.counts(chunk, index_offset + seen, num).cpu().numpy())
+                    first = _chunk_indices(index_offset, seen, len(chunk))
+                    out.append(sampler.counts(chunk, first, num).cpu().numpy())
                 seen += len(chunk)
     finally:
         module.train(was_training)
     if seen == 0:
         raise ValueError("X is empty; pass at least one input.")
+    if isinstance(index_offset, np.ndarray) and seen != len(index_offset):
+        raise ValueError(f"index_offset holds {len(index_offset)} indices for {seen} inputs.")
     widths = {part.shape[1] for out in results for part in out}
     if len(widths) != 1:
         raise ValueError("The network returned a varying number of classes.")
@@ -278,8 +312,9 @@ def class_counts(
         Noisy rows per forward pass (peak memory is proportional to it, not to ``num``).
     random_state : int, RandomState or None
         With ``index_offset + i``, determines the noise of input ``i``.
-    index_offset : int
-        Global index of ``X[0]``, so that split calls reproduce one big call.
+    index_offset : int or array of int
+        Global index of ``X[0]`` (the others follow), so that split calls reproduce one
+        big call; or an array with every input's global index (e.g. every 20th image).
     """
     num = _check_positive_int(num, "num")
     (counts,) = _sample_counts(

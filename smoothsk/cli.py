@@ -1,81 +1,480 @@
-"""The ``smoothsk`` command line."""
+"""The ``smoothsk`` command line: ``train``, ``certify``, ``report`` and ``demo``.
+
+Errors are reported as ``smoothsk <command>: error: ...`` with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+METHODS = ("gaussian", "smoothmix", "crt", "smoothadv", "macer", "consistency", "stability")
+MODELS = ("auto", "mlp", "lenet", "resnet20", "resnet110", "resnet50")
+_DATA_SHAPES = {"digits": (10, None), "fashion-mnist": (10, 28), "mnist": (10, 28),
+                "cifar10": (10, 32), "imagenet": (1000, 224)}
 
 
-def _format_table(rows: list[list[str]], header: list[str]) -> str:
+class CommandError(Exception):
+    """A user error: printed without a traceback, exit status 2."""
+
+
+# --------------------------------------------------------------------------- option types
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in the open interval (0, 1); got {text}")
+    return value
+
+
+def _assignment(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected name=value; got {text!r}")
+    name, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name.strip(), value
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths))  # noqa: E731
+
+    def line(row):
+        return "  ".join(str(c).rjust(w) for c, w in zip(row, widths))
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def run_demo(args) -> int:
-    """Train a Gaussian-augmentation smoothed classifier on digits and certify the test split."""
+def _progress(total: int, description: str, quiet: bool):
+    """A tqdm bar on stderr, silent when ``quiet`` or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="input" if "cert" in description else "ep",
+                disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+
+
+def _set_threads(args):
     import torch
-    from sklearn.model_selection import train_test_split
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
+# --------------------------------------------------------------------------- data
+def _load(args, split: str):
+    from smoothsk.datasets import load_dataset
+
+    flat = _resolve_model(args.dataset, getattr(args, "model", "auto")) == "mlp"
+    try:
+        X, y = load_dataset(args.dataset, split=split, root=args.root, flat=flat)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    return X, y
+
+
+def _resolve_model(dataset: str, model: str) -> str:
+    if model != "auto":
+        return model
+    return {"digits": "mlp", "fashion-mnist": "lenet", "mnist": "lenet", "cifar10": "resnet110",
+            "imagenet": "resnet50"}[dataset]
+
+
+def _module(dataset: str, model: str):
+    from smoothsk import models
+
+    num_classes, side = _DATA_SHAPES[dataset]
+    if model == "mlp":
+        return None, {}  # the estimators' default MLP, sized from the data
+    if model == "lenet":
+        if side is None:
+            raise CommandError("--model lenet needs 28×28 images; use --model mlp for digits.")
+        return models.LeNet, {"module__num_classes": num_classes, "module__image_size": side}
+    if model in ("resnet20", "resnet110"):
+        if dataset != "cifar10":
+            raise CommandError(f"--model {model} is the CIFAR-10 network; use --dataset cifar10.")
+        return models.CIFARResNet, {"module__depth": int(model[6:]),
+                                    "module__num_classes": num_classes}
+    if dataset != "imagenet":
+        raise CommandError("--model resnet50 is the ImageNet network; use --dataset imagenet.")
+    return models.ImageNetResNet50, {"module__num_classes": num_classes}
+
+
+# --------------------------------------------------------------------------- train
+_METHOD_OPTIONS = ("num_noise", "num_steps", "step_size", "eta", "mix_step", "attack_radius",
+                   "epsilon", "warmup", "transfer_weight", "consistency_weight",
+                   "entropy_weight", "stability_weight", "robustness_weight", "margin",
+                   "inverse_temperature")
+
+
+def _estimator_class(method: str):
+    import smoothsk
+
+    return {
+        "gaussian": smoothsk.GaussianAugClassifier, "smoothmix": smoothsk.SmoothMixClassifier,
+        "crt": smoothsk.CRTStudent, "smoothadv": smoothsk.SmoothAdvClassifier,
+        "macer": smoothsk.MACERClassifier, "consistency": smoothsk.ConsistencyClassifier,
+        "stability": smoothsk.StabilityClassifier,
+    }[method]
+
+
+def _with_epoch_progress(clf, bar):
+    """Fit-time callback updating ``bar`` each epoch; :func:`_without_progress` removes it."""
+    from skorch.callbacks import Callback
+
+    class EpochProgress(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            bar.update(1)
+            bar.set_postfix(loss=f"{net.history[-1, 'train_loss']:.4f}")
+
+    return clf.set_params(callbacks=[("progress", EpochProgress())])
+
+
+def _without_progress(clf):
+    # The callback closes over a terminal bar: drop it so the model pickles cleanly.
+    clf.callbacks = None
+    clf.callbacks_ = [(name, cb) for name, cb in clf.callbacks_ if name != "progress"]
+    return clf
+
+
+def build_estimator(args, dataset_train_size: int | None = None):
+    """The estimator ``smoothsk train`` fits, from parsed arguments."""
+    import torch
+
+    from smoothsk.runs import load_model
+
+    cls = _estimator_class(args.method)
+    model = _resolve_model(args.dataset, args.model)
+    module, module_params = _module(args.dataset, model)
+    params = dict(
+        module=module, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        optimizer=torch.optim.SGD, optimizer__momentum=args.momentum,
+        optimizer__weight_decay=args.weight_decay, device=args.device, random_state=args.seed,
+        **module_params,
+    )
+    if _DATA_SHAPES[args.dataset][1] and args.dataset in ("cifar10", "imagenet"):
+        params["classes"] = list(range(_DATA_SHAPES[args.dataset][0]))
+    if args.sigma is not None:
+        params["sigma"] = args.sigma
+    if args.method == "crt":
+        if args.teacher is None:
+            raise CommandError("--method crt needs --teacher MODEL.pkl (a trained smoothsk model).")
+        try:
+            params["teacher"] = load_model(args.teacher)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CommandError(f"cannot use --teacher: {exc}") from exc
+    elif args.teacher is not None:
+        raise CommandError("--teacher only applies to --method crt.")
+    for name in _METHOD_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            params[name] = value
+    params.update(dict(args.set or []))
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise CommandError(f"{args.method} does not take that option ({exc}).") from exc
+
+
+def run_train(args) -> int:
+    from smoothsk.runs import save_model
+
+    _set_threads(args)
+    X, y = _load(args, "train")
+    if args.max_train is not None:
+        X = X[: args.max_train] if y is not None else _subset(X, args.max_train)
+        y = y[: args.max_train] if y is not None else None
+    clf = build_estimator(args)
+    bar = _progress(args.epochs, f"train {args.method}", args.quiet)
+    _with_epoch_progress(clf, bar)
+    start = time.perf_counter()
+    try:
+        clf.fit(X, y)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    _without_progress(clf)
+    clf.training_info_ = {"dataset": args.dataset, "method": args.method,
+                          "model": _resolve_model(args.dataset, args.model),
+                          "epochs": args.epochs, "seconds": seconds,
+                          "train_size": len(y) if y is not None else len(X)}
+    save_model(clf, args.out)
+    loss = clf.history[-1, "train_loss"]
+    print(f"trained {type(clf).__name__} (sigma={clf.noise_level_:g}) on {args.dataset} for "
+          f"{args.epochs} epochs in {seconds:.1f} s (final loss {loss:.4f}); saved {args.out}")
+    return 0
+
+
+def _subset(dataset, count: int):
+    import torch
+
+    return torch.utils.data.Subset(dataset, range(min(count, len(dataset))))
+
+
+# --------------------------------------------------------------------------- certify
+def run_certify(args) -> int:
+    from smoothsk.runs import RunMismatchError, _file_digest, certify_to_tsv, load_model
+
+    _set_threads(args)
+    try:
+        clf = load_model(args.model_file)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CommandError(f"cannot load model: {exc}") from exc
+    if args.device != "cpu" or str(clf.device) != "cpu":
+        clf.module_.to(args.device)
+        clf.device = args.device
+    args.model = getattr(clf, "training_info_", {}).get("model", "auto")
+    X, y = _load(args, args.split)
+    total = len(X)
+    indices = np.arange(0, total, args.skip)[: args.max]
+    if y is None:  # a torch Dataset: labels are its targets
+        y = np.asarray([X[int(i)][1] for i in indices])
+        X = _subset_at(X, indices)
+    else:
+        X, y = X[indices], y[indices]
+    run_info = {"model_sha256": _file_digest(Path(args.model_file)), "dataset": args.dataset,
+                "split": args.split, "skip": args.skip, "max": args.max}
+    bar = _progress(len(indices), "certify", args.quiet)
+    start = time.perf_counter()
+    try:
+        certify_to_tsv(clf, X, y, indices, args.out, run_info=run_info, n0=args.n0, n=args.n,
+                       alpha=args.alpha, batch_size=args.batch_size, random_state=args.seed,
+                       progress=lambda done: bar.update(done - bar.n))
+    except RunMismatchError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        bar.close()
+    print(f"certified {len(indices)} inputs of {args.dataset}/{args.split} "
+          f"(n0={args.n0}, n={args.n}, alpha={args.alpha}) in "
+          f"{time.perf_counter() - start:.1f} s; wrote {args.out}")
+    return 0
+
+
+def _subset_at(dataset, indices):
+    import torch
+
+    return torch.utils.data.Subset(dataset, [int(i) for i in indices])
+
+
+# --------------------------------------------------------------------------- report
+def run_report(args) -> int:
+    from smoothsk.report import (
+        markdown_table,
+        parse_radii,
+        plot_certified_accuracy,
+        read_certification_tsv,
+    )
+    from smoothsk.runs import _atomic_write
+
+    try:
+        radii = parse_radii(args.radii)
+        names = args.labels.split(",") if args.labels else [None] * len(args.runs)
+        if len(names) != len(args.runs):
+            raise ValueError(f"--labels has {len(names)} names for {len(args.runs)} runs.")
+        runs = [read_certification_tsv(path, name) for path, name in zip(args.runs, names)]
+    except (FileNotFoundError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    header = ["run", "N", "ACR", *[f"r={r:g}" for r in radii]]
+    rows = [[run.name, str(len(run.radius)), f"{run.average_certified_radius:.3f}",
+             *[f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]] for run in runs]
+    print("certified accuracy (%) at l2 radius r")
+    print(_table(rows, header))
+    if args.markdown:
+        table = markdown_table(runs, radii).encode()
+        _atomic_write(Path(args.markdown), lambda stream: stream.write(table))
+        print(f"Markdown table: {args.markdown}")
+    if args.plot:
+        plot_certified_accuracy(runs, args.plot, max_radius=args.max_radius, title=args.title)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+def run_demo(args) -> int:
+    """Train a Gaussian-augmentation smoothed classifier on digits, certify, report, plot."""
+    import torch
 
     from smoothsk import GaussianAugClassifier
-    from smoothsk.datasets import load_digits_images
-    from smoothsk.metrics import average_certified_radius, certified_accuracy
+    from smoothsk.datasets import load_dataset
+    from smoothsk.report import markdown_table, plot_certified_accuracy, read_certification_tsv
+    from smoothsk.runs import certify_to_tsv, save_model
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    X, y = load_digits_images(flat=True)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=0.3, stratify=y, random_state=args.seed
-    )
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    X_train, y_train = load_dataset("digits", split="train", flat=True)
+    X_test, y_test = load_dataset("digits", split="test", flat=True)
     clf = GaussianAugClassifier(
         sigma=args.sigma, max_epochs=args.epochs, lr=0.05, optimizer__momentum=0.9,
-        batch_size=64, n0=100, n=args.n, alpha=0.001, random_state=args.seed,
-        verbose=0 if args.quiet else 1,
+        batch_size=64, random_state=args.seed,
     )
+    bar = _progress(args.epochs, "train gaussian", args.quiet)
+    _with_epoch_progress(clf, bar)
     start = time.perf_counter()
     clf.fit(X_train, y_train)
+    bar.close()
+    _without_progress(clf)
     trained = time.perf_counter()
-    cert = clf.certify(X_test)
+    save_model(clf, out / "model.pkl")
+    tsv = out / f"certify-sigma{args.sigma:g}.tsv"
+    for stale in (tsv, tsv.with_name(tsv.name + ".run.json")):
+        stale.unlink(missing_ok=True)  # the demo retrains, so it always starts a fresh run
+    bar = _progress(len(X_test), "certify", args.quiet)
+    certify_to_tsv(clf, X_test, y_test, np.arange(len(X_test)), tsv,
+                   run_info={"dataset": "digits", "split": "test"}, n0=100, n=args.n,
+                   alpha=0.001, batch_size=1000, random_state=args.seed,
+                   progress=lambda done: bar.update(done - bar.n))
+    bar.close()
     done = time.perf_counter()
+    run = read_certification_tsv(tsv, f"Gaussian σ={args.sigma:g}")
     radii = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-    curve = certified_accuracy(y_test, cert, radii)
-    acr = average_certified_radius(y_test, cert)
-    print(
-        f"\nGaussianAugClassifier(sigma={args.sigma}) on digits: trained on {len(X_train)} "
-        f"images in {trained - start:.1f} s, certified {len(X_test)} test images "
-        f"(n0=100, n={args.n}, alpha=0.001) in {done - trained:.1f} s."
-    )
-    print(f"clean accuracy of the smoothed classifier: {clf.score(X_test, y_test):.3f}")
-    print(f"abstained: {cert.abstained.mean():.3f}\n")
+    print(f"\nGaussianAugClassifier(sigma={args.sigma}) on digits: trained on {len(X_train)} "
+          f"images in {trained - start:.1f} s, certified {len(X_test)} test images "
+          f"(n0=100, n={args.n}, alpha=0.001) in {done - trained:.1f} s.")
+    print(f"clean accuracy of the smoothed classifier: {clf.score(X_test, y_test):.3f}\n")
     header = ["sigma", "ACR"] + [f"r={r:g}" for r in radii]
-    row = [f"{args.sigma:g}", f"{acr:.3f}"] + [f"{100 * a:.1f}" for a in curve]
+    row = [f"{args.sigma:g}", f"{run.average_certified_radius:.3f}"]
+    row += [f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]
     print("certified accuracy (%) at l2 radius r")
-    print(_format_table([row], header))
+    print(_table([row], header))
+    (out / "table.md").write_text(markdown_table([run], radii))
+    plot = plot_certified_accuracy([run], out / "certified_accuracy.png",
+                                   title="digits, Gaussian augmentation")
+    print(f"\ncertification TSV: {tsv}\nplot: {plot}")
     return 0
+
+
+# --------------------------------------------------------------------------- parser
+def _add_common(parser, *, batch_default: int):
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the network runs (default: cpu)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random_state")
+    parser.add_argument("--batch-size", type=_positive_int, default=batch_default)
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_data(parser):
+    from smoothsk.datasets import DATASETS
+
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--root", default=None,
+                        help="local data directory (required for mnist, cifar10, imagenet)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smoothsk", description="Randomized-smoothing training and certification."
+        prog="smoothsk", description="Randomized-smoothing training, certification and reports."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train and certify on scikit-learn's digits (CPU, minutes)")
-    demo.add_argument("--sigma", type=float, default=0.25)
-    demo.add_argument("--epochs", type=int, default=40)
-    demo.add_argument("--n", type=int, default=10_000, help="estimation draws per input")
-    demo.add_argument("--seed", type=int, default=0)
+
+    train = sub.add_parser("train", help="train a smoothed classifier and save it")
+    _add_data(train)
+    train.add_argument("--method", required=True, choices=METHODS)
+    train.add_argument("--model", default="auto", choices=MODELS,
+                       help="auto: MLP for digits, LeNet for (Fashion-)MNIST, ResNet-110 for "
+                            "CIFAR-10, ResNet-50 for ImageNet")
+    train.add_argument("--sigma", type=_positive_float, default=None,
+                       help="noise level (default 0.25; CRT: the teacher's)")
+    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--lr", type=_positive_float, default=0.01)
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--max-train", type=_positive_int, default=None,
+                       help="train on the first N training inputs")
+    train.add_argument("--teacher", default=None, help="CRT: the teacher's model file")
+    for name in _METHOD_OPTIONS:
+        kind = int if name in ("num_noise", "num_steps", "mix_step", "warmup") else float
+        train.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                           help=argparse.SUPPRESS)
+    train.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
+                       help="any other estimator parameter, e.g. --set module__hidden_units="
+                            "(512,512); method options: --num-noise --num-steps --step-size "
+                            "--eta --mix-step --attack-radius --epsilon --warmup "
+                            "--transfer-weight --consistency-weight --entropy-weight "
+                            "--stability-weight --robustness-weight --margin "
+                            "--inverse-temperature")
+    train.add_argument("--out", required=True, help="model file to write (joblib)")
+    _add_common(train, batch_default=128)
+    train.set_defaults(func=run_train)
+
+    certify = sub.add_parser("certify", help="certify a data set split into a resumable TSV")
+    certify.add_argument("model_file")
+    _add_data(certify)
+    certify.add_argument("--split", default="test", choices=["train", "test"])
+    certify.add_argument("--skip", type=_positive_int, default=1, help="every SKIP-th input")
+    certify.add_argument("--max", type=_positive_int, default=None, help="at most MAX inputs")
+    certify.add_argument("--n0", type=_positive_int, default=100)
+    certify.add_argument("--n", type=_positive_int, default=100_000)
+    certify.add_argument("--alpha", type=_probability, default=0.001)
+    certify.add_argument("--out", required=True, help="TSV to write, or to continue")
+    _add_common(certify, batch_default=1000)
+    certify.set_defaults(func=run_certify)
+
+    report = sub.add_parser("report", help="tables and curves from certification TSV files")
+    report.add_argument("runs", nargs="+", help="TSV files (smoothsk's or the authors')")
+    report.add_argument("--radii", default="0:2:0.25", help="start:stop:step or a comma list")
+    report.add_argument("--labels", default=None, help="comma-separated names of the runs")
+    report.add_argument("--markdown", default=None, help="write the table here")
+    report.add_argument("--plot", default=None, help="write certified-accuracy curves (PNG)")
+    report.add_argument("--max-radius", type=_positive_float, default=None)
+    report.add_argument("--title", default=None)
+    report.set_defaults(func=run_report)
+
+    demo = sub.add_parser("demo", help="train and certify on scikit-learn's digits (CPU)")
+    demo.add_argument("--sigma", type=_positive_float, default=0.25)
+    demo.add_argument("--epochs", type=_positive_int, default=40)
+    demo.add_argument("--n", type=_positive_int, default=10_000, help="estimation draws")
+    demo.add_argument("--seed", type=_non_negative_int, default=0)
+    demo.add_argument("--out-dir", default="demo-output")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=run_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        print(f"smoothsk {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"smoothsk {args.command}: interrupted; completed rows are kept, run the same "
+              "command again to continue.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

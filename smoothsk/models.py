@@ -12,6 +12,29 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFARResNet",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageNetResNet50",
+    "LeNet",
+    "MLP",
+    "Normalize",
+    "count_parameters",
+]
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
 
 class Normalize(nn.Module):
     """``(x − mean) / std`` per channel, as a network's first layer.
@@ -87,3 +110,76 @@ class LeNet(nn.Module):
             side = int(round((x.shape[1]) ** 0.5))
             x = x.view(len(x), 1, side, side)
         return self.classifier(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CIFARResNet(nn.Module):
+    """The CIFAR-10 ResNets of the randomized-smoothing papers (He et al. 2016, §4.2).
+
+    Depth ``6k + 2``: a 3×3 conv with 16 channels, three stages of k basic blocks with
+    16, 32 and 64 channels (stride 2 between stages, 1×1 projection shortcuts),
+    global average pooling and a linear layer.  ResNet-20 (k = 3, 0.27 M parameters)
+    and ResNet-110 (k = 18, 1.7 M parameters) are the ones Cohen et al., SmoothMix and
+    CRT use.  The first layer normalises with ``mean`` / ``std`` (CIFAR-10's by
+    default), so inputs stay in [0, 1].
+    """
+
+    def __init__(self, depth: int = 110, num_classes: int = 10, in_channels: int = 3,
+                 mean: Sequence[float] | None = CIFAR10_MEAN,
+                 std: Sequence[float] | None = CIFAR10_STD):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth must be 6k + 2 with k >= 1 (20, 56, 110, ...); got {depth}.")
+        blocks = (depth - 2) // 6
+        self.normalize = nn.Identity() if mean is None else Normalize(mean, std)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU())
+        layers, in_planes = [], 16
+        for stage, planes in enumerate((16, 32, 64)):
+            for i in range(blocks):
+                layers.append(_BasicBlock(in_planes, planes, 2 if stage and i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.stem(self.normalize(x))))
+
+
+class ImageNetResNet50(nn.Module):
+    """torchvision's ResNet-50 behind a :class:`Normalize` layer (ImageNet mean/std).
+
+    ``weights`` is passed to ``torchvision.models.resnet50`` (None: random
+    initialisation; nothing is downloaded unless a weights enum is given).
+    """
+
+    def __init__(self, num_classes: int = 1000, weights=None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        from torchvision.models import resnet50
+
+        self.normalize = Normalize(mean, std)
+        self.net = resnet50(weights=weights, num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))

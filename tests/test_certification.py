@@ -135,6 +135,12 @@ def test_certificates_do_not_depend_on_batch_size_or_chunking(small_net, small_X
              for s in range(0, len(small_X), 5)]
     np.testing.assert_array_equal(np.concatenate([p.counts for p in parts]), ref.counts)
     np.testing.assert_array_equal(np.concatenate([p.prediction for p in parts]), ref.prediction)
+    # an array of global indices picks out any subset (every 3rd input) with its own noise
+    picked = np.arange(1, len(small_X), 3)
+    subset = certify(small_net, small_X[picked], 0.5, index_offset=picked, batch_size=77, **kw)
+    np.testing.assert_array_equal(subset.counts, ref.counts[picked])
+    with pytest.raises(ValueError, match="indices"):
+        certify(small_net, small_X[:4], 0.5, index_offset=np.arange(3), **kw)
 
 
 def test_datasets_and_loaders_give_the_same_certificates(small_net, small_X):

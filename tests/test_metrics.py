@@ -3,6 +3,8 @@ import pytest
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
+from skorch.callbacks import EpochScoring
+from skorch.dataset import ValidSplit
 
 from smoothsk import (
     ABSTAIN,
@@ -50,8 +52,12 @@ def test_scorers_equal_metrics_from_certify(fitted, digits):
     X, y = digits
     Xs, ys = X[600:700], y[600:700]
     cert = fitted.certify(Xs, n=500)
-    assert certified_accuracy_scorer(0.25, n=500)(fitted, Xs, ys) == certified_accuracy(ys, cert,
-                                                                                         0.25)
+    fixed = certified_accuracy_scorer(0.25, adaptive=False, n=500)
+    assert fixed(fitted, Xs, ys) == certified_accuracy(ys, cert, 0.25)
+    adaptive = fitted.certify_radius(Xs, 0.25, y=ys, n=500)
+    assert certified_accuracy_scorer(0.25, n=500)(fitted, Xs, ys) == adaptive.is_correct(ys).mean()
+    with pytest.raises(ValueError, match="allowed"):
+        certified_accuracy_scorer(0.5, adaptive=False, growth=3.0)
     assert average_certified_radius_scorer(n=500)(fitted, Xs, ys) == average_certified_radius(
         ys, cert)
     with pytest.raises(ValueError, match="allowed"):
@@ -78,5 +84,24 @@ def test_pipeline_is_certified_in_the_smoothed_steps_input_space(digits):
     double = FunctionTransformer(lambda Z: 2.0 * Z)
     pipe = make_pipeline(double, GaussianAugClassifier(sigma=0.5, **FAST)).fit(X[:600], y[:600])
     score = certified_accuracy_scorer(0.25)(pipe, X[600:700], y[600:700])
-    direct = certified_accuracy(y[600:700], pipe[-1].certify(2.0 * X[600:700]), 0.25)
-    assert score == direct > 0.5
+    direct = pipe[-1].certify_radius(2.0 * X[600:700], 0.25, y=y[600:700])
+    assert score == direct.is_correct(y[600:700]).mean() > 0.5
+    fixed = certified_accuracy_scorer(0.25, adaptive=False)(pipe, X[600:700], y[600:700])
+    assert fixed == certified_accuracy(y[600:700], pipe[-1].certify(2.0 * X[600:700]), 0.25)
+
+
+def test_epoch_scoring_with_string_labels(digits):
+    X, y = digits
+    names = np.array(list("abcdefghij"))[y]  # labels that are not class indices
+    scoring = EpochScoring(certified_accuracy_scorer(0.25, n=200), use_caching=False,
+                           lower_is_better=False, name="valid_ca")
+    clf = GaussianAugClassifier(sigma=0.25, train_split=ValidSplit(5, stratified=True),
+                                callbacks=[scoring], **dict(FAST, max_epochs=4))
+    clf.fit(X[:500], names[:500])
+    scores = clf.history[:, "valid_ca"]
+    assert len(scores) == 4 and scores[-1] > 0.5  # labels decoded: chance would be 0.1
+    # the last epoch's score is the scorer on the same validation fold after fit
+    split = clf.get_split_datasets(X[:500].astype(np.float32),
+                                   np.searchsorted(clf.classes_, names[:500]))[1]
+    Xv, yv = X[:500][split.indices], names[:500][split.indices]
+    assert scores[-1] == certified_accuracy_scorer(0.25, n=200)(clf, Xv, yv)

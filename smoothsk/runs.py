@@ -1,0 +1,203 @@
+"""Model files and resumable certification runs in the field's TSV format.
+
+A certification run writes Cohen et al.'s TSV (``idx label predict radius correct
+time``, one row per input, flushed and fsynced as it goes) plus a sidecar
+``<out>.run.json`` naming the model (SHA-256 of the file) and every setting that
+changes the results.  Re-running the same run continues after the last complete row;
+the noise of input ``idx`` depends only on ``(seed, idx)``, so a resumed file is
+byte-for-byte the rows of an uninterrupted run (except the ``time`` column).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+__all__ = [
+    "TSV_HEADER",
+    "RunMismatchError",
+    "certify_to_tsv",
+    "load_model",
+    "save_model",
+]
+
+TSV_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+
+
+class RunMismatchError(ValueError):
+    """An output file exists and belongs to a different certification run."""
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """Write through a temporary file in the same directory, then rename over ``path``."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_model(estimator, path) -> None:
+    """Save a fitted estimator with joblib, atomically (no half-written file on a crash)."""
+    _atomic_write(Path(path), lambda stream: joblib.dump(estimator, stream))
+
+
+def load_model(path):
+    """Load a fitted smoothsk estimator saved by :func:`save_model` (or joblib/pickle).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one that is
+    not a fitted smoothsk estimator.
+    """
+    from smoothsk.base import SmoothedClassifier
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file {path} does not exist.")
+    try:
+        model = joblib.load(path)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError, IndexError,
+            AttributeError, ModuleNotFoundError, TypeError) as exc:
+        raise ValueError(f"{path} is not a readable model file ({type(exc).__name__}: "
+                         f"{exc}).") from exc
+    if not isinstance(model, SmoothedClassifier) or not hasattr(model, "module_"):
+        raise ValueError(f"{path} does not hold a fitted smoothsk estimator "
+                         f"(it holds a {type(model).__name__}).")
+    return model
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _complete_rows(out: Path) -> list[str]:
+    """Rows of an existing TSV up to the last complete line; the file is cut there."""
+    data = out.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # a row cut short by a crash: drop it
+        with open(out, "r+b") as stream:
+            stream.truncate(end)
+    lines = data[:end].decode().splitlines()
+    if not lines or lines[0] != TSV_HEADER:
+        raise RunMismatchError(f"{out} is not a certification TSV written by smoothsk.")
+    return lines[1:]
+
+
+def _format_row(idx, label, predict, radius, correct, seconds) -> str:
+    elapsed = str(datetime.timedelta(seconds=round(seconds, 4)))
+    return f"{idx}\t{label}\t{predict}\t{radius:.6g}\t{int(correct)}\t{elapsed}"
+
+
+def certify_to_tsv(
+    estimator,
+    X,
+    y,
+    indices,
+    out,
+    *,
+    run_info: dict,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    random_state: int,
+    progress: Callable | None = None,
+    rows_per_call: int | None = None,
+) -> Path:
+    """Certify inputs ``X[i]`` (global indices ``indices[i]``) into a resumable TSV.
+
+    Parameters
+    ----------
+    estimator : fitted smoothsk estimator
+    X : array or torch Dataset
+        The inputs, in the order of ``indices``.
+    y : array
+        Their labels.
+    indices : array of int
+        Global index of each input in its data set (the TSV's ``idx``; keys the noise).
+    out : path
+        TSV to write or continue.
+    run_info : dict
+        What identifies the run (model digest, data set, split, ...); an existing
+        ``out`` whose sidecar differs raises :class:`RunMismatchError`.
+    progress : callable or None
+        Called with the number of rows written after each call to ``certify``.
+    rows_per_call : int or None
+        Inputs per ``certify`` call (rows are written after each); default about
+        20,000 noisy samples' worth.
+    """
+    out = Path(out)
+    indices = np.asarray(indices, dtype=np.int64)
+    y = np.asarray(y)
+    info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices))
+    sidecar = out.with_name(out.name + ".run.json")
+    done: list[str] = []
+    if out.exists():
+        if not sidecar.exists():
+            raise RunMismatchError(
+                f"{out} exists but was not written by a smoothsk certification run "
+                f"(no {sidecar.name}); choose another --out or remove it."
+            )
+        previous = json.loads(sidecar.read_text())
+        differs = sorted(k for k in set(info) | set(previous) if info.get(k) != previous.get(k))
+        if differs:
+            raise RunMismatchError(
+                f"{out} belongs to a different run (differs in: {', '.join(differs)}); "
+                "choose another --out, or remove it and its .run.json to start over."
+            )
+        done = _complete_rows(out)
+        expected = [str(i) for i in indices[: len(done)]]
+        if [row.split("\t", 1)[0] for row in done] != expected or len(done) > len(indices):
+            raise RunMismatchError(f"{out} has rows that this run would not write.")
+    else:
+        _atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
+        _atomic_write(out, lambda s: s.write((TSV_HEADER + "\n").encode()))
+    start = len(done)
+    if progress is not None:
+        progress(start)
+    step = rows_per_call or max(1, min(256, -(-20_000 // n)))
+    with open(out, "a", encoding="utf-8") as stream:
+        for first in range(start, len(indices), step):
+            last = min(first + step, len(indices))
+            chunk = _take(X, first, last)
+            began = time.perf_counter()
+            cert = estimator.certify(chunk, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                                     random_state=random_state, index_offset=indices[first:last])
+            seconds = (time.perf_counter() - began) / (last - first)
+            predicted = cert.labels(abstain_label=-1)
+            correct = cert.is_correct(y[first:last])
+            for j in range(last - first):
+                stream.write(_format_row(indices[first + j], y[first + j], predicted[j],
+                                         cert.radius[j], correct[j], seconds) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+            if progress is not None:
+                progress(last)
+    return out
+
+
+def _take(X, first: int, last: int):
+    if isinstance(X, np.ndarray):
+        return X[first:last]
+    import torch
+
+    return torch.utils.data.Subset(X, range(first, last))

@@ -1,0 +1,159 @@
+"""The ``smoothsk`` command line, end to end through the installed entry point."""
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smoothsk.report import read_certification_tsv
+
+SMOOTHSK = str(Path(sys.executable).with_name("smoothsk"))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run(*args, check=True, cwd=None):
+    result = subprocess.run([SMOOTHSK, *map(str, args)], capture_output=True, text=True,
+                            env=ENV, cwd=cwd, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"smoothsk {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+def rows_without_time(path):
+    lines = Path(path).read_text().splitlines()
+    return [line.rsplit("\t", 1)[0] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "model.pkl"
+    run("train", "--dataset", "digits", "--method", "gaussian", "--sigma", "0.25",
+        "--epochs", "15", "--lr", "0.05", "--threads", "1", "--quiet", "--out", path)
+    return path
+
+
+def png_size(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_train_certify_report_end_to_end(model, tmp_path):
+    import joblib
+
+    from smoothsk import GaussianAugClassifier
+
+    assert isinstance(joblib.load(model), GaussianAugClassifier)  # a plain joblib file
+    assert not [p for p in model.parent.iterdir() if p.name.startswith(".")]  # no temp files
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}.tsv"
+        run("certify", model, "--dataset", "digits", "--skip", "50", "--max", "8",
+            "--n0", "50", "--n", "300", "--seed", seed, "--quiet", "--out", out)
+        lines = out.read_text().splitlines()
+        assert lines[0].split("\t") == ["idx", "label", "predict", "radius", "correct", "time"]
+        parsed = read_certification_tsv(out)
+        np.testing.assert_array_equal(parsed.idx, np.arange(0, 400, 50))
+        assert len(lines) == 9 and parsed.correct.mean() > 0.5
+        runs.append(out)
+    plot, table = tmp_path / "curves.png", tmp_path / "table.md"
+    result = run("report", *runs, "--radii", "0:1:0.25", "--plot", plot, "--markdown", table,
+                 "--labels", "first,second")
+    assert "r=0.75" in result.stdout and "first" in result.stdout
+    assert png_size(plot) == (640, 480)
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["run", "first", "second"]
+
+
+def test_train_every_method_and_crt_from_a_teacher(model, tmp_path):
+    small = ["--dataset", "digits", "--epochs", "1", "--threads", "1", "--quiet",
+             "--set", "module__hidden_units=(16,)", "--max-train", "200"]
+    for method, extra in [("smoothmix", ["--num-steps", "1", "--eta", "2"]),
+                          ("smoothadv", ["--num-steps", "1", "--num-noise", "1"]),
+                          ("macer", ["--num-noise", "2"]), ("consistency", []),
+                          ("stability", [])]:
+        out = tmp_path / f"{method}.pkl"
+        result = run("train", "--method", method, *small, *extra, "--out", out)
+        assert out.is_file() and "trained" in result.stdout
+    student = tmp_path / "student.pkl"
+    result = run("train", "--method", "crt", "--teacher", model, *small, "--out", student)
+    assert "CRTStudent (sigma=0.25)" in result.stdout  # σ taken from the teacher
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--dataset", "cifar100", "--method", "gaussian", "--out", "x"], "invalid choice"),
+    (["train", "--dataset", "digits", "--method", "magic", "--out", "x"], "invalid choice"),
+    (["train", "--dataset", "digits", "--method", "gaussian", "--sigma", "-1", "--out", "x"],
+     "must be a finite number > 0"),
+    (["train", "--dataset", "digits", "--method", "crt", "--out", "x"], "needs --teacher"),
+    (["train", "--dataset", "digits", "--method", "gaussian", "--set", "bogus=1", "--out", "x"],
+     "bogus"),
+    (["train", "--dataset", "mnist", "--method", "gaussian", "--out", "x"], "needs root"),
+    (["certify", "missing.pkl", "--dataset", "digits", "--out", "r.tsv"], "does not exist"),
+    (["report", "missing.tsv"], "does not exist"),
+    (["report", "x.tsv", "--radii", "2:0:1"], "radii"),
+])
+def test_clear_errors(args, message, tmp_path):
+    (tmp_path / "x.tsv").write_text("idx\tlabel\n0\t1\n")
+    result = run(*args, check=False, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_certify_rejects_bad_options_corrupt_models_and_foreign_outputs(model, tmp_path):
+    base = ["--dataset", "digits", "--max", "2", "--n", "100", "--quiet"]
+    for bad, message in [(["--alpha", "2"], "open interval"), (["--n0", "0"], "positive")]:
+        result = run("certify", model, *base, *bad, "--out", tmp_path / "a.tsv", check=False)
+        assert result.returncode == 2 and message in result.stderr
+    corrupt = tmp_path / "corrupt.pkl"
+    corrupt.write_bytes(model.read_bytes()[:1000])
+    result = run("certify", corrupt, *base, "--out", tmp_path / "b.tsv", check=False)
+    assert result.returncode == 2 and "not a readable model file" in result.stderr
+    foreign = tmp_path / "foreign.tsv"
+    foreign.write_text("my own notes\n")
+    result = run("certify", model, *base, "--out", foreign, check=False)
+    assert result.returncode == 2 and "not written by a smoothsk" in result.stderr
+    assert foreign.read_text() == "my own notes\n"  # never appended to
+    out = tmp_path / "c.tsv"
+    run("certify", model, *base, "--out", out)
+    for changed in (["--seed", "3"], ["--alpha", "0.01"], ["--skip", "2"]):
+        result = run("certify", model, *base, *changed, "--out", out, check=False)
+        assert result.returncode == 2 and "different run" in result.stderr
+
+
+def test_killed_certification_resumes_to_the_uninterrupted_rows(model, tmp_path):
+    args = ["certify", model, "--dataset", "digits", "--max", "60", "--n0", "50",
+            "--n", "20000", "--seed", "5", "--threads", "1", "--quiet"]
+    reference = tmp_path / "reference.tsv"
+    run(*args, "--out", reference)
+    out = tmp_path / "killed.tsv"
+    process = subprocess.Popen([SMOOTHSK, *map(str, args), "--out", str(out)], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if out.exists() and len(out.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(out.read_text().splitlines()) - 1
+    assert 3 <= written < 60, written  # killed part-way
+    with open(out, "a") as stream:
+        stream.write("99\t3\t3\t0.4")  # a row cut short by the kill
+    run(*args, "--out", out)
+    assert rows_without_time(out) == rows_without_time(reference)
+    run(*args, "--out", out)  # a finished run stays as it is
+    assert rows_without_time(out) == rows_without_time(reference)
+
+
+def test_demo_writes_table_tsv_and_plot(tmp_path):
+    result = run("demo", "--epochs", "2", "--n", "200", "--quiet", "--out-dir", tmp_path / "d")
+    assert "certified accuracy" in result.stdout and "plot:" in result.stdout
+    assert png_size(tmp_path / "d" / "certified_accuracy.png") == (640, 480)
+    assert len(read_certification_tsv(tmp_path / "d" / "certify-sigma0.25.tsv").radius) == 540
