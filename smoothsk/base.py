@@ -367,13 +367,15 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
 
     def certify(
         self, X, *, n0=None, n=None, alpha=None, batch_size=None, random_state=None,
-        index_offset: int = 0,
+        index_offset: int = 0, n_jobs: int | None = None, chunk_size: int | None = None,
+        threads_per_worker: int | None = None,
     ) -> Certificate:
         """Cohen et al.'s CERTIFY on every input (see :func:`smoothsk.certify`).
 
         Defaults come from the estimator's ``n0``, ``n``, ``alpha``,
         ``certify_batch_size`` and ``random_state``.  The result's ``labels()``
         maps class indices to ``classes_``; ``is_correct(y)`` compares with labels.
+        ``n_jobs`` spreads the inputs over joblib workers (identical certificates).
         """
         X = self._check_fitted_X(X)
         result = certification.certify(
@@ -383,7 +385,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             alpha=self.alpha if alpha is None else alpha,
             batch_size=self.certify_batch_size if batch_size is None else batch_size,
             random_state=self.random_state if random_state is None else random_state,
-            index_offset=index_offset,
+            index_offset=index_offset, n_jobs=n_jobs, chunk_size=chunk_size,
+            threads_per_worker=threads_per_worker,
         )
         self._check_n_classes(result.counts.shape[1])
         result.classes = self.classes_

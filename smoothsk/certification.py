@@ -405,6 +405,9 @@ def certify(
     batch_size: int = 1000,
     random_state=None,
     index_offset: int = 0,
+    n_jobs: int | None = None,
+    chunk_size: int | None = None,
+    threads_per_worker: int | None = None,
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for every input in ``X``.
 
@@ -418,10 +421,21 @@ def certify(
 
     Parameters are as in :func:`class_counts`, plus ``n0`` and ``n`` (draws for
     selection and estimation) and ``alpha`` (failure probability per input).
+    ``n_jobs`` (with ``chunk_size`` and ``threads_per_worker``) spreads the inputs over
+    joblib workers, local or on a Dask / Ray cluster (see
+    :func:`smoothsk.parallel.certify_parallel`); the result equals the serial one.
     """
     n0 = _check_positive_int(n0, "n0")
     n = _check_positive_int(n, "n")
     alpha = _check_alpha(alpha)
+    if n_jobs not in (None, 1):
+        from smoothsk.parallel import certify_parallel
+
+        return certify_parallel(
+            module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
+            threads_per_worker=threads_per_worker, random_state=random_state,
+            index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+        )
     selection, estimation = _sample_counts(
         module, X, sigma, [n0, n], batch_size=batch_size, random_state=random_state,
         index_offset=index_offset, streams=[_STREAM_SELECTION, _STREAM_ESTIMATION],

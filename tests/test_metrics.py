@@ -105,3 +105,28 @@ def test_epoch_scoring_with_string_labels(digits):
                                    np.searchsorted(clf.classes_, names[:500]))[1]
     Xv, yv = X[:500][split.indices], names[:500][split.indices]
     assert scores[-1] == certified_accuracy_scorer(0.25, n=200)(clf, Xv, yv)
+
+
+def _torch_threads(estimator, X, y):
+    import torch
+
+    return float(torch.get_num_threads())
+
+
+def test_grid_search_in_two_worker_processes_does_not_oversubscribe(digits):
+    import os
+
+    X, y = digits
+    scoring = {"ca": certified_accuracy_scorer(0.25, n=200), "threads": _torch_threads}
+    search = GridSearchCV(GaussianAugClassifier(**dict(FAST, max_epochs=2)),
+                          {"sigma": [0.25, 0.5]}, scoring=scoring, refit="ca", cv=2, n_jobs=2)
+    search.fit(X[:300], y[:300])
+    # joblib's process workers get cpu_count // n_jobs OpenMP threads, which torch follows
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert set(search.cv_results_["mean_test_threads"]) == {expected}
+    # the same scores as a serial search: results do not depend on the worker
+    serial = GridSearchCV(GaussianAugClassifier(**dict(FAST, max_epochs=2)),
+                          {"sigma": [0.25, 0.5]}, scoring=scoring, refit="ca", cv=2)
+    serial.fit(X[:300], y[:300])
+    np.testing.assert_array_equal(search.cv_results_["split0_test_ca"],
+                                  serial.cv_results_["split0_test_ca"])

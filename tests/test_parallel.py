@@ -1,0 +1,76 @@
+"""Certification on joblib workers and Dask, and training through Accelerate."""
+
+import numpy as np
+import pytest
+import torch
+from joblib import parallel_config
+
+from smoothsk import GaussianAugClassifier, SmoothMixClassifier, certify
+from smoothsk.testing import tiny_estimator_params
+
+
+@pytest.fixture(scope="module")
+def net_and_inputs():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 4))
+    X = np.random.default_rng(0).uniform(size=(23, 3, 2, 2)).astype(np.float32)
+    return net, X
+
+
+def _assert_same(a, b):
+    for field in ("prediction", "radius", "pa_lower", "counts", "selection_counts"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_joblib_workers_and_chunk_sizes_give_the_serial_certificate(net_and_inputs):
+    net, X = net_and_inputs
+    kw = dict(n0=20, n=700, alpha=0.01, random_state=5)
+    serial = certify(net, X, 0.5, **kw)
+    for chunk_size in (1, 4, 50):
+        _assert_same(certify(net, X, 0.5, n_jobs=2, chunk_size=chunk_size, **kw), serial)
+    with parallel_config(backend="threading"):
+        _assert_same(certify(net, X, 0.5, n_jobs=3, chunk_size=5, **kw), serial)
+    # any subset with its global indices, and random_state=None fixed once for all workers
+    picked = np.arange(0, 23, 4)
+    _assert_same(certify(net, X[picked], 0.5, n_jobs=2, index_offset=picked, **kw),
+                 certify(net, X[picked], 0.5, index_offset=picked, **kw))
+    unseeded = certify(net, X, 0.5, n0=20, n=700, n_jobs=2, chunk_size=3)
+    assert unseeded.counts.sum() == 23 * 700
+    with pytest.raises(ValueError, match="chunk_size"):
+        certify(net, X, 0.5, n_jobs=2, chunk_size=0, **kw)
+
+
+def test_estimator_certify_with_n_jobs(digits):
+    X, y = digits
+    clf = GaussianAugClassifier(**tiny_estimator_params(max_epochs=2)).fit(X[:200], y[:200])
+    _assert_same(clf.certify(X[200:230], n_jobs=2), clf.certify(X[200:230]))
+
+
+def test_dask_local_cluster_equals_serial(net_and_inputs):
+    distributed = pytest.importorskip("dask.distributed")
+    net, X = net_and_inputs
+    kw = dict(n0=20, n=500, alpha=0.01, random_state=8)
+    serial = certify(net, X, 0.25, **kw)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster), parallel_config(backend="dask"):
+        clustered = certify(net, X, 0.25, n_jobs=-1, chunk_size=4, **kw)
+    _assert_same(clustered, serial)
+
+
+def test_accelerate_composition_trains_and_certifies(digits):
+    accelerate = pytest.importorskip("accelerate")
+    from smoothsk.hf import SmoothedAccelerateMixin
+
+    class AcceleratedSmoothMix(SmoothedAccelerateMixin, SmoothMixClassifier):
+        pass
+
+    X, y = digits
+    clf = AcceleratedSmoothMix(
+        accelerator=accelerate.Accelerator(cpu=True), device=None, num_noise=2, num_steps=1,
+        **tiny_estimator_params(max_epochs=8, sigma=0.25, module__hidden_units=(64,)))
+    clf.fit(X[:400], y[:400])
+    losses = clf.history[:, "train_loss"]
+    assert losses[-1] < losses[0]
+    assert clf.certify(X[400:460], n=200).is_correct(y[400:460]).mean() > 0.5
