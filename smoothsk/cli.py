@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -267,9 +268,11 @@ def run_certify(args) -> int:
     bar = _progress(len(indices), "certify", args.quiet)
     start = time.perf_counter()
     try:
-        certify_to_tsv(clf, X, y, indices, args.out, run_info=run_info, n0=args.n0, n=args.n,
-                       alpha=args.alpha, batch_size=args.batch_size, random_state=args.seed,
-                       progress=lambda done: bar.update(done - bar.n))
+        with _backend(args):
+            certify_to_tsv(clf, X, y, indices, args.out, run_info=run_info, n0=args.n0,
+                           n=args.n, alpha=args.alpha, batch_size=args.batch_size,
+                           random_state=args.seed, n_jobs=_jobs(args),
+                           progress=lambda done: bar.update(done - bar.n))
     except RunMismatchError as exc:
         raise CommandError(str(exc)) from exc
     finally:
@@ -278,6 +281,36 @@ def run_certify(args) -> int:
           f"(n0={args.n0}, n={args.n}, alpha={args.alpha}) in "
           f"{time.perf_counter() - start:.1f} s; wrote {args.out}")
     return 0
+
+
+def _jobs(args):
+    if args.jobs == 0:
+        raise CommandError("--jobs must be a positive number of workers or -1 (all).")
+    if args.jobs is None and args.scheduler is not None:
+        return -1  # every worker of the cluster
+    return args.jobs
+
+
+@contextlib.contextmanager
+def _backend(args):
+    """joblib's local processes, or a running Dask scheduler with ``--scheduler``."""
+    if args.scheduler is None:
+        yield
+        return
+    try:
+        from dask.distributed import Client
+    except ImportError as exc:
+        raise CommandError("--scheduler needs dask.distributed: pip install "
+                           "'smoothsk[dask]'.") from exc
+    from joblib import parallel_config
+
+    try:
+        client = Client(args.scheduler, timeout="20s")
+    except OSError as exc:
+        raise CommandError(f"cannot reach the Dask scheduler at {args.scheduler} ({exc}).") \
+            from exc
+    with client, parallel_config(backend="dask"):
+        yield
 
 
 def _subset_at(dataset, indices):
@@ -439,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--n", type=_positive_int, default=100_000)
     certify.add_argument("--alpha", type=_probability, default=0.001)
     certify.add_argument("--out", required=True, help="TSV to write, or to continue")
+    certify.add_argument("--jobs", type=int, default=None,
+                         help="worker processes (joblib; -1 = all cores, or all workers of "
+                              "the --scheduler cluster); results do not depend on it")
+    certify.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="run on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
     _add_common(certify, batch_default=1000)
     certify.set_defaults(func=run_certify)
 

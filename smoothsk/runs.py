@@ -22,6 +22,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+from joblib import effective_n_jobs
 
 __all__ = [
     "TSV_HEADER",
@@ -122,6 +123,7 @@ def certify_to_tsv(
     random_state: int,
     progress: Callable | None = None,
     rows_per_call: int | None = None,
+    n_jobs: int | None = None,
 ) -> Path:
     """Certify inputs ``X[i]`` (global indices ``indices[i]``) into a resumable TSV.
 
@@ -143,7 +145,10 @@ def certify_to_tsv(
         Called with the number of rows written after each call to ``certify``.
     rows_per_call : int or None
         Inputs per ``certify`` call (rows are written after each); default about
-        20,000 noisy samples' worth.
+        20,000 noisy samples' worth (times the number of workers).
+    n_jobs : int or None
+        Workers for each call (``certify(n_jobs=...)``; a Dask cluster under
+        ``joblib.parallel_config(backend="dask")``).  Rows stay ordered and complete.
     """
     out = Path(out)
     indices = np.asarray(indices, dtype=np.int64)
@@ -174,14 +179,16 @@ def certify_to_tsv(
     start = len(done)
     if progress is not None:
         progress(start)
-    step = rows_per_call or max(1, min(256, -(-20_000 // n)))
+    jobs = 1 if n_jobs in (None, 1) else effective_n_jobs(n_jobs)
+    step = rows_per_call or jobs * max(1, min(256, -(-20_000 // n)))
     with open(out, "a", encoding="utf-8") as stream:
         for first in range(start, len(indices), step):
             last = min(first + step, len(indices))
             chunk = _take(X, first, last)
             began = time.perf_counter()
             cert = estimator.certify(chunk, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                     random_state=random_state, index_offset=indices[first:last])
+                                     random_state=random_state, index_offset=indices[first:last],
+                                     n_jobs=n_jobs, chunk_size=-(-(last - first) // jobs))
             seconds = (time.perf_counter() - began) / (last - first)
             predicted = cert.labels(abstain_label=-1)
             correct = cert.is_correct(y[first:last])

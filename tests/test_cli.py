@@ -157,3 +157,18 @@ def test_demo_writes_table_tsv_and_plot(tmp_path):
     assert "certified accuracy" in result.stdout and "plot:" in result.stdout
     assert png_size(tmp_path / "d" / "certified_accuracy.png") == (640, 480)
     assert len(read_certification_tsv(tmp_path / "d" / "certify-sigma0.25.tsv").radius) == 540
+
+
+def test_certify_with_workers_and_a_dask_scheduler_writes_the_same_rows(model, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    args = ["certify", model, "--dataset", "digits", "--skip", "7", "--max", "30", "--n0", "50",
+            "--n", "2000", "--seed", "2", "--quiet"]
+    run(*args, "--out", tmp_path / "serial.tsv")
+    run(*args, "--jobs", "2", "--out", tmp_path / "jobs.tsv")
+    assert rows_without_time(tmp_path / "jobs.tsv") == rows_without_time(tmp_path / "serial.tsv")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        run(*args, "--scheduler", cluster.scheduler_address, "--out", tmp_path / "dask.tsv")
+    assert rows_without_time(tmp_path / "dask.tsv") == rows_without_time(tmp_path / "serial.tsv")
+    result = run(*args, "--jobs", "0", "--out", tmp_path / "zero.tsv", check=False)
+    assert result.returncode == 2 and "--jobs" in result.stderr
