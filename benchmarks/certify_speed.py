@@ -1,0 +1,194 @@
+"""Certification speed and memory: smoothsk against Cohen's loop, IBM ART and raw inference.
+
+Same network, same inputs, same n0 / n / alpha, same machine, one run; medians of
+``--repeats`` runs.  Reported: noisy samples per second of
+
+1. ``smoothsk.certify`` (batched across inputs) at the network's fastest batch size;
+2. Cohen et al.'s reference CERTIFY loop, written here faithfully: one input at a time,
+   noise batches of the same size, a Python loop counting predictions
+   (``_count_arr``), statsmodels' ``proportion_confint(method="beta")``;
+3. IBM ART's ``PyTorchRandomizedSmoothing.certify`` (``pip install 'smoothsk[bench]'``);
+4. the network's raw batched inference rate (forward passes on ready-made noisy
+   batches): the limit certification cannot beat at fixed n.
+
+and the peak extra memory (VmHWM − VmRSS before certifying, in a fresh subprocess per
+implementation) at n = 10,000 and 100,000.
+
+    python benchmarks/certify_speed.py [--networks lenet,resnet20] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from smoothsk import certify
+from smoothsk.models import CIFARResNet, LeNet
+
+NETWORKS = {
+    "lenet": (lambda: LeNet(), (1, 28, 28), 10),
+    "resnet20": (lambda: CIFARResNet(20), (3, 32, 32), 10),
+}
+SIGMA, N0, ALPHA = 0.25, 100, 0.001
+
+
+# ----------------------------------------------------------------------------- baselines
+def _count_arr(arr, length):
+    counts = np.zeros(length, dtype=int)
+    for idx in arr:
+        counts[idx] += 1
+    return counts
+
+
+def cohen_certify(model, X, num_classes, n0, n, alpha, batch_size):
+    """Cohen et al.'s ``Smooth.certify`` (core.py), one input at a time."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    def sample_noise(x, num):
+        counts = np.zeros(num_classes, dtype=int)
+        remaining = num
+        with torch.no_grad():
+            while remaining > 0:
+                this_batch = min(batch_size, remaining)
+                remaining -= this_batch
+                batch = x.repeat((this_batch, 1, 1, 1))
+                noise = torch.randn_like(batch) * SIGMA
+                predictions = model(batch + noise).argmax(1)
+                counts += _count_arr(predictions.cpu().numpy(), num_classes)
+        return counts
+
+    model.eval()
+    results = []
+    for x in torch.from_numpy(X):
+        top = sample_noise(x, n0).argmax()
+        n_a = sample_noise(x, n)[top]
+        p_lower = proportion_confint(n_a, n, alpha=2 * alpha, method="beta")[0]
+        results.append((top, p_lower))
+    return results
+
+
+def art_certify(model, X, num_classes, n0, n, alpha, batch_size):
+    from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
+
+    smoothed = PyTorchRandomizedSmoothing(
+        model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=X.shape[1:],
+        nb_classes=num_classes, clip_values=None, device_type="cpu", sample_size=n0,
+        scale=SIGMA, alpha=alpha,
+    )
+    return smoothed.certify(X, n=n, batch_size=batch_size)
+
+
+def smoothsk_certify(model, X, num_classes, n0, n, alpha, batch_size):
+    return certify(model, X, SIGMA, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                   random_state=0)
+
+
+IMPLEMENTATIONS = {"smoothsk": smoothsk_certify, "cohen": cohen_certify, "art": art_certify}
+
+
+# ----------------------------------------------------------------------------- measurements
+def raw_rate(model, shape, batch_size, repeats, rows=20_000):
+    """Samples/s of forward + argmax on noisy batches already in memory."""
+    batch = torch.rand(batch_size, *shape)
+    times = []
+    model.eval()
+    with torch.inference_mode():
+        model(batch)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(max(1, rows // batch_size)):
+                model(batch + SIGMA * torch.randn_like(batch)).argmax(1)
+            times.append(time.perf_counter() - start)
+    return max(1, rows // batch_size) * batch_size / statistics.median(times)
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def memory_child(implementation, network, n, batch_size):
+    torch.set_num_threads(1)
+    build, shape, classes = NETWORKS[network]
+    torch.manual_seed(0)
+    model = build().eval()
+    X = np.random.default_rng(0).uniform(size=(1, *shape)).astype(np.float32)
+    IMPLEMENTATIONS[implementation](model, X[:1], classes, 10, 200, ALPHA, batch_size)  # warm
+    before = _rss_kib("VmRSS")
+    IMPLEMENTATIONS[implementation](model, X, classes, N0, n, ALPHA, batch_size)
+    print(json.dumps({"peak_extra_mib": (_rss_kib("VmHWM") - before) / 1024}))
+
+
+def peak_memory(implementation, network, n, batch_size):
+    output = subprocess.run(
+        [sys.executable, __file__, "--memory-child", implementation, network, str(n),
+         str(batch_size)], capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_extra_mib"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", default="lenet,resnet20")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        implementation, network, n, batch_size = args.memory_child
+        return memory_child(implementation, network, int(n), int(batch_size))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {"lenet": dict(inputs=20, n=10_000), "resnet20": dict(inputs=4, n=2_000)}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, sigma={SIGMA}, "
+          f"n0={N0}, alpha={ALPHA}, median of {args.repeats}\n")
+    memory_rows = []
+    for network in args.networks.split(","):
+        build, shape, classes = NETWORKS[network]
+        torch.manual_seed(0)
+        model = build().eval()
+        rates = {b: raw_rate(model, shape, b, args.repeats)
+                 for b in (25, 50, 100, 200, 500, 1000, 2000)}
+        best = max(rates, key=rates.get)
+        print(f"## {network}: raw inference samples/s by batch size")
+        print(" | ".join(f"{b}: {r:,.0f}" for b, r in rates.items()), f"→ best {best}\n")
+        inputs, n = settings[network]["inputs"], settings[network]["n"]
+        X = np.random.default_rng(0).uniform(size=(inputs, *shape)).astype(np.float32)
+        speed = {}
+        for name, run in IMPLEMENTATIONS.items():
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                run(model, X, classes, N0, n, ALPHA, best)
+                times.append(time.perf_counter() - start)
+            speed[name] = inputs * (N0 + n) / statistics.median(times)
+        print(f"{inputs} inputs, n={n:,}, batch {best}\n")
+        print("| implementation | samples/s | smoothsk / it |")
+        print("|---|---|---|")
+        for name, rate in [*speed.items(), ("raw inference (best batch)", rates[best])]:
+            print(f"| {name} | {rate:,.0f} | {speed['smoothsk'] / rate:.2f} |")
+        print(f"\nsmoothsk / best raw inference rate: {speed['smoothsk'] / rates[best]:.3f}\n")
+        if network == "lenet":
+            for n_mem in (10_000, 100_000):
+                memory_rows.append((network, n_mem, {name: peak_memory(name, network, n_mem, best)
+                                                     for name in IMPLEMENTATIONS}))
+    if memory_rows:
+        print("## peak extra memory (MiB) while certifying one input, batch size as above")
+        print("| network | n | " + " | ".join(IMPLEMENTATIONS) + " |")
+        print("|---|---|" + "---|" * len(IMPLEMENTATIONS))
+        for network, n_mem, peaks in memory_rows:
+            print(f"| {network} | {n_mem:,} | " +
+                  " | ".join(f"{peaks[name]:.1f}" for name in IMPLEMENTATIONS) + " |")
+
+
+if __name__ == "__main__":
+    main()
