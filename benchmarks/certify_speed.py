@@ -65,8 +65,9 @@ def cohen_certify(model, X, num_classes, n0, n, alpha, batch_size):
         return counts
 
     model.eval()
+    device = next(model.parameters()).device
     results = []
-    for x in torch.from_numpy(X):
+    for x in torch.from_numpy(X).to(device):
         top = sample_noise(x, n0).argmax()
         n_a = sample_noise(x, n)[top]
         p_lower = proportion_confint(n_a, n, alpha=2 * alpha, method="beta")[0]
@@ -79,7 +80,8 @@ def art_certify(model, X, num_classes, n0, n, alpha, batch_size):
 
     smoothed = PyTorchRandomizedSmoothing(
         model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=X.shape[1:],
-        nb_classes=num_classes, clip_values=None, device_type="cpu", sample_size=n0,
+        nb_classes=num_classes, clip_values=None, sample_size=n0,
+        device_type="gpu" if next(model.parameters()).is_cuda else "cpu",
         scale=SIGMA, alpha=alpha,
     )
     return smoothed.certify(X, n=n, batch_size=batch_size)
@@ -96,7 +98,7 @@ IMPLEMENTATIONS = {"smoothsk": smoothsk_certify, "cohen": cohen_certify, "art": 
 # ----------------------------------------------------------------------------- measurements
 def raw_rate(model, shape, batch_size, repeats, rows=20_000):
     """Samples/s of forward + argmax on noisy batches already in memory."""
-    batch = torch.rand(batch_size, *shape)
+    batch = torch.rand(batch_size, *shape, device=next(model.parameters()).device)
     times = []
     model.eval()
     with torch.inference_mode():
@@ -104,7 +106,7 @@ def raw_rate(model, shape, batch_size, repeats, rows=20_000):
         for _ in range(repeats):
             start = time.perf_counter()
             for _ in range(max(1, rows // batch_size)):
-                model(batch + SIGMA * torch.randn_like(batch)).argmax(1)
+                model(batch + SIGMA * torch.randn_like(batch)).argmax(1).cpu()
             times.append(time.perf_counter() - start)
     return max(1, rows // batch_size) * batch_size / statistics.median(times)
 
@@ -141,6 +143,7 @@ def main(argv=None):
     parser.add_argument("--networks", default="lenet,resnet20")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
@@ -155,7 +158,7 @@ def main(argv=None):
     for network in args.networks.split(","):
         build, shape, classes = NETWORKS[network]
         torch.manual_seed(0)
-        model = build().eval()
+        model = build().eval().to(args.device)
         rates = {b: raw_rate(model, shape, b, args.repeats)
                  for b in (25, 50, 100, 200, 500, 1000, 2000)}
         best = max(rates, key=rates.get)
@@ -177,7 +180,7 @@ def main(argv=None):
         for name, rate in [*speed.items(), ("raw inference (best batch)", rates[best])]:
             print(f"| {name} | {rate:,.0f} | {speed['smoothsk'] / rate:.2f} |")
         print(f"\nsmoothsk / best raw inference rate: {speed['smoothsk'] / rates[best]:.3f}\n")
-        if network == "lenet":
+        if network == "lenet" and args.device == "cpu":
             for n_mem in (10_000, 100_000):
                 memory_rows.append((network, n_mem, {name: peak_memory(name, network, n_mem, best)
                                                      for name in IMPLEMENTATIONS}))

@@ -147,7 +147,7 @@ def _estimator_class(method: str):
     }[method]
 
 
-def _with_epoch_progress(clf, bar):
+def _with_epoch_progress(clf, bar, lr_step=None):
     """Fit-time callback updating ``bar`` each epoch; :func:`_without_progress` removes it."""
     from skorch.callbacks import Callback
 
@@ -156,7 +156,14 @@ def _with_epoch_progress(clf, bar):
             bar.update(1)
             bar.set_postfix(loss=f"{net.history[-1, 'train_loss']:.4f}")
 
-    return clf.set_params(callbacks=[("progress", EpochProgress())])
+    callbacks = [("progress", EpochProgress())]
+    if lr_step:
+        from skorch.callbacks import LRScheduler
+
+        step, gamma = lr_step
+        callbacks.append(("lr_scheduler", LRScheduler(policy="StepLR", step_size=step,
+                                                      gamma=gamma)))
+    return clf.set_params(callbacks=callbacks)
 
 
 def _without_progress(clf):
@@ -200,9 +207,10 @@ def build_estimator(args, dataset_train_size: int | None = None):
             params[name] = value
     params.update(dict(args.set or []))
     try:
-        return cls(**params)
+        clf = cls(**params)
     except TypeError as exc:
         raise CommandError(f"{args.method} does not take that option ({exc}).") from exc
+    return clf
 
 
 def run_train(args) -> int:
@@ -215,7 +223,7 @@ def run_train(args) -> int:
         y = y[: args.max_train] if y is not None else None
     clf = build_estimator(args)
     bar = _progress(args.epochs, f"train {args.method}", args.quiet)
-    _with_epoch_progress(clf, bar)
+    _with_epoch_progress(clf, bar, (args.lr_step, args.lr_gamma) if args.lr_step else None)
     start = time.perf_counter()
     try:
         clf.fit(X, y)
@@ -442,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="noise level (default 0.25; CRT: the teacher's)")
     train.add_argument("--epochs", type=_positive_int, default=10)
     train.add_argument("--lr", type=_positive_float, default=0.01)
+    train.add_argument("--lr-step", type=_positive_int, default=None, metavar="EPOCHS",
+                       help="multiply the learning rate by --lr-gamma every EPOCHS epochs")
+    train.add_argument("--lr-gamma", type=_positive_float, default=0.1)
     train.add_argument("--momentum", type=float, default=0.9)
     train.add_argument("--weight-decay", type=float, default=1e-4)
     train.add_argument("--max-train", type=_positive_int, default=None,

@@ -1,0 +1,157 @@
+"""Reproduction study on Fashion-MNIST: Gaussian, SmoothMix, CRT and baselines with LeNet.
+
+For every (method, σ) the script trains (or reuses) a model, certifies every
+``--test-every``-th test image into a TSV (resumable, via ``smoothsk.runs``), and then
+writes the papers' tables and certified-accuracy curves from the TSV files.  Run it
+whole or in pieces (``--sigmas 0.5 --methods gaussian``); finished pieces are reused.
+Models go to ``<out>/models`` (not committed); TSVs, timings, tables and PNGs to
+``<out>``.
+
+    python benchmarks/reproduce.py --out benchmarks/results/fashion-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import smoothsk
+from smoothsk.datasets import load_fashion_mnist
+from smoothsk.models import LeNet
+from smoothsk.report import markdown_table, plot_certified_accuracy, read_certification_tsv
+from smoothsk.runs import certify_to_tsv, load_model, save_model
+
+# Published MNIST settings (SmoothMix Table 2 / its code): SmoothMix m = 4, step 1.0,
+# η = 5, T = 2 / 4 / 8 for σ = 0.25 / 0.5 / 1.0; SmoothAdv ε = 1, T = 10, m = 4;
+# MACER k = 16, λ = 16 / 16 / 6; Consistency m = 2, λ = 10, η = 0.5; Stability λ = 2.
+STEPS = {0.25: 2, 0.5: 4, 1.0: 8}
+MACER_WEIGHT = {0.25: 16.0, 0.5: 16.0, 1.0: 6.0}
+
+
+def method_estimator(method, sigma, common, teacher=None):
+    if method == "gaussian":
+        return smoothsk.GaussianAugClassifier(sigma=sigma, **common)
+    if method == "smoothmix":
+        return smoothsk.SmoothMixClassifier(sigma=sigma, num_noise=4, num_steps=STEPS[sigma],
+                                            step_size=1.0, eta=5.0, **common)
+    if method == "crt":
+        return smoothsk.CRTStudent(teacher=teacher, **common)
+    if method == "smoothadv":
+        return smoothsk.SmoothAdvClassifier(sigma=sigma, epsilon=1.0, num_steps=10,
+                                            num_noise=4, **common)
+    if method == "macer":
+        return smoothsk.MACERClassifier(sigma=sigma, num_noise=16,
+                                        robustness_weight=MACER_WEIGHT[sigma], **common)
+    if method == "consistency":
+        return smoothsk.ConsistencyClassifier(sigma=sigma, num_noise=2,
+                                              consistency_weight=10.0, **common)
+    if method == "stability":
+        return smoothsk.StabilityClassifier(sigma=sigma, **common)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def train(method, sigma, args, X, y, out: Path):
+    model_path = out / "models" / f"{method}-sigma{sigma:g}.pkl"
+    info_path = out / f"train-{method}-sigma{sigma:g}.json"
+    if model_path.exists() and info_path.exists():
+        return load_model(model_path), json.loads(info_path.read_text())
+    teacher = None
+    if method == "crt":
+        teacher, _ = train("smoothmix", sigma, args, X, y, out)
+    common = dict(module=LeNet, max_epochs=args.epochs, lr=0.01, batch_size=args.batch_size,
+                  optimizer__momentum=0.9, optimizer__weight_decay=1e-4, random_state=0)
+    clf = method_estimator(method, sigma, common, teacher)
+    start = time.perf_counter()
+    clf.fit(X, y)
+    info = {"method": method, "sigma": sigma, "seconds": time.perf_counter() - start,
+            "epochs": args.epochs, "train_size": len(X), "batch_size": args.batch_size}
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(clf, model_path)
+    info_path.write_text(json.dumps(info, indent=1))
+    print(f"trained {method} σ={sigma}: {info['seconds']:.0f} s", flush=True)
+    return clf, info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/fashion-mnist")
+    parser.add_argument("--root", default=None, help="Fashion-MNIST IDX directory")
+    parser.add_argument("--sigmas", default="0.25,0.5,1.0")
+    parser.add_argument("--methods", default="gaussian,smoothmix,crt")
+    parser.add_argument("--train", type=int, default=10_000, help="training subset size")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--test-every", type=int, default=20)
+    parser.add_argument("--max-test", type=int, default=500)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--large-n", type=int, default=100_000,
+                        help="also certify Gaussian and SmoothMix at σ=0.5 with this n (0: skip)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    X, y = load_fashion_mnist(args.root, split="train")
+    X, y = X[: args.train], y[: args.train]
+    X_test, y_test = load_fashion_mnist(args.root, split="test")
+    indices = np.arange(0, len(X_test), args.test_every)[: args.max_test]
+    sigmas = [float(s) for s in args.sigmas.split(",")]
+    methods = args.methods.split(",")
+    for sigma in sigmas:
+        for method in methods:
+            clf, _ = train(method, sigma, args, X, y, out)
+            runs = [args.n]
+            if sigma == 0.5 and method in ("gaussian", "smoothmix") and args.large_n:
+                runs.append(args.large_n)
+            for n in runs:
+                tsv = out / f"{method}-sigma{sigma:g}-n{n}.tsv"
+                start = time.perf_counter()
+                certify_to_tsv(clf, X_test[indices], y_test[indices], indices, tsv,
+                               run_info={"method": method, "sigma": sigma,
+                                         "train": args.train, "epochs": args.epochs},
+                               n0=100, n=n, alpha=0.001, batch_size=args.batch_size * 8,
+                               random_state=0)
+                print(f"certified {method} σ={sigma} n={n}: {time.perf_counter() - start:.0f} s",
+                      flush=True)
+    write_report(out, sigmas, methods, args)
+
+
+def write_report(out: Path, sigmas, methods, args):
+    radii = {0.25: [0, 0.25, 0.5, 0.75, 1.0], 0.5: [0, 0.5, 1.0, 1.5, 2.0],
+             1.0: [0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]}
+    lines = [f"Fashion-MNIST, LeNet, {args.train:,} training images, {args.epochs} epochs, "
+             f"batch {args.batch_size}; certified every {args.test_every}th test image "
+             f"(at most {args.max_test}), n0 = 100, α = 0.001.\n"]
+    acr = {}
+    for sigma in sigmas:
+        runs = []
+        for method in methods:
+            for tsv in sorted(out.glob(f"{method}-sigma{sigma:g}-n*.tsv"),
+                              key=lambda p: int(p.stem.rsplit("-n", 1)[1])):
+                n = int(tsv.stem.rsplit("-n", 1)[1])
+                info = json.loads((out / f"train-{method}-sigma{sigma:g}.json").read_text())
+                name = f"{method} (n={n:,}, train {info['seconds']:.0f} s)"
+                run = read_certification_tsv(tsv, name)
+                runs.append(run)
+                acr[(method, sigma, n)] = (run.average_certified_radius, info["seconds"])
+        if not runs:
+            continue
+        lines.append(f"### σ = {sigma:g}\n")
+        lines.append(markdown_table(runs, radii.get(sigma, [0, 0.5, 1.0])))
+        png = out / f"curves-sigma{sigma:g}.png"
+        plot_certified_accuracy(runs, png, title=f"Fashion-MNIST, LeNet, σ = {sigma:g}")
+        lines.append(f"![σ = {sigma:g}]({png.name})\n")
+    (out / "results.md").write_text("\n".join(lines))
+    summary = {f"{m}|{s:g}|{n}": v for (m, s, n), v in acr.items()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
