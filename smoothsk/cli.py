@@ -267,7 +267,9 @@ def run_certify(args) -> int:
     total = len(X)
     indices = np.arange(0, total, args.skip)[: args.max]
     if y is None:  # a torch Dataset: labels are its targets
-        y = np.asarray([X[int(i)][1] for i in indices])
+        targets = getattr(X, "targets", None)  # torchvision keeps them without the images
+        y = np.asarray(targets)[indices] if targets is not None else \
+            np.asarray([X[int(i)][1] for i in indices])
         X = _subset_at(X, indices)
     else:
         X, y = X[indices], y[indices]

@@ -39,6 +39,12 @@ class RunMismatchError(ValueError):
     """An output file exists and belongs to a different certification run."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable) -> None:
     """Write through a temporary file in the same directory, then rename over ``path``."""
     path = Path(path)
@@ -48,6 +54,7 @@ def _atomic_write(path: Path, write: Callable) -> None:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

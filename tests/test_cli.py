@@ -34,7 +34,8 @@ def rows_without_time(path):
 def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "model.pkl"
     run("train", "--dataset", "digits", "--method", "gaussian", "--sigma", "0.25",
-        "--epochs", "15", "--lr", "0.05", "--threads", "1", "--quiet", "--out", path)
+        "--epochs", "15", "--lr", "0.05", "--lr-step", "10", "--threads", "1", "--quiet",
+        "--out", path)
     return path
 
 
@@ -49,8 +50,16 @@ def test_train_certify_report_end_to_end(model, tmp_path):
 
     from smoothsk import GaussianAugClassifier
 
-    assert isinstance(joblib.load(model), GaussianAugClassifier)  # a plain joblib file
+    loaded = joblib.load(model)
+    assert isinstance(loaded, GaussianAugClassifier)  # a plain joblib file
+    assert loaded.training_info_["epochs"] == 15 and loaded.callbacks is None
+    scheduler = dict(loaded.callbacks_)["lr_scheduler"]  # --lr-step 10: ×0.1 after epoch 10
+    assert (scheduler.step_size, scheduler.gamma) == (10, 0.1)
+    assert loaded.optimizer_.param_groups[0]["lr"] == pytest.approx(0.005)
     assert not [p for p in model.parent.iterdir() if p.name.startswith(".")]  # no temp files
+    umask = os.umask(0)
+    os.umask(umask)
+    assert model.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     runs = []
     for seed in (0, 1):
         out = tmp_path / f"seed{seed}.tsv"
