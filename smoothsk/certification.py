@@ -113,6 +113,18 @@ def _first_field(batch):
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+def _take_rows(X, rows):
+    """``X[rows]`` for arrays and tensors; a ``Subset`` for a torch Dataset.
+
+    ``rows`` is a slice or a sequence of integer indices.
+    """
+    if isinstance(X, (np.ndarray, torch.Tensor)):
+        return X[rows]
+    if isinstance(rows, slice):
+        rows = range(len(X))[rows]
+    return torch.utils.data.Subset(X, [int(i) for i in rows])
+
+
 def _input_chunks(X, chunk_size: int) -> Iterator[torch.Tensor]:
     """Yield ``X`` in chunks of inputs: arrays, tensors, Datasets or DataLoaders.
 

@@ -214,12 +214,13 @@ def build_estimator(args, dataset_train_size: int | None = None):
 
 
 def run_train(args) -> int:
+    from smoothsk.certification import _take_rows
     from smoothsk.runs import save_model
 
     _set_threads(args)
     X, y = _load(args, "train")
     if args.max_train is not None:
-        X = X[: args.max_train] if y is not None else _subset(X, args.max_train)
+        X = _take_rows(X, slice(args.max_train))
         y = y[: args.max_train] if y is not None else None
     clf = build_estimator(args)
     bar = _progress(args.epochs, f"train {args.method}", args.quiet)
@@ -244,14 +245,9 @@ def run_train(args) -> int:
     return 0
 
 
-def _subset(dataset, count: int):
-    import torch
-
-    return torch.utils.data.Subset(dataset, range(min(count, len(dataset))))
-
-
 # --------------------------------------------------------------------------- certify
 def run_certify(args) -> int:
+    from smoothsk.certification import _take_rows
     from smoothsk.runs import RunMismatchError, _file_digest, certify_to_tsv, load_model
 
     _set_threads(args)
@@ -270,9 +266,9 @@ def run_certify(args) -> int:
         targets = getattr(X, "targets", None)  # torchvision keeps them without the images
         y = np.asarray(targets)[indices] if targets is not None else \
             np.asarray([X[int(i)][1] for i in indices])
-        X = _subset_at(X, indices)
     else:
-        X, y = X[indices], y[indices]
+        y = y[indices]
+    X = _take_rows(X, indices)
     run_info = {"model_sha256": _file_digest(Path(args.model_file)), "dataset": args.dataset,
                 "split": args.split, "skip": args.skip, "max": args.max}
     bar = _progress(len(indices), "certify", args.quiet)
@@ -321,12 +317,6 @@ def _backend(args):
             from exc
     with client, parallel_config(backend="dask"):
         yield
-
-
-def _subset_at(dataset, indices):
-    import torch
-
-    return torch.utils.data.Subset(dataset, [int(i) for i in indices])
 
 
 # --------------------------------------------------------------------------- report

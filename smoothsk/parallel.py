@@ -37,12 +37,6 @@ def _certify_chunk(module, X, sigma, indices, threads, on_gpu, kwargs) -> Certif
     return certification.certify(module, X, sigma, index_offset=indices, **kwargs)
 
 
-def _take(X, start: int, stop: int):
-    if isinstance(X, (np.ndarray, torch.Tensor)):
-        return X[start:stop]
-    return torch.utils.data.Subset(X, range(start, stop))
-
-
 def _concatenate(parts: list[Certificate]) -> Certificate:
     first = parts[0]
     return Certificate(
@@ -95,10 +89,10 @@ def certify_parallel(module, X, sigma, *, n_jobs, chunk_size=None, threads_per_w
     device, _ = certification._module_device_dtype(module)
     portable = copy.deepcopy(module).cpu() if device.type != "cpu" else module
     kwargs = dict(kwargs, random_state=seed)
+    chunks = [slice(start, start + chunk_size) for start in range(0, total, chunk_size)]
     tasks = (
-        delayed(_certify_chunk)(portable, _take(X, start, start + chunk_size), sigma,
-                                indices[start : start + chunk_size], threads_per_worker,
-                                device.type == "cuda", kwargs)
-        for start in range(0, total, chunk_size)
+        delayed(_certify_chunk)(portable, certification._take_rows(X, rows), sigma,
+                                indices[rows], threads_per_worker, device.type == "cuda", kwargs)
+        for rows in chunks
     )
     return _concatenate(Parallel(n_jobs=n_jobs)(tasks))

@@ -24,6 +24,8 @@ import joblib
 import numpy as np
 from joblib import effective_n_jobs
 
+from smoothsk.certification import _take_rows
+
 __all__ = [
     "TSV_HEADER",
     "RunMismatchError",
@@ -191,7 +193,7 @@ def certify_to_tsv(
     with open(out, "a", encoding="utf-8") as stream:
         for first in range(start, len(indices), step):
             last = min(first + step, len(indices))
-            chunk = _take(X, first, last)
+            chunk = _take_rows(X, slice(first, last))
             began = time.perf_counter()
             cert = estimator.certify(chunk, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                      random_state=random_state, index_offset=indices[first:last],
@@ -207,11 +209,3 @@ def certify_to_tsv(
             if progress is not None:
                 progress(last)
     return out
-
-
-def _take(X, first: int, last: int):
-    if isinstance(X, np.ndarray):
-        return X[first:last]
-    import torch
-
-    return torch.utils.data.Subset(X, range(first, last))
