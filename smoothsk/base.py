@@ -244,10 +244,20 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                     "The training data has one class; a classifier needs at least 2 "
                     f"classes. Got classes {self.classes_fitted_.tolist()}."
                 )
-        unknown = np.setdiff1d(y, self.classes_fitted_)
-        if len(unknown):
-            raise ValueError(f"y contains labels not seen in fit: {unknown.tolist()}.")
-        return X, np.searchsorted(self.classes_fitted_, y).astype(np.int64)
+        return X, self._encode_labels(y)
+
+    def _encode_labels(self, y, *, unseen: str = "raise") -> np.ndarray:
+        """Class indices of the labels ``y`` in ``classes_``.
+
+        ``unseen="raise"`` rejects labels not seen in fit; ``"mark"`` maps them to −1
+        (an index no prediction has, so they never count as correct).
+        """
+        y = np.asarray(y)
+        position = np.searchsorted(self.classes_, y).clip(0, len(self.classes_) - 1)
+        known = self.classes_[position] == y
+        if unseen == "raise" and not known.all():
+            raise ValueError(f"y contains labels not seen in fit: {np.unique(y[~known]).tolist()}.")
+        return np.where(known, position, -1).astype(np.int64)
 
     def _classes_for_fit(self):
         """Labels to learn in ``fit``: the ``classes`` parameter, or None to take ``y``'s."""
@@ -410,9 +420,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             y = column_or_1d(y)
             if len(y) != len(X):
                 raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
-            position = np.searchsorted(self.classes_, y).clip(0, len(self.classes_) - 1)
-            known = self.classes_[position] == y
-            y_index = np.where(known, position, -1)  # unseen labels are never correct
+            y_index = self._encode_labels(y, unseen="mark")
         result = certify_radius(
             self.module_, X, self.noise_level_, radius, y=y_index,
             n0=self.n0 if n0 is None else n0,

@@ -42,6 +42,19 @@ def average_certified_radius(y_true, certificate: Certificate) -> float:
     return float(np.mean(np.where(correct, certificate.radius, 0.0)))
 
 
+def _smoothed_step(estimator, X):
+    """``(last_step, X transformed by the earlier steps)`` for a Pipeline; else unchanged.
+
+    Certificates of a Pipeline hold in the input space of its last (smoothed) step.
+    """
+    if not hasattr(estimator, "steps"):
+        return estimator, X
+    for _, step in estimator.steps[:-1]:
+        if step is not None and step != "passthrough":
+            X = step.transform(X)
+    return estimator.steps[-1][1], X
+
+
 class _CertificationScorer:
     """``scorer(estimator, X, y) -> float``: certify, then apply a metric (greater is better).
 
@@ -57,12 +70,7 @@ class _CertificationScorer:
         self.adaptive = adaptive
 
     def __call__(self, estimator, X, y) -> float:
-        smoothed = estimator
-        if hasattr(estimator, "steps"):  # a Pipeline: transform through all but the last step
-            for _, step in estimator.steps[:-1]:
-                if step is not None and step != "passthrough":
-                    X = step.transform(X)
-            smoothed = estimator.steps[-1][1]
+        smoothed, X = _smoothed_step(estimator, X)
         if not hasattr(smoothed, "certify"):
             raise ValueError(
                 f"{type(smoothed).__name__} has no certify method; score a smoothsk estimator "

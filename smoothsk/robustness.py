@@ -17,6 +17,7 @@ import torch
 from smoothsk import certification
 from smoothsk.attacks import smoothed_pgd_attack
 from smoothsk.certification import ABSTAIN
+from smoothsk.metrics import _smoothed_step
 
 __all__ = ["EmpiricalRobustness", "empirical_robustness"]
 
@@ -49,20 +50,6 @@ class EmpiricalRobustness:
     distance: np.ndarray
     n: int
     alpha: float
-
-
-def _smoothed_step(estimator):
-    """``(transform, smoothed)``: a Pipeline is attacked in its last step's input space."""
-    transform = []
-    if hasattr(estimator, "steps"):
-        transform = [s for _, s in estimator.steps[:-1] if s is not None and s != "passthrough"]
-        estimator = estimator.steps[-1][1]
-    if not hasattr(estimator, "module_") or not hasattr(estimator, "noise_level_"):
-        raise ValueError(
-            f"{type(estimator).__name__} is not a fitted smoothsk estimator; fit one (or a "
-            "Pipeline ending in one) before attacking it."
-        )
-    return transform, estimator
 
 
 def empirical_robustness(
@@ -113,18 +100,19 @@ def empirical_robustness(
     random_state : int or None
         Seeds the attack noise and PREDICT's noise.
     """
-    transform, smoothed = _smoothed_step(estimator)
-    for step in transform:
-        X = step.transform(X)
+    smoothed, X = _smoothed_step(estimator, X)  # a Pipeline: its last step's input space
+    if not hasattr(smoothed, "module_") or not hasattr(smoothed, "noise_level_"):
+        raise ValueError(
+            f"{type(smoothed).__name__} is not a fitted smoothsk estimator; fit one (or a "
+            "Pipeline ending in one) before attacking it."
+        )
     X = smoothed._check_fitted_X(X)
     if not isinstance(X, np.ndarray):
         raise ValueError("empirical_robustness needs X as an array or tensor, not a Dataset.")
     y = np.asarray(y)
     if len(y) != len(X):
         raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
-    unknown = np.setdiff1d(y, smoothed.classes_)
-    if len(unknown):
-        raise ValueError(f"y contains labels not seen in fit: {unknown.tolist()}.")
+    y_index = smoothed._encode_labels(y)
     radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
     if radii.ndim != 1 or np.any(radii < 0) or not np.all(np.isfinite(radii)):
         raise ValueError(f"radii must be finite and >= 0; got {radii!r}.")
@@ -139,7 +127,7 @@ def empirical_robustness(
     sigma = smoothed.noise_level_
     device, dtype = certification._module_device_dtype(module)
     X_t = torch.as_tensor(X, dtype=dtype)
-    y_t = torch.as_tensor(np.searchsorted(smoothed.classes_, y), dtype=torch.int64)
+    y_t = torch.as_tensor(y_index)
     generator = torch.Generator(device=device)
     predictions, distances = [], []
     for k, radius in enumerate(radii):
