@@ -164,14 +164,14 @@ def certify_radius(
     level = alpha / len(sizes)
     threshold = float(norm.cdf(radius / sigma))
 
+    base_seed = certification._base_seed(random_state)  # one seed for both streams
     (selection,) = _sample_counts(
-        module, X, sigma, [n0], batch_size=batch_size, random_state=random_state,
+        module, X, sigma, [n0], batch_size=batch_size, random_state=base_seed,
         index_offset=index_offset, streams=[_STREAM_SELECTION],
     )
     top = selection.argmax(axis=1)
     count = len(top)
-    offset = certification._check_index_offset(index_offset)
-    global_index = offset if isinstance(offset, np.ndarray) else offset + np.arange(count)
+    global_index = certification._global_indices(index_offset, count)
     active = np.ones(count, dtype=bool)
     if y is not None:
         y = np.asarray(y)
@@ -188,42 +188,36 @@ def certify_radius(
     lower = np.full(count, np.nan)
     upper = np.full(count, np.nan)
     certified = np.zeros(count, dtype=bool)
-    base_seed = certification._base_seed(random_state)
     device, dtype = certification._module_device_dtype(module)
     chunk_size = max(1, batch_size // int(sizes[0]))
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            previous = 0
-            for j, size in enumerate(sizes):
-                if not active.any():
-                    break
-                sampler = _NoiseSampler(
-                    module, sigma, batch_size, base_seed, (_STREAM_ADAPTIVE, j)
-                )
-                start = 0
-                for chunk in certification._input_chunks(X, chunk_size):
-                    local = np.flatnonzero(active[start : start + len(chunk)])
-                    if len(local):
-                        rows = start + local
-                        votes = sampler.counts(
-                            chunk[torch.as_tensor(local)].to(device=device, dtype=dtype),
-                            global_index[rows], int(size - previous),
-                        ).cpu().numpy()
-                        hits[rows] += votes[np.arange(len(rows)), top[rows]]
-                    start += len(chunk)
-                idx = np.flatnonzero(active)
-                drawn[idx], rounds[idx] = size, j + 1
-                lower[idx] = lower_confidence_bound(hits[idx], size, level)
-                upper[idx] = upper_confidence_bound(hits[idx], size, level)
-                best_case = lower_confidence_bound(hits[idx] + (n - size), n, level)
-                certified[idx] = lower[idx] >= threshold
-                done = certified[idx] | (upper[idx] < threshold) | (best_case < threshold)
-                active[idx[done]] = False
-                previous = size
-    finally:
-        module.train(was_training)
+    with certification._evaluating(module):
+        previous = 0
+        for j, size in enumerate(sizes):
+            if not active.any():
+                break
+            sampler = _NoiseSampler(
+                module, sigma, batch_size, base_seed, (_STREAM_ADAPTIVE, j)
+            )
+            start = 0
+            for chunk in certification._input_chunks(X, chunk_size):
+                local = np.flatnonzero(active[start : start + len(chunk)])
+                if len(local):
+                    rows = start + local
+                    votes = sampler.counts(
+                        chunk[torch.as_tensor(local)].to(device=device, dtype=dtype),
+                        global_index[rows], int(size - previous),
+                    ).cpu().numpy()
+                    hits[rows] += votes[np.arange(len(rows)), top[rows]]
+                start += len(chunk)
+            idx = np.flatnonzero(active)
+            drawn[idx], rounds[idx] = size, j + 1
+            lower[idx] = lower_confidence_bound(hits[idx], size, level)
+            upper[idx] = upper_confidence_bound(hits[idx], size, level)
+            best_case = lower_confidence_bound(hits[idx] + (n - size), n, level)
+            certified[idx] = lower[idx] >= threshold
+            done = certified[idx] | (upper[idx] < threshold) | (best_case < threshold)
+            active[idx[done]] = False
+            previous = size
     return RadiusCertificate(
         prediction=top, certified=certified, samples=drawn, rounds=rounds,
         pa_lower=lower, pa_upper=upper, radius=float(radius), threshold=threshold,

@@ -13,6 +13,7 @@ rely on this.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -249,6 +250,28 @@ def _check_index_offset(index_offset):
     return int(index_offset)
 
 
+def _global_indices(index_offset, count: int) -> np.ndarray:
+    """Every input's global index: ``index_offset + arange(count)``, or the array given."""
+    offset = _check_index_offset(index_offset)
+    if not isinstance(offset, np.ndarray):
+        return offset + np.arange(count)
+    if len(offset) != count:
+        raise ValueError(f"index_offset holds {len(offset)} indices for {count} inputs.")
+    return offset
+
+
+@contextlib.contextmanager
+def _evaluating(module: torch.nn.Module):
+    """Eval mode and ``torch.inference_mode`` inside; the module's mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield module
+    finally:
+        module.train(was_training)
+
+
 def _chunk_indices(index_offset, seen: int, size: int):
     if isinstance(index_offset, np.ndarray):
         if seen + size > len(index_offset):
@@ -270,20 +293,15 @@ def _sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_of
     chunk_size = max(1, batch_size // max(1, min(nums)))
     results = [[] for _ in streams]
     seen = 0
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            for chunk in _input_chunks(X, chunk_size):
-                chunk = chunk.to(device=device, dtype=dtype)
-                if not torch.isfinite(chunk).all():
-                    raise ValueError("X contains NaN or infinity; certify needs finite inputs.")
-                for sampler, num, out in zip(samplers, nums, results):
-                    first = _chunk_indices(index_offset, seen, len(chunk))
-                    out.append(sampler.counts(chunk, first, num).cpu().numpy())
-                seen += len(chunk)
-    finally:
-        module.train(was_training)
+    with _evaluating(module):
+        for chunk in _input_chunks(X, chunk_size):
+            chunk = chunk.to(device=device, dtype=dtype)
+            if not torch.isfinite(chunk).all():
+                raise ValueError("X contains NaN or infinity; certify needs finite inputs.")
+            for sampler, num, out in zip(samplers, nums, results):
+                first = _chunk_indices(index_offset, seen, len(chunk))
+                out.append(sampler.counts(chunk, first, num).cpu().numpy())
+            seen += len(chunk)
     if seen == 0:
         raise ValueError("X is empty; pass at least one input.")
     if isinstance(index_offset, np.ndarray) and seen != len(index_offset):

@@ -82,10 +82,7 @@ def certify_parallel(module, X, sigma, *, n_jobs, chunk_size=None, threads_per_w
     threads_per_worker = certification._check_positive_int(threads_per_worker,
                                                            "threads_per_worker")
     seed = certification._base_seed(random_state)
-    offset = certification._check_index_offset(index_offset)
-    indices = offset if isinstance(offset, np.ndarray) else offset + np.arange(total)
-    if len(indices) != total:
-        raise ValueError(f"index_offset holds {len(indices)} indices for {total} inputs.")
+    indices = certification._global_indices(index_offset, total)
     device, _ = certification._module_device_dtype(module)
     portable = copy.deepcopy(module).cpu() if device.type != "cpu" else module
     kwargs = dict(kwargs, random_state=seed)
