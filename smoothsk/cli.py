@@ -188,7 +188,7 @@ def build_estimator(args, dataset_train_size: int | None = None):
         optimizer__weight_decay=args.weight_decay, device=args.device, random_state=args.seed,
         **module_params,
     )
-    if _DATA_SHAPES[args.dataset][1] and args.dataset in ("cifar10", "imagenet"):
+    if args.dataset in ("cifar10", "imagenet"):  # torch Datasets: fit needs the classes
         params["classes"] = list(range(_DATA_SHAPES[args.dataset][0]))
     if args.sigma is not None:
         params["sigma"] = args.sigma
@@ -320,14 +320,25 @@ def _backend(args):
 
 
 # --------------------------------------------------------------------------- report
-def run_report(args) -> int:
-    from smoothsk.report import (
-        markdown_table,
-        parse_radii,
-        plot_certified_accuracy,
-        read_certification_tsv,
-    )
+def _print_runs(runs, radii) -> None:
+    """The report table (run, N, ACR, certified accuracy % per radius) on stdout."""
+    header = ["run", "N", "ACR", *[f"r={r:g}" for r in radii]]
+    rows = [[run.name, str(len(run.radius)), f"{run.average_certified_radius:.3f}",
+             *[f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]] for run in runs]
+    print("certified accuracy (%) at l2 radius r")
+    print(_table(rows, header))
+
+
+def _write_markdown(path, runs, radii) -> None:
+    from smoothsk.report import markdown_table
     from smoothsk.runs import _atomic_write
+
+    table = markdown_table(runs, radii).encode()
+    _atomic_write(Path(path), lambda stream: stream.write(table))
+
+
+def run_report(args) -> int:
+    from smoothsk.report import parse_radii, plot_certified_accuracy, read_certification_tsv
 
     try:
         radii = parse_radii(args.radii)
@@ -337,14 +348,9 @@ def run_report(args) -> int:
         runs = [read_certification_tsv(path, name) for path, name in zip(args.runs, names)]
     except (FileNotFoundError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
-    header = ["run", "N", "ACR", *[f"r={r:g}" for r in radii]]
-    rows = [[run.name, str(len(run.radius)), f"{run.average_certified_radius:.3f}",
-             *[f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]] for run in runs]
-    print("certified accuracy (%) at l2 radius r")
-    print(_table(rows, header))
+    _print_runs(runs, radii)
     if args.markdown:
-        table = markdown_table(runs, radii).encode()
-        _atomic_write(Path(args.markdown), lambda stream: stream.write(table))
+        _write_markdown(args.markdown, runs, radii)
         print(f"Markdown table: {args.markdown}")
     if args.plot:
         plot_certified_accuracy(runs, args.plot, max_radius=args.max_radius, title=args.title)
@@ -359,7 +365,7 @@ def run_demo(args) -> int:
 
     from smoothsk import GaussianAugClassifier
     from smoothsk.datasets import load_dataset
-    from smoothsk.report import markdown_table, plot_certified_accuracy, read_certification_tsv
+    from smoothsk.report import plot_certified_accuracy, read_certification_tsv
     from smoothsk.runs import certify_to_tsv, save_model
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
@@ -395,12 +401,8 @@ def run_demo(args) -> int:
           f"images in {trained - start:.1f} s, certified {len(X_test)} test images "
           f"(n0=100, n={args.n}, alpha=0.001) in {done - trained:.1f} s.")
     print(f"clean accuracy of the smoothed classifier: {clf.score(X_test, y_test):.3f}\n")
-    header = ["sigma", "ACR"] + [f"r={r:g}" for r in radii]
-    row = [f"{args.sigma:g}", f"{run.average_certified_radius:.3f}"]
-    row += [f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]
-    print("certified accuracy (%) at l2 radius r")
-    print(_table([row], header))
-    (out / "table.md").write_text(markdown_table([run], radii))
+    _print_runs([run], radii)
+    _write_markdown(out / "table.md", [run], radii)
     plot = plot_certified_accuracy([run], out / "certified_accuracy.png",
                                    title="digits, Gaussian augmentation")
     print(f"\ncertification TSV: {tsv}\nplot: {plot}")

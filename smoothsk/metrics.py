@@ -31,15 +31,23 @@ def certified_accuracy(y_true, certificate: Certificate, radius=0.0):
     radii = np.asarray(radius, dtype=np.float64)
     if np.any(radii < 0) or not np.all(np.isfinite(radii)):
         raise ValueError(f"radius must be finite and >= 0; got {radius!r}.")
-    correct = certificate.is_correct(y_true)
-    curve = (correct[None, :] & (certificate.radius[None, :] >= radii.reshape(-1, 1))).mean(axis=1)
+    curve = _accuracy_curve(certificate.is_correct(y_true), certificate.radius, radii)
     return float(curve[0]) if radii.ndim == 0 else curve.reshape(radii.shape)
+
+
+def _accuracy_curve(correct, radius, radii) -> np.ndarray:
+    """``CA(r)`` for each r in ``radii`` (flattened): mean of ``correct & radius ≥ r``."""
+    radii = np.asarray(radii, dtype=np.float64).reshape(-1, 1)
+    return (correct[None, :] & (radius[None, :] >= radii)).mean(axis=1)
+
+
+def _mean_certified_radius(correct, radius) -> float:
+    return float(np.mean(np.where(correct, radius, 0.0)))
 
 
 def average_certified_radius(y_true, certificate: Certificate) -> float:
     """ACR ``= (1/N) Σ_i R_i · 1[ĉ_i = y_i]`` (Zhai et al. 2020); abstentions give 0."""
-    correct = certificate.is_correct(y_true)
-    return float(np.mean(np.where(correct, certificate.radius, 0.0)))
+    return _mean_certified_radius(certificate.is_correct(y_true), certificate.radius)
 
 
 def _smoothed_step(estimator, X):

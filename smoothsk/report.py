@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smoothsk.metrics import _accuracy_curve, _mean_certified_radius
 from smoothsk.runs import _atomic_write
 
 __all__ = [
@@ -35,12 +36,11 @@ class CertificationRun:
 
     def certified_accuracy(self, radii) -> np.ndarray:
         """``CA(r)`` = fraction of inputs that are correct with radius ≥ r."""
-        radii = np.asarray(radii, dtype=np.float64).reshape(-1, 1)
-        return (self.correct[None, :] & (self.radius[None, :] >= radii)).mean(axis=1)
+        return _accuracy_curve(self.correct, self.radius, radii)
 
     @property
     def average_certified_radius(self) -> float:
-        return float(np.mean(np.where(self.correct, self.radius, 0.0)))
+        return _mean_certified_radius(self.correct, self.radius)
 
 
 def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
