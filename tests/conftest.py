@@ -35,6 +35,18 @@ class LinearBinary(torch.nn.Module):
         return (self._score(X)[0] > 0).astype(int)
 
 
+def points_at_radii(model, radii, rng):
+    """Points whose distance to ``model``'s hyperplane is exactly ``radii`` (random side and
+    position along the hyperplane)."""
+    w = model.w.detach().numpy().astype(np.float64)
+    b = float(model.b.detach())
+    u = w / np.linalg.norm(w)
+    base = rng.normal(size=(len(radii), len(w)))
+    base -= np.outer(base @ u + b / np.linalg.norm(w), u)  # project onto the hyperplane
+    side = rng.choice([-1.0, 1.0], size=len(radii))
+    return (base + (side * radii)[:, None] * u).astype(np.float32)
+
+
 @pytest.fixture(scope="session")
 def digits():
     X, y = load_digits(return_X_y=True)

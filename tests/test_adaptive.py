@@ -1,21 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import LinearBinary
+from conftest import LinearBinary, points_at_radii
 from scipy.stats import binom
 
 from smoothsk import GaussianAugClassifier, certify, certify_radius, round_sizes
 from smoothsk.testing import tiny_estimator_params
-
-
-def _points_at_radii(model, radii, rng):
-    """Points whose distance to the hyperplane is exactly ``radii`` (random side, position)."""
-    w = model.w.detach().numpy().astype(np.float64)
-    u = w / np.linalg.norm(w)
-    base = rng.normal(size=(len(radii), len(w)))
-    base -= np.outer(base @ u + float(model.b.detach()) / np.linalg.norm(w), u)
-    side = rng.choice([-1.0, 1.0], size=len(radii))
-    return (base + (side * radii)[:, None] * u).astype(np.float32)
 
 
 class _CountingModule(torch.nn.Module):
@@ -50,7 +40,7 @@ def test_never_certifies_below_the_threshold_beyond_the_alpha_rate(linear, sigma
     # With alpha = 0.05 the claims are at most Bin(1500, 0.05); its 1 − 1e-4 quantile bounds them.
     rng = np.random.default_rng(1)
     trials, alpha = 1500, 0.05
-    X = _points_at_radii(linear, np.full(trials, 0.97 * radius), rng)
+    X = points_at_radii(linear, np.full(trials, 0.97 * radius), rng)
     result = certify_radius(linear, X, sigma, radius, n0=50, n=4000, alpha=alpha,
                             random_state=2)
     selected_true = result.prediction == linear.true_class(X)
@@ -66,7 +56,7 @@ def test_agrees_with_fixed_n_certify_on_clear_cut_inputs_with_far_fewer_samples(
     rng = np.random.default_rng(3)
     sigma, radius, n = 0.5, 0.25, 20_000
     true_radii = np.concatenate([rng.uniform(0.0, 0.15, 150), rng.uniform(0.4, 1.5, 150)])
-    X = _points_at_radii(linear, true_radii, rng)
+    X = points_at_radii(linear, true_radii, rng)
     fixed = certify(linear, X, sigma, n0=100, n=n, alpha=0.001, random_state=4)
     adaptive = certify_radius(linear, X, sigma, radius, n0=100, n=n, alpha=0.001,
                               random_state=4)
@@ -81,7 +71,7 @@ def test_agrees_with_fixed_n_certify_on_clear_cut_inputs_with_far_fewer_samples(
 
 def test_reported_samples_are_the_draws_the_network_saw(linear):
     rng = np.random.default_rng(5)
-    X = _points_at_radii(linear, rng.uniform(0, 1, 40), rng)
+    X = points_at_radii(linear, rng.uniform(0, 1, 40), rng)
     counting = _CountingModule(linear)
     result = certify_radius(counting, X, 0.5, 0.3, n0=30, n=5000, random_state=0,
                             batch_size=333)
@@ -93,7 +83,7 @@ def test_reported_samples_are_the_draws_the_network_saw(linear):
 
 def test_wrong_selected_class_and_unreachable_radius_draw_nothing(linear):
     rng = np.random.default_rng(6)
-    X = _points_at_radii(linear, rng.uniform(0.5, 1.0, 30), rng)
+    X = points_at_radii(linear, rng.uniform(0.5, 1.0, 30), rng)
     truth = linear.true_class(X)
     y = truth.copy()
     y[:10] = 1 - y[:10]  # labels the smoothed classifier gets wrong
@@ -108,7 +98,7 @@ def test_wrong_selected_class_and_unreachable_radius_draw_nothing(linear):
 
 def test_batch_size_and_offsets_do_not_change_decisions(linear):
     rng = np.random.default_rng(7)
-    X = _points_at_radii(linear, rng.uniform(0, 0.6, 60), rng)
+    X = points_at_radii(linear, rng.uniform(0, 0.6, 60), rng)
     one = certify_radius(linear, X, 0.5, 0.25, n=3000, random_state=9, batch_size=4096)
     two = certify_radius(linear, X, 0.5, 0.25, n=3000, random_state=9, batch_size=97)
     head = certify_radius(linear, X[:25], 0.5, 0.25, n=3000, random_state=9)

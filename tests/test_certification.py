@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import LinearBinary
+from conftest import LinearBinary, points_at_radii
 from scipy.stats import binom, binomtest, norm
 
 from smoothsk import (
@@ -63,18 +63,6 @@ def test_bound_rejects_bad_counts():
 # ----------------------------------------------------------------------------- soundness
 
 
-def _points_at_radii(model, radii, rng):
-    """Points whose distance to the hyperplane is exactly ``radii`` (random side, position)."""
-    w = model.w.detach().numpy().astype(np.float64)
-    b = float(model.b.detach())
-    d = len(w)
-    u = w / np.linalg.norm(w)
-    base = rng.normal(size=(len(radii), d))
-    base -= np.outer(base @ u + b / np.linalg.norm(w), u)  # project onto the hyperplane
-    side = rng.choice([-1.0, 1.0], size=len(radii))
-    return (base + (side * radii)[:, None] * u).astype(np.float32)
-
-
 @pytest.mark.parametrize("dim,sigma", [(2, 0.25), (20, 0.5), (5, 1.0)])
 def test_certified_radius_exceeds_true_radius_at_most_alpha_rate(dim, sigma):
     rng = np.random.default_rng(dim)
@@ -82,7 +70,7 @@ def test_certified_radius_exceeds_true_radius_at_most_alpha_rate(dim, sigma):
     trials, alpha, n = 1500, 0.05, 400
     # true p_A between 0.55 and 0.98: the region where a wrong bound would show up
     radii = sigma * norm.ppf(rng.uniform(0.55, 0.98, size=trials))
-    X = _points_at_radii(model, radii, rng)
+    X = points_at_radii(model, radii, rng)
     np.testing.assert_allclose(model.true_radius(X), radii, rtol=1e-4, atol=1e-5)
     cert = certify(model, X, sigma, n0=50, n=n, alpha=alpha, batch_size=4096, random_state=1)
     certified = cert.prediction != ABSTAIN
@@ -99,7 +87,7 @@ def test_certified_radius_is_close_to_true_radius_for_large_n():
     sigma = 0.5
     model = LinearBinary(rng.normal(size=10), 0.3)
     radii = sigma * np.linspace(0.5, 2.0, 12)  # p_A from 0.69 to 0.98
-    X = _points_at_radii(model, radii, rng)
+    X = points_at_radii(model, radii, rng)
     cert = certify(model, X, sigma, n=100_000, alpha=0.001, batch_size=20_000, random_state=0)
     assert np.all(cert.prediction == model.true_class(X))
     ratio = cert.radius / radii
