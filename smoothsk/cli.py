@@ -75,11 +75,11 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def _progress(total: int, description: str, quiet: bool):
+def _progress(total: int, description: str, quiet: bool, unit: str):
     """A tqdm bar on stderr, silent when ``quiet`` or when stderr is not a terminal."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, unit="input" if "cert" in description else "ep",
+    return tqdm(total=total, desc=description, unit=unit,
                 disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
 
 
@@ -223,7 +223,7 @@ def run_train(args) -> int:
         X = _take_rows(X, slice(args.max_train))
         y = y[: args.max_train] if y is not None else None
     clf = build_estimator(args)
-    bar = _progress(args.epochs, f"train {args.method}", args.quiet)
+    bar = _progress(args.epochs, f"train {args.method}", args.quiet, "epoch")
     _with_epoch_progress(clf, bar, (args.lr_step, args.lr_gamma) if args.lr_step else None)
     start = time.perf_counter()
     try:
@@ -271,7 +271,7 @@ def run_certify(args) -> int:
     X = _take_rows(X, indices)
     run_info = {"model_sha256": _file_digest(Path(args.model_file)), "dataset": args.dataset,
                 "split": args.split, "skip": args.skip, "max": args.max}
-    bar = _progress(len(indices), "certify", args.quiet)
+    bar = _progress(len(indices), "certify", args.quiet, "input")
     start = time.perf_counter()
     try:
         with _backend(args):
@@ -377,7 +377,7 @@ def run_demo(args) -> int:
         sigma=args.sigma, max_epochs=args.epochs, lr=0.05, optimizer__momentum=0.9,
         batch_size=64, random_state=args.seed,
     )
-    bar = _progress(args.epochs, "train gaussian", args.quiet)
+    bar = _progress(args.epochs, "train gaussian", args.quiet, "epoch")
     _with_epoch_progress(clf, bar)
     start = time.perf_counter()
     clf.fit(X_train, y_train)
@@ -388,7 +388,7 @@ def run_demo(args) -> int:
     tsv = out / f"certify-sigma{args.sigma:g}.tsv"
     for stale in (tsv, tsv.with_name(tsv.name + ".run.json")):
         stale.unlink(missing_ok=True)  # the demo retrains, so it always starts a fresh run
-    bar = _progress(len(X_test), "certify", args.quiet)
+    bar = _progress(len(X_test), "certify", args.quiet, "input")
     certify_to_tsv(clf, X_test, y_test, np.arange(len(X_test)), tsv,
                    run_info={"dataset": "digits", "split": "test"}, n0=100, n=args.n,
                    alpha=0.001, batch_size=1000, random_state=args.seed,
