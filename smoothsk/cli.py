@@ -270,7 +270,7 @@ def run_certify(args) -> int:
         y = y[indices]
     X = _take_rows(X, indices)
     run_info = {"model_sha256": _file_digest(Path(args.model_file)), "dataset": args.dataset,
-                "split": args.split, "skip": args.skip, "max": args.max}
+                "split": args.split, "skip": args.skip}  # --max may grow: the run extends
     bar = _progress(len(indices), "certify", args.quiet, "input")
     start = time.perf_counter()
     try:

@@ -149,7 +149,9 @@ def certify_to_tsv(
         TSV to write or continue.
     run_info : dict
         What identifies the run (model digest, data set, split, ...); an existing
-        ``out`` whose sidecar differs raises :class:`RunMismatchError`.
+        ``out`` whose sidecar differs raises :class:`RunMismatchError`.  The number of
+        inputs may grow: a run extended to more ``indices`` (whose first ones are the
+        rows already written) continues the file.
     progress : callable or None
         Called with the number of rows written after each call to ``certify``.
     rows_per_call : int or None
@@ -172,16 +174,26 @@ def certify_to_tsv(
                 f"(no {sidecar.name}); choose another --out or remove it."
             )
         previous = json.loads(sidecar.read_text())
-        differs = sorted(k for k in set(info) | set(previous) if info.get(k) != previous.get(k))
+        # The number of inputs may grow (a run extended to more images): the rows already
+        # written are checked against this run's indices below.
+        differs = sorted(k for k in set(info) | set(previous)
+                         if k != "indices" and info.get(k) != previous.get(k))
         if differs:
             raise RunMismatchError(
                 f"{out} belongs to a different run (differs in: {', '.join(differs)}); "
                 "choose another --out, or remove it and its .run.json to start over."
             )
         done = _complete_rows(out)
+        if len(done) > len(indices):
+            raise RunMismatchError(
+                f"{out} already holds {len(done)} rows, more than the {len(indices)} inputs "
+                "of this run; certify at least as many inputs, or choose another --out."
+            )
         expected = [str(i) for i in indices[: len(done)]]
-        if [row.split("\t", 1)[0] for row in done] != expected or len(done) > len(indices):
+        if [row.split("\t", 1)[0] for row in done] != expected:
             raise RunMismatchError(f"{out} has rows that this run would not write.")
+        if previous.get("indices") != len(indices):
+            _atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
     else:
         _atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
         _atomic_write(out, lambda s: s.write((TSV_HEADER + "\n").encode()))

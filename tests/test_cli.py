@@ -161,6 +161,22 @@ def test_killed_certification_resumes_to_the_uninterrupted_rows(model, tmp_path)
     assert rows_without_time(out) == rows_without_time(reference)
 
 
+def test_certification_extended_to_more_inputs_equals_one_run(model, tmp_path):
+    args = ["certify", model, "--dataset", "digits", "--skip", "3", "--n0", "50", "--n", "2000",
+            "--seed", "1", "--threads", "1", "--quiet"]
+    reference = tmp_path / "reference.tsv"
+    run(*args, "--max", "25", "--out", reference)
+    out = tmp_path / "extended.tsv"
+    run(*args, "--max", "10", "--out", out)
+    first = rows_without_time(out)
+    run(*args, "--max", "25", "--out", out)
+    assert rows_without_time(out)[:11] == first  # the first 10 rows are kept, not redone
+    assert rows_without_time(out) == rows_without_time(reference)
+    result = run(*args, "--max", "5", "--out", out, check=False)
+    assert result.returncode == 2 and "more than the 5 inputs" in result.stderr
+    assert rows_without_time(out) == rows_without_time(reference)
+
+
 def test_demo_writes_table_tsv_and_plot(tmp_path):
     result = run("demo", "--epochs", "2", "--n", "200", "--quiet", "--out-dir", tmp_path / "d")
     assert "certified accuracy" in result.stdout and "plot:" in result.stdout
