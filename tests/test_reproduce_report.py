@@ -46,9 +46,11 @@ def study(tmp_path):
         _write_tsv(tmp_path / f"{method}-sigma0.5-n10000.tsv", idx, radius, correct)
         _write_train(tmp_path, method, 0.5, seconds)
         runs[method] = radius * correct
-    radius = rng.uniform(0, 1.9, 4)
-    _write_tsv(tmp_path / "gaussian-sigma0.5-n100000.tsv", idx[:4], radius, np.ones(4, bool))
-    runs["gaussian-100k"] = radius
+    for method in ("gaussian", "smoothmix"):
+        radius = rng.uniform(0, 1.9, 4)
+        _write_tsv(tmp_path / f"{method}-sigma0.5-n100000.tsv", idx[:4], radius,
+                   np.ones(4, bool))
+        runs[f"{method}-100k"] = radius
     return tmp_path, runs
 
 
@@ -61,8 +63,12 @@ def test_report_tables_and_claims(reproduce, study):
     # same images and its standard error the sample sd of the differences over √k.
     diff = runs["smoothmix"] - runs["gaussian"]
     gain, se = diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
-    assert f"SmoothMix − Gaussian ACR = {gain:+.3f} ± {se:.3f} ({gain / se:+.1f} SE, 10 images)" \
-        in text
+    assert (f"σ = 0.5, n = 10,000: SmoothMix − Gaussian ACR = {gain:+.3f} ± {se:.3f} "
+            f"({gain / se:+.1f} SE, 10 images)") in text
+    diff = runs["smoothmix-100k"] - runs["gaussian-100k"]
+    gain, se = diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
+    assert (f"σ = 0.5, n = 100,000: SmoothMix − Gaussian ACR = {gain:+.3f} ± {se:.3f} "
+            f"({gain / se:+.1f} SE, 4 images)") in text
     ratio = runs["crt"].mean() / runs["smoothmix"].mean()
     assert f"CRT student / SmoothMix teacher ACR = {ratio:.3f}" in text
     assert "training wall time 5 / 100 s = 0.050 (20× less)" in text
