@@ -103,7 +103,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--large-n", type=int, default=100_000,
                         help="also certify Gaussian and SmoothMix at σ=0.5 with this n (0: skip)")
-    parser.add_argument("--large-max-test", type=int, default=100,
+    parser.add_argument("--large-max-test", type=int, default=300,
                         help="certify only the first this many of the images at --large-n")
     parser.add_argument("--certify-batch", type=int, default=200,
                         help="noisy samples per forward pass when certifying (results do not "
