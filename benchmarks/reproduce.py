@@ -176,6 +176,7 @@ def write_report(out: Path, args):
                 if (method, sigma, args.n) in found and len(run.idx) < len(found[
                         (method, sigma, args.n)][0].idx):
                     runs.append(_same_images(found[(method, sigma, args.n)][0], run.idx))
+                    run.name = run.name.replace(", train", f", {len(run.idx)} images, train")
                 runs.append(run)
                 found[(method, sigma, n)] = (run, info["seconds"])
                 acr[(method, sigma, n)] = (run.average_certified_radius, info["seconds"])
