@@ -162,35 +162,36 @@ def write_report(out: Path, args):
     lines = [f"Fashion-MNIST, LeNet, {args.train:,} training images, {args.epochs} epochs, "
              f"batch {args.batch_size}; certified every {args.test_every}th test image "
              f"(at most {args.max_test}), n0 = 100, α = 0.001.\n"]
-    acr = {}
     found = {}
     for sigma in sigmas:
-        runs = []
+        rows, curves = [], []
         for method in methods:
             for tsv in sorted(out.glob(f"{method}-sigma{sigma:g}-n*.tsv"),
                               key=lambda p: int(p.stem.rsplit("-n", 1)[1])):
                 n = int(tsv.stem.rsplit("-n", 1)[1])
                 info = json.loads((out / f"train-{method}-sigma{sigma:g}.json").read_text())
-                name = f"{LABEL[method]} (n = {n:,}, train {info['seconds']:.0f} s)"
-                run = read_certification_tsv(tsv, name)
-                if (method, sigma, args.n) in found and len(run.idx) < len(found[
-                        (method, sigma, args.n)][0].idx):
-                    runs.append(_same_images(found[(method, sigma, args.n)][0], run.idx))
-                    run.name = run.name.replace(", train", f", {len(run.idx)} images, train")
-                runs.append(run)
-                found[(method, sigma, n)] = (run, info["seconds"])
-                acr[(method, sigma, n)] = (run.average_certified_radius, info["seconds"])
-        if not runs:
+                seconds = info["seconds"]
+                run = read_certification_tsv(tsv, _run_name(method, n, seconds))
+                full = found.get((method, sigma, args.n))
+                if full is not None and len(run.idx) < len(full[0].idx):
+                    # a subset run: show the full run on the same images next to it
+                    rows.append(_same_images(full[0], run.idx, _run_name(
+                        method, args.n, seconds, f"same {len(run.idx)} images")))
+                    run.name = _run_name(method, n, seconds, f"{len(run.idx)} images")
+                rows.append(run)
+                curves.append(run)
+                found[(method, sigma, n)] = (run, seconds)
+        if not rows:
             continue
         lines.append(f"### σ = {sigma:g}\n")
-        lines.append(markdown_table(runs, radii.get(sigma, [0, 0.5, 1.0])))
+        lines.append(markdown_table(rows, radii.get(sigma, [0, 0.5, 1.0])))
         png = out / f"curves-sigma{sigma:g}.png"
-        plot_certified_accuracy([r for r in runs if "same " not in r.name], png,
-                                title=f"Fashion-MNIST, LeNet, σ = {sigma:g}")
+        plot_certified_accuracy(curves, png, title=f"Fashion-MNIST, LeNet, σ = {sigma:g}")
         lines.append(f"![σ = {sigma:g}]({png.name})\n")
     lines += claims(found, args.n)
     (out / "results.md").write_text("\n".join(lines))
-    summary = {f"{m}|{s:g}|{n}": v for (m, s, n), v in acr.items()}
+    summary = {f"{m}|{s:g}|{n}": (run.average_certified_radius, seconds)
+               for (m, s, n), (run, seconds) in found.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print("\n".join(lines))
 
@@ -208,10 +209,14 @@ def paired_gain(base, other) -> tuple[float, float, int]:
     return float(diff.mean()), float(se), len(shared)
 
 
-def _same_images(run, idx) -> CertificationRun:
+def _run_name(method: str, n: int, seconds: float, images: str | None = None) -> str:
+    images = f", {images}" if images else ""
+    return f"{LABEL[method]} (n = {n:,}{images}, train {seconds:.0f} s)"
+
+
+def _same_images(run, idx, name: str) -> CertificationRun:
     """``run`` restricted to the images ``idx``, for a like-for-like row next to a subset run."""
     keep = np.isin(run.idx, idx)
-    name = run.name.replace(", train", f", same {int(keep.sum())} images, train")
     return CertificationRun(name, run.idx[keep], run.radius[keep], run.correct[keep])
 
 
