@@ -1,7 +1,7 @@
 """Reproduction study on Fashion-MNIST: Gaussian, SmoothMix, CRT and baselines with LeNet.
 
 For every (method, σ) the script trains (or reuses) a model, certifies every
-``--test-every``-th test image into a TSV (resumable, via ``smoothsk.runs``), and then
+``--test-every``-th test image into a TSV (resumable, via ``smoothsk.io.runs``), and then
 writes the papers' tables and certified-accuracy curves from the TSV files.  Run it
 whole or in pieces (``--sigmas 0.5 --methods gaussian``); finished pieces are reused.
 Models go to ``<out>/models`` (not committed); TSVs, timings, tables and PNGs to
@@ -22,14 +22,14 @@ import torch
 
 import smoothsk
 from smoothsk.datasets import load_fashion_mnist
-from smoothsk.models import LeNet
-from smoothsk.report import (
+from smoothsk.io.report import (
     CertificationRun,
     markdown_table,
     plot_certified_accuracy,
     read_certification_tsv,
 )
-from smoothsk.runs import certify_to_tsv, load_model, save_model
+from smoothsk.io.runs import certify_to_tsv, load_model, save_model
+from smoothsk.models import LeNet
 
 # Published MNIST settings (SmoothMix Table 2 / its code): SmoothMix m = 4, step 1.0,
 # η = 5, T = 2 / 4 / 8 for σ = 0.25 / 0.5 / 1.0; SmoothAdv ε = 1, T = 10, m = 4;

@@ -1,21 +1,27 @@
 """smoothsk: certified robustness by randomized smoothing as a scikit-learn workflow."""
 
-from smoothsk.adaptive import RadiusCertificate, certify_radius, round_sizes
-from smoothsk.attacks import SmoothedAttackResult, smoothed_attack_objective, smoothed_pgd_attack
 from smoothsk.base import SmoothedClassifier
-from smoothsk.certification import (
-    ABSTAIN,
-    Certificate,
-    certify,
-    class_counts,
-    lower_confidence_bound,
-    predict,
-    upper_confidence_bound,
+from smoothsk.certify.adaptive import RadiusCertificate, certify_radius, round_sizes
+from smoothsk.certify.bounds import lower_confidence_bound, upper_confidence_bound
+from smoothsk.certify.core import ABSTAIN, Certificate, certify, predict
+from smoothsk.certify.sampling import class_counts
+from smoothsk.methods.attacks import (
+    SmoothedAttackResult,
+    smoothed_attack_objective,
+    smoothed_pgd_attack,
 )
-from smoothsk.consistency import ConsistencyClassifier, consistency_loss
-from smoothsk.crt import CRTStudent, crt_loss
-from smoothsk.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
-from smoothsk.macer import MACERClassifier, macer_loss
+from smoothsk.methods.consistency import ConsistencyClassifier, consistency_loss
+from smoothsk.methods.crt import CRTStudent, crt_loss
+from smoothsk.methods.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
+from smoothsk.methods.macer import MACERClassifier, macer_loss
+from smoothsk.methods.smoothadv import SmoothAdvClassifier, smoothadv_loss
+from smoothsk.methods.smoothmix import (
+    SmoothMixClassifier,
+    mixup_towards_uniform,
+    smoothmix_loss,
+    warmup_factor,
+)
+from smoothsk.methods.stability import StabilityClassifier, stability_loss
 from smoothsk.metrics import (
     average_certified_radius,
     average_certified_radius_scorer,
@@ -23,14 +29,6 @@ from smoothsk.metrics import (
     certified_accuracy_scorer,
 )
 from smoothsk.robustness import EmpiricalRobustness, empirical_robustness
-from smoothsk.smoothadv import SmoothAdvClassifier, smoothadv_loss
-from smoothsk.smoothmix import (
-    SmoothMixClassifier,
-    mixup_towards_uniform,
-    smoothmix_loss,
-    warmup_factor,
-)
-from smoothsk.stability import StabilityClassifier, stability_loss
 
 __version__ = "0.1.0"
 

@@ -29,9 +29,10 @@ from skorch.callbacks import EpochScoring
 from skorch.dataset import unpack_data
 from skorch.utils import to_numpy, to_tensor
 
-from smoothsk import certification
-from smoothsk.adaptive import RadiusCertificate, certify_radius
-from smoothsk.certification import Certificate, _first_field, _predict_from_counts
+from smoothsk.certify import bounds, core, sampling
+from smoothsk.certify.adaptive import RadiusCertificate, certify_radius
+from smoothsk.certify.core import Certificate, _predict_from_counts
+from smoothsk.certify.sampling import first_field
 from smoothsk.models import MLP
 
 __all__ = ["SmoothedClassifier"]
@@ -186,19 +187,19 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         return {"loss": loss, "y_pred": None}
 
     def _check_sigma_param(self):
-        certification._check_sigma(self.sigma)
+        sampling.check_sigma(self.sigma)
 
     def _check_smoothing_params(self):
         self._check_sigma_param()
-        certification._check_alpha(self.alpha)
+        bounds.check_alpha(self.alpha)
         for name in ("n0", "n", "n_predict", "certify_batch_size"):
-            certification._check_positive_int(getattr(self, name), name)
+            sampling.check_positive_int(getattr(self, name), name)
 
     def _validate_X(self, X, *, reset: bool):
         """Arrays and tensors become float32 arrays of a fixed per-sample shape."""
         if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
             if reset:
-                self.input_shape_ = tuple(torch.as_tensor(_first_field(X[0])).shape)
+                self.input_shape_ = tuple(torch.as_tensor(first_field(X[0])).shape)
             return X
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
@@ -326,7 +327,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
 
     def _smoothed_counts(self, X) -> np.ndarray:
         X = self._check_fitted_X(X)
-        counts = certification.class_counts(
+        counts = sampling.class_counts(
             self.module_, X, self.noise_level_, self.n_predict,
             batch_size=self.certify_batch_size, random_state=self.random_state,
         )
@@ -371,7 +372,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         numeric = self.classes_.dtype.kind in "biuf" and marker.dtype.kind in "biuf"
         dtype = np.result_type(self.classes_.dtype, marker.dtype) if numeric else object
         out = np.full(len(index), abstain_label, dtype=dtype)
-        keep = index != certification.ABSTAIN
+        keep = index != core.ABSTAIN
         out[keep] = self.classes_[index[keep]]
         return out
 
@@ -388,7 +389,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         ``n_jobs`` spreads the inputs over joblib workers (identical certificates).
         """
         X = self._check_fitted_X(X)
-        result = certification.certify(
+        result = core.certify(
             self.module_, X, self.noise_level_,
             n0=self.n0 if n0 is None else n0,
             n=self.n if n is None else n,

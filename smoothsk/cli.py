@@ -177,7 +177,7 @@ def build_estimator(args, dataset_train_size: int | None = None):
     """The estimator ``smoothsk train`` fits, from parsed arguments."""
     import torch
 
-    from smoothsk.runs import load_model
+    from smoothsk.io.runs import load_model
 
     cls = _estimator_class(args.method)
     model = _resolve_model(args.dataset, args.model)
@@ -214,13 +214,13 @@ def build_estimator(args, dataset_train_size: int | None = None):
 
 
 def run_train(args) -> int:
-    from smoothsk.certification import _take_rows
-    from smoothsk.runs import save_model
+    from smoothsk.certify.sampling import take_rows
+    from smoothsk.io.runs import save_model
 
     _set_threads(args)
     X, y = _load(args, "train")
     if args.max_train is not None:
-        X = _take_rows(X, slice(args.max_train))
+        X = take_rows(X, slice(args.max_train))
         y = y[: args.max_train] if y is not None else None
     clf = build_estimator(args)
     bar = _progress(args.epochs, f"train {args.method}", args.quiet, "epoch")
@@ -247,8 +247,8 @@ def run_train(args) -> int:
 
 # --------------------------------------------------------------------------- certify
 def run_certify(args) -> int:
-    from smoothsk.certification import _take_rows
-    from smoothsk.runs import RunMismatchError, _file_digest, certify_to_tsv, load_model
+    from smoothsk.certify.sampling import take_rows
+    from smoothsk.io.runs import RunMismatchError, _file_digest, certify_to_tsv, load_model
 
     _set_threads(args)
     try:
@@ -268,7 +268,7 @@ def run_certify(args) -> int:
             np.asarray([X[int(i)][1] for i in indices])
     else:
         y = y[indices]
-    X = _take_rows(X, indices)
+    X = take_rows(X, indices)
     run_info = {"model_sha256": _file_digest(Path(args.model_file)), "dataset": args.dataset,
                 "split": args.split, "skip": args.skip}  # --max may grow: the run extends
     bar = _progress(len(indices), "certify", args.quiet, "input")
@@ -330,15 +330,15 @@ def _print_runs(runs, radii) -> None:
 
 
 def _write_markdown(path, runs, radii) -> None:
-    from smoothsk.report import markdown_table
-    from smoothsk.runs import _atomic_write
+    from smoothsk.io.report import markdown_table
+    from smoothsk.io.runs import _atomic_write
 
     table = markdown_table(runs, radii).encode()
     _atomic_write(Path(path), lambda stream: stream.write(table))
 
 
 def run_report(args) -> int:
-    from smoothsk.report import parse_radii, plot_certified_accuracy, read_certification_tsv
+    from smoothsk.io.report import parse_radii, plot_certified_accuracy, read_certification_tsv
 
     try:
         radii = parse_radii(args.radii)
@@ -365,8 +365,8 @@ def run_demo(args) -> int:
 
     from smoothsk import GaussianAugClassifier
     from smoothsk.datasets import load_dataset
-    from smoothsk.report import plot_certified_accuracy, read_certification_tsv
-    from smoothsk.runs import certify_to_tsv, save_model
+    from smoothsk.io.report import plot_certified_accuracy, read_certification_tsv
+    from smoothsk.io.runs import certify_to_tsv, save_model
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     out = Path(args.out_dir)

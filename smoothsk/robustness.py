@@ -2,7 +2,7 @@
 
 A certificate is a lower bound on robustness; an attack gives an upper bound.  For
 every radius ``r`` the attack is l2 PGD on the smoothed soft classifier
-(:func:`~smoothsk.attacks.smoothed_pgd_attack`, as in Salman et al. 2019, §4), and
+(:func:`~smoothsk.methods.attacks.smoothed_pgd_attack`, as in Salman et al. 2019, §4), and
 the attacked point ``x̃`` counts as robust only if the smoothed classifier's own
 PREDICT (Cohen et al. 2019) returns the true class at ``x̃``.
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smoothsk import certification
-from smoothsk.attacks import smoothed_pgd_attack
-from smoothsk.certification import ABSTAIN
+from smoothsk.certify import bounds, core, sampling
+from smoothsk.certify.core import ABSTAIN
+from smoothsk.methods.attacks import smoothed_pgd_attack
 from smoothsk.metrics import _smoothed_step
 
 __all__ = ["EmpiricalRobustness", "empirical_robustness"]
@@ -116,16 +116,16 @@ def empirical_robustness(
     radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
     if radii.ndim != 1 or np.any(radii < 0) or not np.all(np.isfinite(radii)):
         raise ValueError(f"radii must be finite and >= 0; got {radii!r}.")
-    num_steps = certification._check_positive_int(num_steps, "num_steps")
-    num_noise = certification._check_positive_int(num_noise, "num_noise")
-    attack_batch_size = certification._check_positive_int(attack_batch_size, "attack_batch_size")
-    n = certification._check_positive_int(n, "n")
-    alpha = certification._check_alpha(alpha)
-    seed = certification._base_seed(random_state)
+    num_steps = sampling.check_positive_int(num_steps, "num_steps")
+    num_noise = sampling.check_positive_int(num_noise, "num_noise")
+    attack_batch_size = sampling.check_positive_int(attack_batch_size, "attack_batch_size")
+    n = sampling.check_positive_int(n, "n")
+    alpha = bounds.check_alpha(alpha)
+    seed = sampling.base_seed(random_state)
 
     module = smoothed.module_
     sigma = smoothed.noise_level_
-    device, dtype = certification._module_device_dtype(module)
+    device, dtype = sampling.module_device_dtype(module)
     X_t = torch.as_tensor(X, dtype=dtype)
     y_t = torch.as_tensor(y_index)
     generator = torch.Generator(device=device)
@@ -149,7 +149,7 @@ def empirical_robustness(
             ).adversarial)
         adversarial = torch.cat(attacked)
         distances.append((adversarial.cpu() - X_t).flatten(1).norm(dim=1).numpy())
-        predictions.append(certification.predict(
+        predictions.append(core.predict(
             module, adversarial, sigma, n=n, alpha=alpha, batch_size=batch_size,
             random_state=int(predict_seed),
         ))

@@ -14,7 +14,7 @@ from smoothsk import (
     smoothadv_loss,
     stability_loss,
 )
-from smoothsk.attacks import smoothed_pgd_attack
+from smoothsk.methods.attacks import smoothed_pgd_attack
 from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 

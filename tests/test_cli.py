@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smoothsk.report import read_certification_tsv
+from smoothsk.io.report import read_certification_tsv
 
 SMOOTHSK = str(Path(sys.executable).with_name("smoothsk"))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

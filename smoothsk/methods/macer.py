@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.attacks import _draw_noises, _noisy_batch
 from smoothsk.base import SmoothedClassifier
+from smoothsk.methods.attacks import draw_noises, noisy_batch
 
 __all__ = ["MACERClassifier", "macer_loss"]
 
@@ -35,9 +35,9 @@ def macer_loss(
     or NaN gaps are excluded before the sum, so they never propagate.
     """
     if noises is None:
-        noises = _draw_noises(X, sigma, num_noise)
+        noises = draw_noises(X, sigma, num_noise)
     k = len(noises)
-    logits = module(_noisy_batch(X, noises)).view(k, len(X), -1)
+    logits = module(noisy_batch(X, noises)).view(k, len(X), -1)
     smoothed = F.softmax(logits, dim=2).mean(dim=0)
     classification = F.nll_loss(torch.log(smoothed + 1e-10), y, reduction="sum")
 

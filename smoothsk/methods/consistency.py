@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.attacks import _draw_noises, _noisy_batch
 from smoothsk.base import SmoothedClassifier
+from smoothsk.methods.attacks import draw_noises, noisy_batch
 
 __all__ = ["ConsistencyClassifier", "consistency_loss"]
 
@@ -27,9 +27,9 @@ def consistency_loss(
     The m noisy copies run as one batch; KL and entropy are averaged over the batch.
     """
     if noises is None:
-        noises = _draw_noises(X, sigma, num_noise)
+        noises = draw_noises(X, sigma, num_noise)
     m = len(noises)
-    logits = module(_noisy_batch(X, noises))
+    logits = module(noisy_batch(X, noises))
     cross_entropy = F.cross_entropy(logits, y.repeat(m))
     log_probs = F.log_softmax(logits, dim=1).view(m, len(X), -1)
     mean_probs = log_probs.exp().mean(dim=0)

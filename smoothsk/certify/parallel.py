@@ -1,25 +1,34 @@
-"""CERTIFY over a joblib backend: local processes, a Dask or a Ray cluster.
+"""Per-input computations over a joblib backend: local processes, a Dask or a Ray cluster.
 
 The noise of input ``i`` depends only on ``(random_state, i)``, so inputs can be
-certified in any grouping, on any worker, and the certificates equal a serial run's.
+certified in any grouping, on any worker, and the results equal a serial run's.
 ``certify(..., n_jobs=k)`` cuts the inputs into chunks and runs them through
 ``joblib.Parallel``; inside ``joblib.parallel_config(backend="dask")`` (with a
 ``dask.distributed.Client``) or Ray's joblib backend the same call runs on a cluster.
+
+This module knows nothing of CERTIFY: :func:`map_input_chunks` runs any per-chunk
+function (``core`` passes its serial CERTIFY), so ``core`` imports ``parallel`` and
+never the other way round.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 
-import numpy as np
 import torch
 from joblib import Parallel, delayed, effective_n_jobs
 
-from smoothsk import certification
-from smoothsk.certification import Certificate
+from smoothsk.certify.sampling import (
+    base_seed,
+    check_positive_int,
+    global_indices,
+    module_device_dtype,
+    take_rows,
+)
 
-__all__ = ["certify_parallel"]
+__all__ = ["map_input_chunks"]
 
 
 def _worker_device(on_gpu: bool) -> torch.device:
@@ -30,31 +39,22 @@ def _worker_device(on_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def _certify_chunk(module, X, sigma, indices, threads, on_gpu, kwargs) -> Certificate:
+def _run_chunk(function, module, X, sigma, indices, threads, on_gpu, kwargs):
     if threads:
         torch.set_num_threads(threads)
     module = module.to(_worker_device(on_gpu))
-    return certification.certify(module, X, sigma, index_offset=indices, **kwargs)
+    return function(module, X, sigma, index_offset=indices, **kwargs)
 
 
-def _concatenate(parts: list[Certificate]) -> Certificate:
-    first = parts[0]
-    return Certificate(
-        prediction=np.concatenate([p.prediction for p in parts]),
-        radius=np.concatenate([p.radius for p in parts]),
-        pa_lower=np.concatenate([p.pa_lower for p in parts]),
-        selection_counts=np.concatenate([p.selection_counts for p in parts]),
-        counts=np.concatenate([p.counts for p in parts]),
-        sigma=first.sigma, n0=first.n0, n=first.n, alpha=first.alpha,
-    )
-
-
-def certify_parallel(module, X, sigma, *, n_jobs, chunk_size=None, threads_per_worker=None,
-                     random_state=None, index_offset=0, **kwargs) -> Certificate:
-    """CERTIFY on chunks of inputs in joblib workers; equal to the serial certificate.
+def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size=None,
+                     threads_per_worker=None, random_state=None, index_offset=0,
+                     **kwargs) -> list:
+    """``function(module, X[chunk], sigma, index_offset=..., **kwargs)`` per chunk of inputs.
 
     Parameters
     ----------
+    function : callable
+        A top-level (picklable) function of one chunk, e.g. serial CERTIFY.
     n_jobs : int
         Workers (joblib semantics: −1 = all cores, or the cluster's workers under a
         Dask / Ray backend).
@@ -66,6 +66,11 @@ def certify_parallel(module, X, sigma, *, n_jobs, chunk_size=None, threads_per_w
     random_state, index_offset, **kwargs
         As in :func:`smoothsk.certify`; the seed is fixed once here so that every worker
         draws from the same streams.
+
+    Returns
+    -------
+    list
+        The chunks' results, in input order.
     """
     if isinstance(X, torch.utils.data.DataLoader):
         raise ValueError("certify with n_jobs needs X as an array, tensor or Dataset, "
@@ -76,20 +81,19 @@ def certify_parallel(module, X, sigma, *, n_jobs, chunk_size=None, threads_per_w
     jobs = effective_n_jobs(n_jobs)
     if chunk_size is None:
         chunk_size = max(1, -(-total // (4 * jobs)))
-    chunk_size = certification._check_positive_int(chunk_size, "chunk_size")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
     if threads_per_worker is None:
         threads_per_worker = max(1, (os.cpu_count() or 1) // jobs)
-    threads_per_worker = certification._check_positive_int(threads_per_worker,
-                                                           "threads_per_worker")
-    seed = certification._base_seed(random_state)
-    indices = certification._global_indices(index_offset, total)
-    device, _ = certification._module_device_dtype(module)
+    threads_per_worker = check_positive_int(threads_per_worker, "threads_per_worker")
+    seed = base_seed(random_state)
+    indices = global_indices(index_offset, total)
+    device, _ = module_device_dtype(module)
     portable = copy.deepcopy(module).cpu() if device.type != "cpu" else module
     kwargs = dict(kwargs, random_state=seed)
     chunks = [slice(start, start + chunk_size) for start in range(0, total, chunk_size)]
     tasks = (
-        delayed(_certify_chunk)(portable, certification._take_rows(X, rows), sigma,
-                                indices[rows], threads_per_worker, device.type == "cuda", kwargs)
+        delayed(_run_chunk)(function, portable, take_rows(X, rows), sigma, indices[rows],
+                            threads_per_worker, device.type == "cuda", kwargs)
         for rows in chunks
     )
-    return _concatenate(Parallel(n_jobs=n_jobs)(tasks))
+    return list(Parallel(n_jobs=n_jobs)(tasks))

@@ -31,24 +31,19 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from smoothsk import certification
-from smoothsk.certification import (
-    _STREAM_SELECTION,
-    _NoiseSampler,
-    _sample_counts,
-    lower_confidence_bound,
-    upper_confidence_bound,
-)
+from smoothsk.certify import bounds, sampling
+from smoothsk.certify.bounds import lower_confidence_bound, upper_confidence_bound
+from smoothsk.certify.sampling import STREAM_SELECTION, NoiseSampler, sample_counts
 
 __all__ = ["RadiusCertificate", "certify_radius", "round_sizes"]
 
-_STREAM_ADAPTIVE = 3
+STREAM_ADAPTIVE = 3
 
 
 def round_sizes(first_round: int, growth: float, n: int) -> np.ndarray:
     """Cumulative sample sizes ``n_j = min(n, ⌈first_round · growth^(j−1)⌉)``, ending at ``n``."""
-    first_round = certification._check_positive_int(first_round, "first_round")
-    n = certification._check_positive_int(n, "n")
+    first_round = sampling.check_positive_int(first_round, "first_round")
+    n = sampling.check_positive_int(n, "n")
     if isinstance(growth, bool) or not isinstance(growth, numbers.Real) or not growth > 1:
         raise ValueError(f"growth must be a float > 1; got {growth!r}.")
     sizes, size = [], float(first_round)
@@ -153,25 +148,25 @@ def certify_radius(
         (64 and 2 give K = 12 rounds up to n = 100,000; see docs/model_selection.md for
         the measured trade-off).
     """
-    sigma = certification._check_sigma(sigma)
+    sigma = sampling.check_sigma(sigma)
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not (
         np.isfinite(radius) and radius >= 0
     ):
         raise ValueError(f"radius must be a finite float >= 0; got {radius!r}.")
-    n0 = certification._check_positive_int(n0, "n0")
-    alpha = certification._check_alpha(alpha)
+    n0 = sampling.check_positive_int(n0, "n0")
+    alpha = bounds.check_alpha(alpha)
     sizes = round_sizes(first_round, growth, n)
     level = alpha / len(sizes)
     threshold = float(norm.cdf(radius / sigma))
 
-    base_seed = certification._base_seed(random_state)  # one seed for both streams
-    (selection,) = _sample_counts(
-        module, X, sigma, [n0], batch_size=batch_size, random_state=base_seed,
-        index_offset=index_offset, streams=[_STREAM_SELECTION],
+    seed = sampling.base_seed(random_state)  # one seed for both streams
+    (selection,) = sample_counts(
+        module, X, sigma, [n0], batch_size=batch_size, random_state=seed,
+        index_offset=index_offset, streams=[STREAM_SELECTION],
     )
     top = selection.argmax(axis=1)
     count = len(top)
-    global_index = certification._global_indices(index_offset, count)
+    global_index = sampling.global_indices(index_offset, count)
     active = np.ones(count, dtype=bool)
     if y is not None:
         y = np.asarray(y)
@@ -188,18 +183,18 @@ def certify_radius(
     lower = np.full(count, np.nan)
     upper = np.full(count, np.nan)
     certified = np.zeros(count, dtype=bool)
-    device, dtype = certification._module_device_dtype(module)
+    device, dtype = sampling.module_device_dtype(module)
     chunk_size = max(1, batch_size // int(sizes[0]))
-    with certification._evaluating(module):
+    with sampling.evaluating(module):
         previous = 0
         for j, size in enumerate(sizes):
             if not active.any():
                 break
-            sampler = _NoiseSampler(
-                module, sigma, batch_size, base_seed, (_STREAM_ADAPTIVE, j)
+            sampler = NoiseSampler(
+                module, sigma, batch_size, seed, (STREAM_ADAPTIVE, j)
             )
             start = 0
-            for chunk in certification._input_chunks(X, chunk_size):
+            for chunk in sampling.input_chunks(X, chunk_size):
                 local = np.flatnonzero(active[start : start + len(chunk)])
                 if len(local):
                     rows = start + local

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smoothsk.io.runs import _atomic_write
 from smoothsk.metrics import _accuracy_curve, _mean_certified_radius
-from smoothsk.runs import _atomic_write
 
 __all__ = [
     "CertificationRun",

@@ -24,7 +24,7 @@ import joblib
 import numpy as np
 from joblib import effective_n_jobs
 
-from smoothsk.certification import _take_rows
+from smoothsk.certify.sampling import take_rows
 
 __all__ = [
     "TSV_HEADER",
@@ -205,7 +205,7 @@ def certify_to_tsv(
     with open(out, "a", encoding="utf-8") as stream:
         for first in range(start, len(indices), step):
             last = min(first + step, len(indices))
-            chunk = _take_rows(X, slice(first, last))
+            chunk = take_rows(X, slice(first, last))
             began = time.perf_counter()
             cert = estimator.certify(chunk, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                      random_state=random_state, index_offset=indices[first:last],

@@ -10,8 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.attacks import _clip, _draw_noises, _noisy_batch, _project_l2, smoothed_pgd_attack
 from smoothsk.base import SmoothedClassifier
+from smoothsk.methods.attacks import (
+    clip_to_range,
+    draw_noises,
+    noisy_batch,
+    project_l2,
+    smoothed_pgd_attack,
+)
 
 __all__ = ["SmoothMixClassifier", "mixup_towards_uniform", "smoothmix_loss", "warmup_factor"]
 
@@ -56,7 +62,7 @@ def smoothmix_loss(
 
     With m draws ``δ_1..δ_m ~ N(0, σ² I)`` per example, shared by every term:
 
-    1. ``x̃ᵀ`` = T steps of :func:`~smoothsk.attacks.smoothed_pgd_attack` (step
+    1. ``x̃ᵀ`` = T steps of :func:`~smoothsk.methods.attacks.smoothed_pgd_attack` (step
        ``step_size``, ball ``attack_radius``, network frozen); with ``mix_step = 1``
        the clean point ``x`` below is replaced by ``x̃¹`` projected to the l2 ball of
        radius ``mix_radius · warmup`` (default ``mix_radius = step_size · mix_step``);
@@ -82,7 +88,7 @@ def smoothmix_loss(
     if mix_step not in (0, 1):
         raise ValueError(f"mix_step must be 0 or 1; got {mix_step!r}.")
     if noises is None:
-        noises = _draw_noises(X, sigma, num_noise)
+        noises = draw_noises(X, sigma, num_noise)
     m = len(noises)
     attack = smoothed_pgd_attack(
         module, X, y, noises, num_steps=num_steps, step_size=step_size, epsilon=attack_radius,
@@ -91,16 +97,16 @@ def smoothmix_loss(
     clean = X
     if mix_step == 1:
         radius = (step_size * mix_step if mix_radius is None else mix_radius) * warmup
-        clean = _clip(_project_l2(attack.intermediate, X, radius), clip_range)
+        clean = clip_to_range(project_l2(attack.intermediate, X, radius), clip_range)
 
-    logits = module(_noisy_batch(clean, noises))
+    logits = module(noisy_batch(clean, noises))
     cross_entropy = F.cross_entropy(logits, y.repeat(m))
     soft_target = F.softmax(logits, dim=1).view(m, len(X), -1).mean(dim=0)
 
     if lam is None:
         lam = torch.rand(len(X), device=X.device, dtype=X.dtype) / 2
     mixed_x, mixed_y = mixup_towards_uniform(clean, attack.adversarial, soft_target, lam)
-    log_probs_mixed = F.log_softmax(module(_noisy_batch(mixed_x, noises)), dim=1)
+    log_probs_mixed = F.log_softmax(module(noisy_batch(mixed_x, noises)), dim=1)
     kl = F.kl_div(log_probs_mixed, mixed_y.repeat(m, 1), reduction="none").sum(dim=1)
     correct = (soft_target.argmax(dim=1) == y).to(kl.dtype)
     mixup = (correct.repeat(m) * kl).mean()

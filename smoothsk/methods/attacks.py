@@ -20,19 +20,19 @@ import torch.nn.functional as F
 __all__ = ["SmoothedAttackResult", "smoothed_attack_objective", "smoothed_pgd_attack"]
 
 
-def _draw_noises(x: torch.Tensor, sigma: float, num: int) -> torch.Tensor:
+def draw_noises(x: torch.Tensor, sigma: float, num: int) -> torch.Tensor:
     """``(num, B, ...)`` draws of ``N(0, σ² I)`` on ``x``'s device, shared by a loss's terms."""
     return sigma * torch.randn((num, *x.shape), device=x.device, dtype=x.dtype)
 
 
-def _noisy_batch(x: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
+def noisy_batch(x: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
     """``(m·B, ...)``: the m noisy copies of the batch, noise draw major."""
     return (x.unsqueeze(0) + noises).flatten(0, 1)
 
 
 def smoothed_soft_prediction(module, X: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
     """``(1/m) Σ_i softmax(f(x + δ_i))`` with the m draws in one forward pass; shape (B, C)."""
-    logits = module(_noisy_batch(X, noises))
+    logits = module(noisy_batch(X, noises))
     return F.softmax(logits, dim=1).view(len(noises), len(X), -1).mean(dim=0)
 
 
@@ -42,7 +42,7 @@ def smoothed_attack_objective(module, X, y, noises) -> torch.Tensor:
     return -torch.log(soft.gather(1, y.view(-1, 1)).squeeze(1).clamp_min(1e-20))
 
 
-def _project_l2(x: torch.Tensor, center: torch.Tensor, radius: float | None) -> torch.Tensor:
+def project_l2(x: torch.Tensor, center: torch.Tensor, radius: float | None) -> torch.Tensor:
     if radius is None:
         return x
     delta = (x - center).flatten(1)
@@ -51,7 +51,7 @@ def _project_l2(x: torch.Tensor, center: torch.Tensor, radius: float | None) -> 
     return center + (delta * scale).view_as(x)
 
 
-def _clip(x: torch.Tensor, clip_range) -> torch.Tensor:
+def clip_to_range(x: torch.Tensor, clip_range) -> torch.Tensor:
     return x if clip_range is None else x.clamp(*clip_range)
 
 
@@ -139,7 +139,7 @@ def smoothed_pgd_attack(
         direction = torch.randn_like(X).flatten(1)
         direction /= direction.norm(dim=1, keepdim=True) + 1e-12
         radius = epsilon * torch.rand(len(X), 1, device=X.device) ** (1.0 / direction.shape[1])
-        adv = _clip(X + (direction * radius).view_as(X), clip_range)
+        adv = clip_to_range(X + (direction * radius).view_as(X), clip_range)
     intermediate = adv
     with frozen(module), torch.enable_grad():
         for step in range(num_steps):
@@ -148,7 +148,7 @@ def smoothed_pgd_attack(
             (grad,) = torch.autograd.grad(objective, [adv])
             norms = grad.flatten(1).norm(dim=1).view(-1, *([1] * (X.ndim - 1)))
             adv = adv.detach() + step_size * grad / (norms + 1e-12)
-            adv = _clip(_project_l2(adv, X, epsilon), clip_range).detach()
+            adv = clip_to_range(project_l2(adv, X, epsilon), clip_range).detach()
             if step + 1 == return_step:
                 intermediate = adv
     return SmoothedAttackResult(adversarial=adv, intermediate=intermediate)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.attacks import _draw_noises, _noisy_batch, smoothed_pgd_attack
 from smoothsk.base import SmoothedClassifier
-from smoothsk.smoothmix import warmup_factor
+from smoothsk.methods.attacks import draw_noises, noisy_batch, smoothed_pgd_attack
+from smoothsk.methods.smoothmix import warmup_factor
 
 __all__ = ["SmoothAdvClassifier", "smoothadv_loss"]
 
@@ -41,13 +41,13 @@ def smoothadv_loss(
     ``epsilon = 0`` or ``num_steps = 0`` gives Gaussian augmentation with m draws.
     """
     if noises is None:
-        noises = _draw_noises(X, sigma, num_noise)
+        noises = draw_noises(X, sigma, num_noise)
     if epsilon > 0 and num_steps > 0:
         X = smoothed_pgd_attack(
             module, X, y, noises, num_steps=num_steps, step_size=2.0 * epsilon / num_steps,
             epsilon=epsilon, clip_range=clip_range,
         ).adversarial
-    logits = module(_noisy_batch(X, noises))
+    logits = module(noisy_batch(X, noises))
     return F.cross_entropy(logits, y.repeat(len(noises)))
 
 

@@ -18,10 +18,10 @@ from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from smoothsk import certification
-from smoothsk.attacks import frozen
 from smoothsk.base import SmoothedClassifier
-from smoothsk.certification import _first_field
+from smoothsk.certify import sampling
+from smoothsk.certify.sampling import first_field
+from smoothsk.methods.attacks import frozen
 
 __all__ = ["CRTStudent", "crt_loss"]
 
@@ -220,14 +220,14 @@ class CRTStudent(SmoothedClassifier):
             )
         device = torch.device(self.device)
         network = self.teacher_network_.module
-        teacher_device, teacher_dtype = certification._module_device_dtype(network)
+        teacher_device, teacher_dtype = sampling.module_device_dtype(network)
         if teacher_device != device:  # never move the caller's teacher in place
             network = copy.deepcopy(network).to(device)
             self.teacher_network_ = _TeacherNetwork(network)
         if isinstance(X_checked, np.ndarray):
             probe = torch.as_tensor(X_checked[:1])
         else:
-            probe = torch.as_tensor(_first_field(X_checked[0]))[None]
+            probe = torch.as_tensor(first_field(X_checked[0]))[None]
         with frozen(network), torch.no_grad():
             width = network(probe.to(device=device, dtype=teacher_dtype)).shape[-1]
         if width != len(teacher_classes):

@@ -1,0 +1,221 @@
+"""Cohen, Rosenfeld & Kolter (ICML 2019): CERTIFY and PREDICT for randomized smoothing.
+
+The smoothed classifier is ``g(x) = argmax_c P(f(x + δ) = c)`` with ``δ ~ N(0, σ² I)``.
+If the top class has probability ``p_A ≥ p_A_lower > 1/2`` then ``g`` is constant
+within the l2 ball of radius ``σ Φ⁻¹(p_A_lower)`` (Cohen et al., Theorem 1).
+
+Noise for input ``i`` is drawn in fixed blocks of ``NOISE_BLOCK`` rows, each block
+seeded from ``(random_state, i, stream, block)`` alone.  Certificates therefore never
+depend on ``batch_size``, on how inputs are grouped in a batch, or on how a data
+set is split into calls (pass ``index_offset``); resumable and distributed runs
+rely on this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import binomtest, norm
+
+from smoothsk.certify.bounds import check_alpha, lower_confidence_bound
+from smoothsk.certify.parallel import map_input_chunks
+from smoothsk.certify.sampling import (
+    STREAM_ESTIMATION,
+    STREAM_SELECTION,
+    check_positive_int,
+    class_counts,
+    sample_counts,
+)
+
+ABSTAIN = -1
+"""Class index returned where the smoothed classifier abstains."""
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Certificate:
+    """Result of :func:`certify` for ``N`` inputs.
+
+    Attributes
+    ----------
+    prediction : ndarray of int, shape (N,)
+        Certified class index, ``ABSTAIN`` (−1) where CERTIFY abstains.
+    radius : ndarray of float, shape (N,)
+        Certified l2 radius ``σ Φ⁻¹(p_A_lower)``; 0 where abstained.
+    pa_lower : ndarray of float, shape (N,)
+        One-sided Clopper–Pearson lower bound on ``p_A``.
+    selection_counts, counts : ndarray of int, shape (N, n_classes)
+        Votes from the ``n0`` selection draws and the ``n`` estimation draws.
+    classes : ndarray or None
+        Labels of the class indices (set by the estimators' ``certify``).
+    """
+
+    prediction: np.ndarray
+    radius: np.ndarray
+    pa_lower: np.ndarray
+    selection_counts: np.ndarray
+    counts: np.ndarray
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    classes: np.ndarray | None = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.prediction)
+
+    @property
+    def abstained(self) -> np.ndarray:
+        return self.prediction == ABSTAIN
+
+    @classmethod
+    def concatenate(cls, parts: list[Certificate]) -> Certificate:
+        """One certificate for the inputs of ``parts``, in order (same σ, n0, n, α)."""
+        first = parts[0]
+        return cls(
+            prediction=np.concatenate([p.prediction for p in parts]),
+            radius=np.concatenate([p.radius for p in parts]),
+            pa_lower=np.concatenate([p.pa_lower for p in parts]),
+            selection_counts=np.concatenate([p.selection_counts for p in parts]),
+            counts=np.concatenate([p.counts for p in parts]),
+            sigma=first.sigma, n0=first.n0, n=first.n, alpha=first.alpha,
+        )
+
+    def labels(self, abstain_label=None) -> np.ndarray:
+        """Predicted labels from ``classes`` (object array; ``abstain_label`` where abstained)."""
+        if self.classes is None:
+            raise ValueError("This certificate has no classes; use .prediction (class indices).")
+        out = np.empty(len(self), dtype=object)
+        out[:] = abstain_label
+        keep = ~self.abstained
+        out[keep] = np.asarray(self.classes, dtype=object)[self.prediction[keep]]
+        return out
+
+    def is_correct(self, y_true) -> np.ndarray:
+        """Boolean mask: certified (not abstained) with the true class.
+
+        ``y_true`` holds labels when ``classes`` is set, class indices otherwise.
+        """
+        y_true = np.asarray(y_true)
+        if y_true.shape != self.prediction.shape:
+            raise ValueError(
+                f"y_true has shape {y_true.shape}; expected {self.prediction.shape} "
+                "(one label per certified input)."
+            )
+        keep = ~self.abstained
+        if self.classes is None:
+            predicted = self.prediction
+        else:
+            predicted = np.empty(len(self), dtype=object)
+            predicted[keep] = np.asarray(self.classes, dtype=object)[self.prediction[keep]]
+        correct = np.zeros(len(self), dtype=bool)
+        correct[keep] = predicted[keep] == y_true[keep]
+        return correct
+
+
+# --------------------------------------------------------------------------- algorithms
+def certify(
+    module: torch.nn.Module,
+    X,
+    sigma: float,
+    *,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    random_state=None,
+    index_offset: int = 0,
+    n_jobs: int | None = None,
+    chunk_size: int | None = None,
+    threads_per_worker: int | None = None,
+) -> Certificate:
+    """Cohen et al.'s CERTIFY for every input in ``X``.
+
+    1. ``ĉ_A`` = most frequent class among ``n0`` noisy copies (selection);
+    2. ``n_A`` = votes for ``ĉ_A`` among ``n`` *fresh* copies (estimation);
+    3. ``p_A_lower`` = one-sided (1 − α) Clopper–Pearson lower bound on ``n_A / n``;
+    4. abstain if ``p_A_lower < 1/2``, else return ``(ĉ_A, σ Φ⁻¹(p_A_lower))``.
+
+    With probability at least ``1 − α`` (per input) a returned class is the smoothed
+    classifier's prediction on the whole l2 ball of the returned radius.
+
+    Parameters are as in :func:`class_counts`, plus ``n0`` and ``n`` (draws for
+    selection and estimation) and ``alpha`` (failure probability per input).
+    ``n_jobs`` (with ``chunk_size`` and ``threads_per_worker``) spreads the inputs over
+    joblib workers, local or on a Dask / Ray cluster (see
+    :func:`smoothsk.certify.parallel.map_input_chunks`); the result equals the serial one.
+    """
+    n0 = check_positive_int(n0, "n0")
+    n = check_positive_int(n, "n")
+    alpha = check_alpha(alpha)
+    if n_jobs not in (None, 1):
+        parts = map_input_chunks(
+            _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
+            threads_per_worker=threads_per_worker, random_state=random_state,
+            index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+        )
+        return Certificate.concatenate(parts)
+    return _certify_serial(module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                           random_state=random_state, index_offset=index_offset)
+
+
+def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
+                    index_offset) -> Certificate:
+    """CERTIFY in this process (parameters checked by :func:`certify`)."""
+    selection, estimation = sample_counts(
+        module, X, sigma, [n0, n], batch_size=batch_size, random_state=random_state,
+        index_offset=index_offset, streams=[STREAM_SELECTION, STREAM_ESTIMATION],
+    )
+    top = selection.argmax(axis=1)  # ties go to the lowest index, as in Cohen's code
+    n_top = estimation[np.arange(len(top)), top]
+    pa_lower = lower_confidence_bound(n_top, n, alpha)
+    certified = pa_lower >= 0.5
+    radius = np.where(certified, float(sigma) * norm.ppf(np.clip(pa_lower, 0.5, 1.0)), 0.0)
+    return Certificate(
+        prediction=np.where(certified, top, ABSTAIN),
+        radius=radius,
+        pa_lower=pa_lower,
+        selection_counts=selection,
+        counts=estimation,
+        sigma=float(sigma),
+        n0=n0,
+        n=n,
+        alpha=alpha,
+    )
+
+
+def predict(
+    module: torch.nn.Module,
+    X,
+    sigma: float,
+    *,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    random_state=None,
+    index_offset: int = 0,
+) -> np.ndarray:
+    """Cohen et al.'s PREDICT: the top class, or ``ABSTAIN`` (−1).
+
+    With top-two counts ``n_A ≥ n_B`` among ``n`` draws, return the top class when the
+    two-sided binomial test of ``n_A`` out of ``n_A + n_B`` against ``p = 1/2``
+    (``scipy.stats.binomtest``) has p-value ≤ α.  The probability of returning a class
+    other than ``g(x)`` is at most α (Cohen et al., Proposition 1).
+    """
+    n = check_positive_int(n, "n")
+    alpha = check_alpha(alpha)
+    counts = class_counts(
+        module, X, sigma, n, batch_size=batch_size, random_state=random_state,
+        index_offset=index_offset,
+    )
+    return _predict_from_counts(counts, alpha)
+
+
+def _predict_from_counts(counts: np.ndarray, alpha: float) -> np.ndarray:
+    order = np.argsort(-counts, axis=1, kind="stable")
+    top = order[:, 0]
+    n_a = counts[np.arange(len(counts)), top]
+    n_b = counts[np.arange(len(counts)), order[:, 1]] if counts.shape[1] > 1 else np.zeros_like(n_a)
+    p_values = np.array([binomtest(int(a), int(a + b), 0.5).pvalue for a, b in zip(n_a, n_b)])
+    return np.where(p_values <= alpha, top, ABSTAIN)

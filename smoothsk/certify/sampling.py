@@ -1,0 +1,301 @@
+"""The base network's votes on noisy copies of inputs: input checks, chunking and noise.
+
+Noise for input ``i`` is drawn in fixed blocks of ``NOISE_BLOCK`` rows, each block
+seeded from ``(random_state, i, stream, block)`` alone.  Counts therefore never
+depend on ``batch_size``, on how inputs are grouped in a batch, or on how a data
+set is split into calls (pass ``index_offset``); resumable and distributed runs
+rely on this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+NOISE_BLOCK = 1024
+STREAM_SELECTION, STREAM_ESTIMATION, STREAM_PREDICTION = 0, 1, 2
+
+
+# --------------------------------------------------------------------------- inputs
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def check_sigma(sigma) -> float:
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, numbers.Real)
+        or not np.isfinite(sigma)
+        or sigma <= 0
+    ):
+        raise ValueError(f"sigma must be a finite float > 0; got {sigma!r}.")
+    return float(sigma)
+
+
+def base_seed(random_state) -> int:
+    """An int that, with an input's index, determines all of its noise."""
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise ValueError(f"random_state must be >= 0; got {random_state!r}.")
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def first_field(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def take_rows(X, rows):
+    """``X[rows]`` for arrays and tensors; a ``Subset`` for a torch Dataset.
+
+    ``rows`` is a slice or a sequence of integer indices.
+    """
+    if isinstance(X, (np.ndarray, torch.Tensor)):
+        return X[rows]
+    if isinstance(rows, slice):
+        rows = range(len(X))[rows]
+    return torch.utils.data.Subset(X, [int(i) for i in rows])
+
+
+def input_chunks(X, chunk_size: int) -> Iterator[torch.Tensor]:
+    """Yield ``X`` in chunks of inputs: arrays, tensors, Datasets or DataLoaders.
+
+    Dataset items and DataLoader batches may be ``(x, y)`` pairs; only ``x`` is used.
+    """
+    if isinstance(X, torch.utils.data.DataLoader):
+        for batch in X:
+            yield torch.as_tensor(first_field(batch))
+        return
+    if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
+        loader = torch.utils.data.DataLoader(X, batch_size=chunk_size, shuffle=False)
+        yield from input_chunks(loader, chunk_size)
+        return
+    if isinstance(X, torch.Tensor):
+        tensor = X.detach()
+    else:
+        array = np.asarray(X)
+        if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"X must be numeric; got an array of dtype {array.dtype}.")
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.ndim < 2:
+        raise ValueError(
+            f"X must have shape (n_samples, ...) with at least 2 dimensions; got shape "
+            f"{tuple(tensor.shape)}. Reshape a single sample with X[None]."
+        )
+    for start in range(0, len(tensor), chunk_size):
+        yield tensor[start : start + chunk_size]
+
+
+# --------------------------------------------------------------------------- sampling
+class NoiseSampler:
+    """Counts the base network's votes on ``x + δ`` for a chunk of inputs."""
+
+    def __init__(self, module, sigma, batch_size, base_seed, stream):
+        self.module = module
+        self.sigma = sigma
+        self.batch_size = batch_size
+        self.base_seed = base_seed
+        self.stream = stream
+        self.device, self.dtype = module_device_dtype(module)
+        self.generator = torch.Generator(device=self.device)
+
+    def _block_seed(self, index: int, block: int) -> int:
+        stream = list(self.stream) if isinstance(self.stream, tuple) else [self.stream]
+        sequence = np.random.SeedSequence([self.base_seed, int(index), *stream, block])
+        return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+    def _votes(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.module(batch)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(batch):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+            raise ValueError(
+                f"The network must return logits of shape (batch, n_classes); for a batch "
+                f"of {len(batch)} inputs it returned {shape}."
+            )
+        return logits.argmax(dim=1), logits.shape[1]
+
+    def counts(self, chunk: torch.Tensor, first_index, num: int) -> torch.Tensor:
+        """Vote counts of shape ``(len(chunk), n_classes)`` from ``num`` draws each.
+
+        ``first_index`` is the global index of ``chunk[0]`` (the rest follow), or an
+        array holding every row's global index.  At most ``batch_size + NOISE_BLOCK``
+        noisy rows exist at any time, whatever ``num``.
+        """
+        if np.ndim(first_index) == 0:
+            indices = range(first_index, first_index + len(chunk))
+        else:
+            indices = first_index
+        counts = None
+        pending, owners, n_pending = [], [], 0
+
+        def run(rows: torch.Tensor, owner: torch.Tensor):
+            nonlocal counts
+            votes, n_classes = self._votes(rows)
+            if counts is None:
+                counts = torch.zeros(len(chunk) * n_classes, dtype=torch.int64, device=self.device)
+            elif counts.numel() != len(chunk) * n_classes:
+                raise ValueError("The network returned a varying number of classes.")
+            counts.index_add_(0, owner * n_classes + votes, torch.ones_like(votes))
+
+        def drain(final: bool):
+            nonlocal pending, owners, n_pending
+            if not pending or (not final and n_pending < self.batch_size):
+                return
+            rows, owner = torch.cat(pending), torch.cat(owners)
+            stop = len(rows) if final else len(rows) - len(rows) % self.batch_size
+            for start in range(0, stop, self.batch_size):
+                end = min(start + self.batch_size, stop)
+                run(rows[start:end], owner[start:end])
+            pending, owners = [rows[stop:]], [owner[stop:]]
+            n_pending = len(rows) - stop
+
+        for j in range(len(chunk)):
+            x = chunk[j]
+            for block, start in enumerate(range(0, num, NOISE_BLOCK)):
+                size = min(NOISE_BLOCK, num - start)
+                self.generator.manual_seed(self._block_seed(indices[j], block))
+                noise = torch.randn(
+                    (size, *x.shape), generator=self.generator, device=self.device, dtype=self.dtype
+                )
+                pending.append(noise.mul_(self.sigma).add_(x))
+                owners.append(torch.full((size,), j, dtype=torch.int64, device=self.device))
+                n_pending += size
+                drain(final=False)
+        drain(final=True)
+        return counts.view(len(chunk), -1)
+
+
+def check_index_offset(index_offset):
+    """An int (global index of the first input) or a 1-D array of every input's index."""
+    if np.ndim(index_offset) == 1:
+        indices = np.asarray(index_offset)
+        if indices.dtype.kind not in "iu" or np.any(indices < 0):
+            raise ValueError("index_offset given as an array must hold non-negative integers.")
+        return indices.astype(np.int64)
+    offset_ok = isinstance(index_offset, numbers.Integral) and not isinstance(index_offset, bool)
+    if not offset_ok or index_offset < 0:
+        raise ValueError(
+            f"index_offset must be a non-negative integer or an array of them; got "
+            f"{index_offset!r}."
+        )
+    return int(index_offset)
+
+
+def global_indices(index_offset, count: int) -> np.ndarray:
+    """Every input's global index: ``index_offset + arange(count)``, or the array given."""
+    offset = check_index_offset(index_offset)
+    if not isinstance(offset, np.ndarray):
+        return offset + np.arange(count)
+    if len(offset) != count:
+        raise ValueError(f"index_offset holds {len(offset)} indices for {count} inputs.")
+    return offset
+
+
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module):
+    """Eval mode and ``torch.inference_mode`` inside; the module's mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+def chunk_indices(index_offset, seen: int, size: int):
+    if isinstance(index_offset, np.ndarray):
+        if seen + size > len(index_offset):
+            raise ValueError(
+                f"index_offset holds {len(index_offset)} indices but X has more inputs."
+            )
+        return index_offset[seen : seen + size]
+    return index_offset + seen
+
+
+def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams):
+    """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C)."""
+    sigma = check_sigma(sigma)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    index_offset = check_index_offset(index_offset)
+    seed = base_seed(random_state)
+    samplers = [NoiseSampler(module, sigma, batch_size, seed, s) for s in streams]
+    device, dtype = samplers[0].device, samplers[0].dtype
+    chunk_size = max(1, batch_size // max(1, min(nums)))
+    results = [[] for _ in streams]
+    seen = 0
+    with evaluating(module):
+        for chunk in input_chunks(X, chunk_size):
+            chunk = chunk.to(device=device, dtype=dtype)
+            if not torch.isfinite(chunk).all():
+                raise ValueError("X contains NaN or infinity; certify needs finite inputs.")
+            for sampler, num, out in zip(samplers, nums, results):
+                first = chunk_indices(index_offset, seen, len(chunk))
+                out.append(sampler.counts(chunk, first, num).cpu().numpy())
+            seen += len(chunk)
+    if seen == 0:
+        raise ValueError("X is empty; pass at least one input.")
+    if isinstance(index_offset, np.ndarray) and seen != len(index_offset):
+        raise ValueError(f"index_offset holds {len(index_offset)} indices for {seen} inputs.")
+    widths = {part.shape[1] for out in results for part in out}
+    if len(widths) != 1:
+        raise ValueError("The network returned a varying number of classes.")
+    return [np.concatenate(out) for out in results]
+
+
+def class_counts(
+    module: torch.nn.Module,
+    X,
+    sigma: float,
+    num: int,
+    *,
+    batch_size: int = 1000,
+    random_state=None,
+    index_offset: int = 0,
+) -> np.ndarray:
+    """Counts of ``argmax f(x + δ)`` over ``num`` Gaussian draws per input.
+
+    This is the Monte Carlo estimate behind the smoothed classifier:
+    ``counts[i, c] / num`` estimates ``P(f(x_i + δ) = c)``.  Uses the prediction
+    noise stream (independent of the streams CERTIFY uses).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Base network returning logits of shape ``(batch, n_classes)``.
+    X : array, tensor, Dataset or DataLoader
+        Inputs of shape ``(N, ...)``; Dataset items may be ``(x, y)`` pairs.
+    sigma : float > 0
+        Noise level σ.
+    num : int >= 1
+        Noisy draws per input.
+    batch_size : int
+        Noisy rows per forward pass (peak memory is proportional to it, not to ``num``).
+    random_state : int, RandomState or None
+        With ``index_offset + i``, determines the noise of input ``i``.
+    index_offset : int or array of int
+        Global index of ``X[0]`` (the others follow), so that split calls reproduce one
+        big call; or an array with every input's global index (e.g. every 20th image).
+    """
+    num = check_positive_int(num, "num")
+    (counts,) = sample_counts(
+        module, X, sigma, [num], batch_size=batch_size, random_state=random_state,
+        index_offset=index_offset, streams=[STREAM_PREDICTION],
+    )
+    return counts
+
+

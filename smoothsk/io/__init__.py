@@ -1,0 +1,1 @@
+"""Files and runs: model files, resumable certification runs in the field's TSV format, reports."""
