@@ -30,34 +30,26 @@ from smoothsk.io.report import (
 )
 from smoothsk.io.runs import certify_to_tsv, load_model, save_model
 from smoothsk.models import LeNet
+from smoothsk.recipes import recipe, recipe_params
 
-# Published MNIST settings (SmoothMix Table 2 / its code): SmoothMix m = 4, step 1.0,
-# η = 5, T = 2 / 4 / 8 for σ = 0.25 / 0.5 / 1.0; SmoothAdv ε = 1, T = 10, m = 4;
-# MACER k = 16, λ = 16 / 16 / 6; Consistency m = 2, λ = 10, η = 0.5; Stability λ = 2.
-STEPS = {0.25: 2, 0.5: 4, 1.0: 8}
-MACER_WEIGHT = {0.25: 16.0, 0.5: 16.0, 1.0: 6.0}
+ESTIMATORS = {
+    "gaussian": smoothsk.GaussianAugClassifier, "smoothmix": smoothsk.SmoothMixClassifier,
+    "crt": smoothsk.CRTStudent, "smoothadv": smoothsk.SmoothAdvClassifier,
+    "macer": smoothsk.MACERClassifier, "consistency": smoothsk.ConsistencyClassifier,
+    "stability": smoothsk.StabilityClassifier,
+}
 
 
-def method_estimator(method, sigma, common, teacher=None):
-    if method == "gaussian":
-        return smoothsk.GaussianAugClassifier(sigma=sigma, **common)
-    if method == "smoothmix":
-        return smoothsk.SmoothMixClassifier(sigma=sigma, num_noise=4, num_steps=STEPS[sigma],
-                                            step_size=1.0, eta=5.0, **common)
+def method_estimator(method, sigma, args, teacher=None):
+    """The published MNIST-family recipe (smoothsk.recipes) for LeNet, shortened to
+    ``--epochs`` with the schedule's shape kept; ``--batch-size`` overrides its batch."""
+    params = recipe_params(recipe(method, "mnist", sigma), epochs=args.epochs)
+    if args.batch_size is not None:
+        params["batch_size"] = args.batch_size
+    params.update(module=LeNet, random_state=0)
     if method == "crt":
-        return smoothsk.CRTStudent(teacher=teacher, **common)
-    if method == "smoothadv":
-        return smoothsk.SmoothAdvClassifier(sigma=sigma, epsilon=1.0, num_steps=10,
-                                            num_noise=4, **common)
-    if method == "macer":
-        return smoothsk.MACERClassifier(sigma=sigma, num_noise=16,
-                                        robustness_weight=MACER_WEIGHT[sigma], **common)
-    if method == "consistency":
-        return smoothsk.ConsistencyClassifier(sigma=sigma, num_noise=2,
-                                              consistency_weight=10.0, **common)
-    if method == "stability":
-        return smoothsk.StabilityClassifier(sigma=sigma, **common)
-    raise ValueError(f"unknown method {method!r}")
+        params["teacher"] = teacher
+    return ESTIMATORS[method](**params)
 
 
 def train(method, sigma, args, X, y, out: Path):
@@ -75,13 +67,12 @@ def train(method, sigma, args, X, y, out: Path):
     teacher = None
     if method == "crt":
         teacher, _ = train("smoothmix", sigma, args, X, y, out)
-    common = dict(module=LeNet, max_epochs=args.epochs, lr=0.01, batch_size=args.batch_size,
-                  optimizer__momentum=0.9, optimizer__weight_decay=1e-4, random_state=0)
-    clf = method_estimator(method, sigma, common, teacher)
+    clf = method_estimator(method, sigma, args, teacher)
     start = time.perf_counter()
     clf.fit(X, y)
     info = {"method": method, "sigma": sigma, "seconds": time.perf_counter() - start,
-            "epochs": args.epochs, "train_size": len(X), "batch_size": args.batch_size}
+            "epochs": args.epochs, "train_size": len(X), "batch_size": args.batch_size,
+            "recipe": "smoothsk.recipes, mnist family"}
     model_path.parent.mkdir(parents=True, exist_ok=True)
     save_model(clf, model_path)
     info_path.write_text(json.dumps(info, indent=1))
@@ -97,7 +88,8 @@ def main(argv=None):
     parser.add_argument("--methods", default="gaussian,smoothmix,crt")
     parser.add_argument("--train", type=int, default=5_000, help="training subset size")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="examples per optimiser step (default: the recipe's)")
     parser.add_argument("--test-every", type=int, default=20)
     parser.add_argument("--max-test", type=int, default=500)
     parser.add_argument("--n", type=int, default=10_000)

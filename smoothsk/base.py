@@ -69,6 +69,20 @@ def _clean_accuracy(net, X, y) -> float:
     return float((to_numpy(logits).argmax(axis=1) == np.asarray(y)).mean())
 
 
+def _given_classes(classes) -> np.ndarray:
+    """``classes`` as an array in the order given: class index ``k`` is ``classes[k]``.
+
+    The order is kept because it is the order of a network's outputs (a teacher's
+    logits, a Dataset's class indices); sorting it would permute the predictions.
+    """
+    classes = np.asarray(classes)
+    if classes.ndim != 1 or len(np.unique(classes)) != len(classes):
+        raise ValueError(
+            f"classes must be a 1-d list of distinct labels; got {classes.tolist()!r}."
+        )
+    return classes
+
+
 class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     """Base class of the smoothed classifiers ``g(x) = argmax_c P(f(x + δ) = c)``.
 
@@ -103,7 +117,9 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     Attributes
     ----------
     classes_ : ndarray
-        Labels seen in ``fit``; predictions are drawn from them.
+        Labels seen in ``fit`` (sorted), or the ``classes`` parameter in the order
+        given (class index ``k`` of the network's outputs is ``classes[k]``);
+        predictions are drawn from them.
     n_features_in_ : int
         ``X.shape[1]`` in ``fit``, as scikit-learn defines it (channels for images).
     input_shape_ : tuple
@@ -227,7 +243,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 classes = self._classes_for_fit() if classes is None else classes
                 if classes is None:
                     raise ValueError("Pass classes=[...] when fitting on a torch Dataset.")
-                self.classes_fitted_ = np.asarray(classes)
+                self.classes_fitted_ = _given_classes(classes)
             return X, None
         if y is None:
             raise ValueError(
@@ -238,8 +254,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         check_classification_targets(y)
         if reset:
             classes = self._classes_for_fit() if classes is None else classes
-            labels = y if classes is None else np.asarray(classes)
-            self.classes_fitted_ = np.unique(labels)
+            self.classes_fitted_ = np.unique(y) if classes is None else _given_classes(classes)
             if len(self.classes_fitted_) < 2:
                 raise ValueError(
                     "The training data has one class; a classifier needs at least 2 "
@@ -254,7 +269,11 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         (an index no prediction has, so they never count as correct).
         """
         y = np.asarray(y)
-        position = np.searchsorted(self.classes_, y).clip(0, len(self.classes_) - 1)
+        # classes_ keeps the order it was given in (a teacher's or a Dataset's class
+        # indices), so search through a sorting permutation instead of assuming order.
+        order = np.argsort(self.classes_, kind="stable")
+        rank = np.searchsorted(self.classes_[order], y).clip(0, len(self.classes_) - 1)
+        position = order[rank]
         known = self.classes_[position] == y
         if unseen == "raise" and not known.all():
             raise ValueError(f"y contains labels not seen in fit: {np.unique(y[~known]).tolist()}.")

@@ -156,7 +156,7 @@ def _with_epoch_progress(clf, bar, lr_step=None):
             bar.update(1)
             bar.set_postfix(loss=f"{net.history[-1, 'train_loss']:.4f}")
 
-    callbacks = [("progress", EpochProgress())]
+    callbacks = list(clf.callbacks or []) + [("progress", EpochProgress())]
     if lr_step:
         from skorch.callbacks import LRScheduler
 
@@ -168,9 +168,29 @@ def _with_epoch_progress(clf, bar, lr_step=None):
 
 def _without_progress(clf):
     # The callback closes over a terminal bar: drop it so the model pickles cleanly.
-    clf.callbacks = None
+    clf.callbacks = [(name, cb) for name, cb in clf.callbacks or [] if name != "progress"] or None
     clf.callbacks_ = [(name, cb) for name, cb in clf.callbacks_ if name != "progress"]
     return clf
+
+
+# Defaults of the options a recipe also sets; None on the command line means "not given".
+_TRAIN_DEFAULTS = {"epochs": 10, "lr": 0.01, "batch_size": 128, "momentum": 0.9,
+                   "weight_decay": 1e-4}
+
+
+def _recipe_params(args) -> dict:
+    from smoothsk.recipes import recipe, recipe_params
+
+    if args.lr_step is not None:
+        raise CommandError("--recipe sets the learning-rate schedule; drop --lr-step.")
+    sigma = args.sigma
+    if sigma is None and args.method != "crt":
+        raise CommandError("--recipe needs --sigma (recipes are published per noise level).")
+    try:
+        item = recipe(args.method, args.dataset, 0.25 if sigma is None else sigma)
+        return recipe_params(item, epochs=args.epochs)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def build_estimator(args, dataset_train_size: int | None = None):
@@ -182,12 +202,18 @@ def build_estimator(args, dataset_train_size: int | None = None):
     cls = _estimator_class(args.method)
     model = _resolve_model(args.dataset, args.model)
     module, module_params = _module(args.dataset, model)
-    params = dict(
-        module=module, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        optimizer=torch.optim.SGD, optimizer__momentum=args.momentum,
-        optimizer__weight_decay=args.weight_decay, device=args.device, random_state=args.seed,
-        **module_params,
-    )
+    given = {name: getattr(args, name) for name in _TRAIN_DEFAULTS
+             if getattr(args, name) is not None}
+    if args.recipe:
+        params = _recipe_params(args)
+        given.pop("epochs", None)  # recipe_params already shortened the schedule
+    else:
+        params = dict(optimizer=torch.optim.SGD)
+        given = dict(_TRAIN_DEFAULTS, **given)
+    renamed = {"epochs": "max_epochs", "momentum": "optimizer__momentum",
+               "weight_decay": "optimizer__weight_decay"}
+    params.update({renamed.get(name, name): value for name, value in given.items()})
+    params.update(module=module, device=args.device, random_state=args.seed, **module_params)
     if args.dataset in ("cifar10", "imagenet"):  # torch Datasets: fit needs the classes
         params["classes"] = list(range(_DATA_SHAPES[args.dataset][0]))
     if args.sigma is not None:
@@ -223,7 +249,8 @@ def run_train(args) -> int:
         X = take_rows(X, slice(args.max_train))
         y = y[: args.max_train] if y is not None else None
     clf = build_estimator(args)
-    bar = _progress(args.epochs, f"train {args.method}", args.quiet, "epoch")
+    epochs = clf.max_epochs
+    bar = _progress(epochs, f"train {args.method}", args.quiet, "epoch")
     _with_epoch_progress(clf, bar, (args.lr_step, args.lr_gamma) if args.lr_step else None)
     start = time.perf_counter()
     try:
@@ -236,12 +263,12 @@ def run_train(args) -> int:
     _without_progress(clf)
     clf.training_info_ = {"dataset": args.dataset, "method": args.method,
                           "model": _resolve_model(args.dataset, args.model),
-                          "epochs": args.epochs, "seconds": seconds,
+                          "epochs": epochs, "seconds": seconds, "recipe": args.recipe,
                           "train_size": len(y) if y is not None else len(X)}
     save_model(clf, args.out)
     loss = clf.history[-1, "train_loss"]
     print(f"trained {type(clf).__name__} (sigma={clf.noise_level_:g}) on {args.dataset} for "
-          f"{args.epochs} epochs in {seconds:.1f} s (final loss {loss:.4f}); saved {args.out}")
+          f"{epochs} epochs in {seconds:.1f} s (final loss {loss:.4f}); saved {args.out}")
     return 0
 
 
@@ -414,7 +441,8 @@ def _add_common(parser, *, batch_default: int):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where the network runs (default: cpu)")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="random_state")
-    parser.add_argument("--batch-size", type=_positive_int, default=batch_default)
+    parser.add_argument("--batch-size", type=_positive_int, default=batch_default,
+                        help=f"default {batch_default or _TRAIN_DEFAULTS['batch_size']}")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -442,13 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "CIFAR-10, ResNet-50 for ImageNet")
     train.add_argument("--sigma", type=_positive_float, default=None,
                        help="noise level (default 0.25; CRT: the teacher's)")
-    train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--lr", type=_positive_float, default=0.01)
+    train.add_argument("--recipe", action="store_true",
+                       help="the published settings for --method, --dataset's family and "
+                            "--sigma (docs/recipes.md); other options given override them, "
+                            "--epochs shortens the schedule keeping its shape")
+    train.add_argument("--epochs", type=_positive_int, default=None, help="default 10")
+    train.add_argument("--lr", type=_positive_float, default=None, help="default 0.01")
     train.add_argument("--lr-step", type=_positive_int, default=None, metavar="EPOCHS",
                        help="multiply the learning rate by --lr-gamma every EPOCHS epochs")
     train.add_argument("--lr-gamma", type=_positive_float, default=0.1)
-    train.add_argument("--momentum", type=float, default=0.9)
-    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--momentum", type=float, default=None, help="default 0.9")
+    train.add_argument("--weight-decay", type=float, default=None, help="default 1e-4")
     train.add_argument("--max-train", type=_positive_int, default=None,
                        help="train on the first N training inputs")
     train.add_argument("--teacher", default=None, help="CRT: the teacher's model file")
@@ -464,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "--stability-weight --robustness-weight --margin "
                             "--inverse-temperature")
     train.add_argument("--out", required=True, help="model file to write (joblib)")
-    _add_common(train, batch_default=128)
+    _add_common(train, batch_default=None)
     train.set_defaults(func=run_train)
 
     certify = sub.add_parser("certify", help="certify a data set split into a resumable TSV")

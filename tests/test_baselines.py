@@ -12,7 +12,6 @@ from smoothsk import (
     consistency_loss,
     macer_loss,
     smoothadv_loss,
-    stability_loss,
 )
 from smoothsk.methods.attacks import smoothed_pgd_attack
 from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
@@ -49,18 +48,6 @@ def test_consistency_terms_by_hand(net, batch):
     got = consistency_loss(net, X, y, 0.5, consistency_weight=10.0, entropy_weight=0.5,
                            noises=noises)
     torch.testing.assert_close(got, ce + 10.0 * kl + 0.5 * entropy, rtol=1e-5, atol=1e-5)
-
-
-def test_stability_reduces_to_clean_cross_entropy_and_has_the_kl(net, batch):
-    X, y, g = batch
-    noise = 0.3 * torch.randn(8, 5, generator=g)
-    clean_ce = F.cross_entropy(net(X), y)
-    torch.testing.assert_close(stability_loss(net, X, y, 0.3, stability_weight=0.0, noise=noise),
-                               clean_ce)
-    p, q = F.softmax(net(X), 1), F.softmax(net(X + noise), 1)
-    kl = (p * (p.log() - q.log())).sum(1).mean()
-    torch.testing.assert_close(stability_loss(net, X, y, 0.3, stability_weight=2.0, noise=noise),
-                               clean_ce + 2.0 * kl, rtol=1e-5, atol=1e-6)
 
 
 def test_macer_reduces_to_smoothed_cross_entropy(net, batch):

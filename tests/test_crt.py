@@ -158,3 +158,39 @@ def test_smoothmix_teacher_transfers_its_robustness(digits):
 )
 def test_sklearn_compatible_with_unfitted_teacher(estimator, check):
     check(estimator)
+
+
+class _ThresholdTeacher(torch.nn.Module):
+    """Logit 1 grows with x: output 0 is class ``classes[0]``, output 1 is ``classes[1]``."""
+
+    def forward(self, x):
+        score = 20.0 * (x[:, :1] - 0.5)
+        return torch.cat([-score, score], dim=1)
+
+
+@pytest.mark.parametrize("classes", [["b", "a"], [7, 3]])
+def test_torch_module_teacher_keeps_the_given_class_order(classes):
+    """The teacher's output k is ``classes[k]``; sorting classes would swap the labels."""
+    rng = np.random.default_rng(0)
+    X = rng.random((400, 1)).astype(np.float32)
+    y = np.where(X[:, 0] > 0.5, classes[1], classes[0])
+    student = CRTStudent(teacher=_ThresholdTeacher(), sigma=0.1, classes=classes,
+                         **dict(FAST, max_epochs=15)).fit(X, y)
+    assert list(student.classes_) == classes
+    far = np.abs(X[:, 0] - 0.5) > 0.2  # σ = 0.1: the smoothed vote is clear there
+    assert (student.predict(X[far]) == y[far]).mean() > 0.95
+    assert student.score(X[far], y[far]) > 0.95
+
+
+def test_dataset_fit_keeps_the_classes_order():
+    """Fitting on a torch Dataset: class index k of the targets is ``classes[k]``."""
+    rng = np.random.default_rng(1)
+    X = rng.random((300, 1)).astype(np.float32)
+    index = (X[:, 0] > 0.5).astype(np.int64)           # 1 means classes[1] = "a"
+    dataset = torch.utils.data.TensorDataset(torch.as_tensor(X), torch.as_tensor(index))
+    clf = GaussianAugClassifier(sigma=0.1, classes=["b", "a"], **dict(FAST, max_epochs=15))
+    clf.fit(dataset)
+    labels = np.array(["b", "a"])[index]
+    far = np.abs(X[:, 0] - 0.5) > 0.2
+    assert (clf.predict(X[far]) == labels[far]).mean() > 0.95
+    assert clf.score(X[far], labels[far]) > 0.95

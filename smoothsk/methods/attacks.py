@@ -43,12 +43,14 @@ def smoothed_attack_objective(module, X, y, noises) -> torch.Tensor:
 
 
 def project_l2(x: torch.Tensor, center: torch.Tensor, radius: float | None) -> torch.Tensor:
+    """Project each ``x_b`` onto the l2 ball of ``radius`` around ``center_b``.
+
+    ``torch.renorm`` as in the authors' code (SmoothMix's ``_project``, SmoothAdv's
+    ``delta.renorm_``): rows longer than ``radius`` are scaled by ``radius / (‖·‖ + 1e-7)``.
+    """
     if radius is None:
         return x
-    delta = (x - center).flatten(1)
-    norms = delta.norm(dim=1, keepdim=True)
-    scale = torch.clamp(radius / (norms + 1e-12), max=1.0)
-    return center + (delta * scale).view_as(x)
+    return center + (x - center).renorm(p=2, dim=0, maxnorm=radius)
 
 
 def clip_to_range(x: torch.Tensor, clip_range) -> torch.Tensor:
@@ -91,13 +93,16 @@ def smoothed_pgd_attack(
     clip_range: tuple[float, float] | None = (0.0, 1.0),
     random_start: bool = False,
     return_step: int = 0,
+    clip_before_projection: bool = False,
 ) -> SmoothedAttackResult:
     """l2 PGD ascent of the smoothed soft classifier's cross-entropy ``J``.
 
     ``x̃⁰ = x`` (or a uniform point of the ε-ball with ``random_start``), then
-    ``x̃ᵗ⁺¹ = clip(Π_ε(x̃ᵗ + step_size · ∇J / ‖∇J‖₂))`` for ``num_steps`` steps,
-    with the same ``noises`` at every step.  The network is frozen and in eval mode
-    during the attack; its mode and ``requires_grad`` flags are restored after.
+    ``x̃ᵗ⁺¹ = clip(Π_ε(x̃ᵗ + step_size · ∇J / ‖∇J‖₂))`` for ``num_steps`` steps
+    (SmoothMix's order; ``clip_before_projection`` gives SmoothAdv's
+    ``Π_ε(clip(·))``), with the same ``noises`` at every step.  The network is frozen
+    and in eval mode during the attack; its mode and ``requires_grad`` flags are
+    restored after.
 
     Parameters
     ----------
@@ -121,6 +126,13 @@ def smoothed_pgd_attack(
     return_step : int in [0, num_steps]
         ``intermediate`` is the iterate after this many steps (SmoothMix's one-step
         adversary uses 1).
+    clip_before_projection : bool
+        Clip to ``clip_range`` first and then project onto the ε-ball, as SmoothAdv's
+        ``PGD_L2`` does (``delta.clamp_`` then ``delta.renorm_``); the iterate then
+        always lies in the ball but may leave the valid range by the projection's
+        shrink towards ``x`` (never, for ``x`` inside the range, since the ball's
+        centre is valid and the range is convex).  Default: SmoothMix's
+        project-then-clip.
     """
     if num_steps < 0 or not 0 <= return_step <= num_steps:
         raise ValueError(
@@ -148,7 +160,10 @@ def smoothed_pgd_attack(
             (grad,) = torch.autograd.grad(objective, [adv])
             norms = grad.flatten(1).norm(dim=1).view(-1, *([1] * (X.ndim - 1)))
             adv = adv.detach() + step_size * grad / (norms + 1e-12)
-            adv = clip_to_range(project_l2(adv, X, epsilon), clip_range).detach()
+            if clip_before_projection:
+                adv = project_l2(clip_to_range(adv, clip_range), X, epsilon).detach()
+            else:
+                adv = clip_to_range(project_l2(adv, X, epsilon), clip_range).detach()
             if step + 1 == return_step:
                 intermediate = adv
     return SmoothedAttackResult(adversarial=adv, intermediate=intermediate)

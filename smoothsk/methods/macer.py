@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -67,21 +69,44 @@ class MACERClassifier(SmoothedClassifier):
         γ of the hinge.
     robustness_weight : float, default=12.0
         λ (the MNIST setting is 16 / 16 / 6 for σ = 0.25 / 0.5 / 1.0).
+    deferred : int or None, default=None
+        Switch the robustness term on late: λ = 0 while the zero-based epoch index is
+        ``<= deferred``, then ``robustness_weight``.  The authors' ``--deferred`` flag of
+        ``train_macer.py`` (``if args.deferred and epoch <= args.lr_step_size: lbd = 0``),
+        used with ``lr_step_size = 30`` for every MNIST-family row of the SmoothMix
+        tables, is ``deferred=30``: the hinge starts after the first learning-rate step.
+        None: from the first epoch.
     **kwargs
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
     """
 
     def __init__(self, module=None, *, num_noise: int = 16, inverse_temperature: float = 16.0,
-                 margin: float = 8.0, robustness_weight: float = 12.0, **kwargs):
+                 margin: float = 8.0, robustness_weight: float = 12.0,
+                 deferred: int | None = None, **kwargs):
         super().__init__(module, **kwargs)
         self.num_noise = num_noise
         self.inverse_temperature = inverse_temperature
         self.margin = margin
         self.robustness_weight = robustness_weight
+        self.deferred = deferred
+
+    def _check_smoothing_params(self):
+        super()._check_smoothing_params()
+        if self.deferred is not None and (isinstance(self.deferred, bool)
+                                          or not isinstance(self.deferred, numbers.Integral)
+                                          or self.deferred < 0):
+            raise ValueError(f"deferred must be None or an int >= 0; got {self.deferred!r}.")
+
+    @property
+    def current_robustness_weight_(self) -> float:
+        """λ of the current epoch: 0 while deferred, else ``robustness_weight``."""
+        if self.deferred is not None and self.epoch_index_ <= self.deferred:
+            return 0.0
+        return self.robustness_weight
 
     def training_loss(self, X, y):
         return macer_loss(
             self.module_, X, y, self.noise_level_, num_noise=self.num_noise,
             inverse_temperature=self.inverse_temperature, margin=self.margin,
-            robustness_weight=self.robustness_weight,
+            robustness_weight=self.current_robustness_weight_,
         )

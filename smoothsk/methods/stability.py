@@ -19,14 +19,22 @@ def stability_loss(
     stability_weight: float = 2.0,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``CE(f(x), y) + λ·KL(F(x) ‖ F(x + δ))``, batch means; clean and noisy in one pass."""
+    """``CE(f(x), y) + λ · mean_b H(F(x_b), F(x_b + δ_b))``, as in the published code.
+
+    ``H(p, q) = −Σ_c p_c log q_c`` is the cross-entropy of the noisy prediction
+    against the clean softmax ``F(x)`` as a soft target that is *not* detached, so the
+    term equals ``KL(F(x) ‖ F(x + δ)) + H(F(x))`` and its gradient also flows through
+    the clean prediction (``_cross_entropy`` in the SmoothMix authors' ``train_stab.py``,
+    the code behind the published Stability baseline).  Clean and noisy inputs go
+    through the network in two separate forward passes, as there: with BatchNorm in
+    training mode each pass normalises with its own batch statistics.
+    """
     noisy = X + (sigma * torch.randn_like(X) if noise is None else noise)
-    logits = module(torch.cat([X, noisy]))
-    clean_logits, noisy_logits = logits[: len(X)], logits[len(X):]
-    clean_log_probs = F.log_softmax(clean_logits, dim=1)
-    kl = F.kl_div(F.log_softmax(noisy_logits, dim=1), clean_log_probs, reduction="batchmean",
-                  log_target=True)
-    return F.cross_entropy(clean_logits, y) + stability_weight * kl
+    clean_logits = module(X)
+    noisy_logits = module(noisy)
+    soft_target = F.softmax(clean_logits, dim=1)
+    stability = -(soft_target * F.log_softmax(noisy_logits, dim=1)).sum(dim=1).mean()
+    return F.cross_entropy(clean_logits, y) + stability_weight * stability
 
 
 class StabilityClassifier(SmoothedClassifier):
@@ -35,7 +43,8 @@ class StabilityClassifier(SmoothedClassifier):
     Parameters
     ----------
     stability_weight : float, default=2.0
-        λ of the KL term between the clean and the noisy prediction.
+        λ of the soft cross-entropy between the clean and the noisy prediction (the
+        published MNIST-family value).
     **kwargs
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
     """

@@ -1,0 +1,101 @@
+"""The recipes table against the authors' published training commands."""
+
+import numpy as np
+import pytest
+
+import smoothsk
+from smoothsk.cli import build_estimator, build_parser
+from smoothsk.recipes import RECIPES, recipe, recipe_params
+
+# jh-jeong/smoothmix EXPERIMENTS.MD, MNIST rows (every one: --lr 0.01 --lr_step_size 30
+# --epochs 90, default --batch 256), transcribed flag by flag.
+PUBLISHED_MNIST = {
+    ("smoothadv", s): dict(epsilon=255 / 256, num_steps=10, warmup=10, num_noise=4)
+    for s in (0.25, 0.5, 1.0)
+} | {
+    ("stability", s): dict(stability_weight=2.0) for s in (0.25, 0.5, 1.0)
+} | {
+    ("macer", 0.25): dict(num_noise=16, inverse_temperature=16.0, margin=8.0,
+                          robustness_weight=16.0, deferred=30),
+    ("macer", 0.5): dict(num_noise=16, inverse_temperature=16.0, margin=8.0,
+                         robustness_weight=16.0, deferred=30),
+    ("macer", 1.0): dict(num_noise=16, inverse_temperature=16.0, margin=8.0,
+                         robustness_weight=6.0, deferred=30),
+    ("consistency", 0.25): dict(num_noise=2, consistency_weight=10.0),
+    ("consistency", 0.5): dict(num_noise=2, consistency_weight=5.0),
+    ("consistency", 1.0): dict(num_noise=2, consistency_weight=5.0),
+    ("smoothmix", 0.25): dict(num_noise=4, num_steps=2, step_size=1.0, mix_step=0, eta=5.0),
+    ("smoothmix", 0.5): dict(num_noise=4, num_steps=4, step_size=1.0, mix_step=0, eta=5.0),
+    ("smoothmix", 1.0): dict(num_noise=4, num_steps=8, step_size=1.0, mix_step=0, eta=5.0),
+}
+
+
+@pytest.mark.parametrize("key", sorted(PUBLISHED_MNIST))
+def test_mnist_recipes_are_the_published_commands(key):
+    method, sigma = key
+    item = recipe(method, "mnist", sigma)
+    for name, value in PUBLISHED_MNIST[key].items():
+        assert item.params[name] == value, name
+    assert (item.epochs, item.lr, item.loader_batch) == (90, 0.01, 256)
+    assert [round(f * item.epochs) for f in item.milestones] == [30, 60]
+    # the scripts that split a loader batch into m chunks step once per chunk
+    chunked = method in ("smoothadv", "smoothmix", "consistency")
+    assert item.batch_size == (256 // item.params["num_noise"] if chunked else 256)
+
+
+def test_crt_cifar_recipe_is_the_authors_config():
+    item = recipe("crt", "cifar10", 0.5)
+    assert (item.epochs, item.lr, item.loader_batch) == (200, 0.1, 128)
+    assert [round(f * item.epochs) for f in item.milestones] == [100, 150]
+
+
+def test_every_recipe_names_its_source_and_builds_an_estimator():
+    for (method, family, sigma), item in RECIPES.items():
+        assert item.source and (item.method, item.family, item.sigma) == (method, family, sigma)
+        params = recipe_params(item)
+        cls = {"gaussian": smoothsk.GaussianAugClassifier,
+               "smoothmix": smoothsk.SmoothMixClassifier, "crt": smoothsk.CRTStudent,
+               "smoothadv": smoothsk.SmoothAdvClassifier, "macer": smoothsk.MACERClassifier,
+               "consistency": smoothsk.ConsistencyClassifier,
+               "stability": smoothsk.StabilityClassifier}[method]
+        clf = cls(**params)
+        assert clf.max_epochs == item.epochs and clf.batch_size == item.batch_size
+
+
+def test_shortened_schedule_keeps_its_shape_and_the_lr_follows_it():
+    params = recipe_params(recipe("macer", "fashion-mnist", 0.5), epochs=6)
+    assert params["deferred"] == 2 and params["max_epochs"] == 6
+    params.update(num_noise=2, batch_size=32, random_state=0)
+    X = np.random.default_rng(0).random((64, 8)).astype(np.float32)
+    clf = smoothsk.MACERClassifier(**params).fit(X, np.arange(64) % 2)
+    assert clf.history[:, "event_lr"] == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4])
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(ValueError, match="No published recipe.*Known: .*macer/mnist"):
+        recipe("macer", "imagenet", 0.5)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        recipe_params(recipe("gaussian", "mnist", 0.5), epochs=0)
+
+
+def _train_args(*extra):
+    return build_parser().parse_args(["train", "--dataset", "fashion-mnist", "--out", "x.pkl",
+                                      *extra])
+
+
+def test_cli_recipe_sets_the_published_settings_and_explicit_options_win():
+    clf = build_estimator(_train_args("--method", "consistency", "--sigma", "0.5", "--recipe",
+                                      "--epochs", "30", "--lr", "0.02"))
+    assert clf.consistency_weight == 5.0 and clf.num_noise == 2 and clf.batch_size == 128
+    assert clf.max_epochs == 30 and clf.lr == 0.02
+    (name, scheduler), = clf.callbacks
+    assert name == "lr_scheduler" and scheduler.kwargs["milestones"] == [10, 20]
+    plain = build_estimator(_train_args("--method", "consistency", "--sigma", "0.5"))
+    assert plain.max_epochs == 10 and plain.batch_size == 128 and plain.lr == 0.01
+
+
+def test_cli_recipe_needs_sigma():
+    from smoothsk.cli import CommandError
+
+    with pytest.raises(CommandError, match="--recipe needs --sigma"):
+        build_estimator(_train_args("--method", "macer", "--recipe"))
