@@ -222,7 +222,7 @@ def build_estimator(args, dataset_train_size: int | None = None):
         if args.teacher is None:
             raise CommandError("--method crt needs --teacher MODEL.pkl (a trained smoothsk model).")
         try:
-            params["teacher"] = load_model(args.teacher)
+            params["teacher"] = load_model(args.teacher, trusted=args.trust_pickle)
         except (FileNotFoundError, ValueError) as exc:
             raise CommandError(f"cannot use --teacher: {exc}") from exc
     elif args.teacher is not None:
@@ -264,6 +264,7 @@ def run_train(args) -> int:
     clf.training_info_ = {"dataset": args.dataset, "method": args.method,
                           "model": _resolve_model(args.dataset, args.model),
                           "epochs": epochs, "seconds": seconds, "recipe": args.recipe,
+                          "final_lr": clf.optimizer_.param_groups[0]["lr"],
                           "train_size": len(y) if y is not None else len(X)}
     save_model(clf, args.out)
     loss = clf.history[-1, "train_loss"]
@@ -279,7 +280,7 @@ def run_certify(args) -> int:
 
     _set_threads(args)
     try:
-        clf = load_model(args.model_file)
+        clf = load_model(args.model_file, trusted=args.trust_pickle)
     except (FileNotFoundError, ValueError) as exc:
         raise CommandError(f"cannot load model: {exc}") from exc
     if args.device != "cpu" or str(clf.device) != "cpu":
@@ -448,6 +449,12 @@ def _add_common(parser, *, batch_default: int):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_trust_pickle(parser):
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="also read pickle-based model files (smoothsk 0.1); loading a "
+                             "pickle can run arbitrary code, so only for files you trust")
+
+
 def _add_data(parser):
     from smoothsk.datasets import DATASETS
 
@@ -484,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train", type=_positive_int, default=None,
                        help="train on the first N training inputs")
     train.add_argument("--teacher", default=None, help="CRT: the teacher's model file")
+    _add_trust_pickle(train)
     for name in _METHOD_OPTIONS:
         kind = int if name in ("num_noise", "num_steps", "mix_step", "warmup") else float
         train.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
@@ -495,12 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "--transfer-weight --consistency-weight --entropy-weight "
                             "--stability-weight --robustness-weight --margin "
                             "--inverse-temperature")
-    train.add_argument("--out", required=True, help="model file to write (joblib)")
+    train.add_argument("--out", required=True,
+                       help="model file to write (safe format: weights and a JSON document)")
     _add_common(train, batch_default=None)
     train.set_defaults(func=run_train)
 
     certify = sub.add_parser("certify", help="certify a data set split into a resumable TSV")
     certify.add_argument("model_file")
+    _add_trust_pickle(certify)
     _add_data(certify)
     certify.add_argument("--split", default="test", choices=["train", "test"])
     certify.add_argument("--skip", type=_positive_int, default=1, help="every SKIP-th input")

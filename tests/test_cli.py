@@ -46,18 +46,15 @@ def png_size(path):
 
 
 def test_train_certify_report_end_to_end(model, tmp_path):
-    import joblib
-
     from smoothsk import GaussianAugClassifier
+    from smoothsk.io.model_file import load_model
 
-    loaded = joblib.load(model)
-    assert isinstance(loaded, GaussianAugClassifier)  # a plain joblib file
+    loaded = load_model(model)
+    assert isinstance(loaded, GaussianAugClassifier)  # the safe format, no pickle
     assert loaded.training_info_["epochs"] == 15
-    # the progress bar is gone; the schedule stays a parameter, so a clone refits with it
-    assert [name for name, _ in loaded.callbacks] == ["lr_scheduler"]
-    scheduler = dict(loaded.callbacks_)["lr_scheduler"]  # --lr-step 10: ×0.1 after epoch 10
-    assert (scheduler.step_size, scheduler.gamma) == (10, 0.1)
-    assert loaded.optimizer_.param_groups[0]["lr"] == pytest.approx(0.005)
+    # callbacks are training-time objects, not stored; the schedule's effect is recorded
+    assert loaded.callbacks is None
+    assert loaded.training_info_["final_lr"] == pytest.approx(0.005)  # ×0.1 after epoch 10
     assert not [p for p in model.parent.iterdir() if p.name.startswith(".")]  # no temp files
     umask = os.umask(0)
     os.umask(umask)

@@ -14,17 +14,16 @@ import datetime
 import hashlib
 import json
 import os
-import pickle
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import joblib
 import numpy as np
 from joblib import effective_n_jobs
 
 from smoothsk.certify.sampling import take_rows
+from smoothsk.io.model_file import load_model, save_model
 
 __all__ = [
     "TSV_HEADER",
@@ -61,34 +60,6 @@ def _atomic_write(path: Path, write: Callable) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def save_model(estimator, path) -> None:
-    """Save a fitted estimator with joblib, atomically (no half-written file on a crash)."""
-    _atomic_write(Path(path), lambda stream: joblib.dump(estimator, stream))
-
-
-def load_model(path):
-    """Load a fitted smoothsk estimator saved by :func:`save_model` (or joblib/pickle).
-
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one that is
-    not a fitted smoothsk estimator.
-    """
-    from smoothsk.base import SmoothedClassifier
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Model file {path} does not exist.")
-    try:
-        model = joblib.load(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError, IndexError,
-            AttributeError, ModuleNotFoundError, TypeError) as exc:
-        raise ValueError(f"{path} is not a readable model file ({type(exc).__name__}: "
-                         f"{exc}).") from exc
-    if not isinstance(model, SmoothedClassifier) or not hasattr(model, "module_"):
-        raise ValueError(f"{path} does not hold a fitted smoothsk estimator "
-                         f"(it holds a {type(model).__name__}).")
-    return model
 
 
 def _file_digest(path: Path) -> str:

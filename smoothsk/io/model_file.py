@@ -1,0 +1,257 @@
+"""Model files that cannot run code when loaded.
+
+A smoothsk model file is one ``torch.save`` archive holding only tensors and plain
+data: the network's ``state_dict`` and a JSON document with the estimator's class, its
+parameters, classes, input shape, training info, the library version and the format
+version.  :func:`load_model` reads it with ``torch.load(weights_only=True)``, whose
+unpickler refuses every object but tensors and built-in containers, and rebuilds the
+estimator and its network from an allow-list: smoothsk's estimators and networks,
+torch's optimizers and losses, and network classes registered with
+:func:`register_network`.  A file someone else made can therefore give wrong weights,
+never run code.
+
+Pickle-based files (smoothsk 0.1's ``joblib`` format, or any pickle) can run arbitrary
+code when loaded; :func:`load_model` reads them only with ``trusted=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT_VERSION", "load_model", "register_network", "save_model"]
+
+FORMAT_NAME = "smoothsk-model"
+FORMAT_VERSION = 1
+_NETWORKS: dict[str, type] = {}
+
+
+def register_network(cls: type) -> type:
+    """Allow ``cls`` (a ``torch.nn.Module`` subclass) as a network in model files.
+
+    Usable as a decorator.  Loading a file that names an unregistered class fails with
+    an error that says to register it; registering is how a user says "I trust this
+    class's code" (it is already imported, so nothing from the file runs).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise TypeError(f"register_network takes a torch.nn.Module subclass; got {cls!r}.")
+    _NETWORKS[_qualified(cls)] = cls
+    return cls
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _allowed_classes() -> dict[str, type]:
+    import skorch.dataset
+
+    import smoothsk
+    from smoothsk import models
+
+    allowed = {_qualified(c): c for c in (
+        models.MLP, models.LeNet, models.CIFARResNet, models.ImageNetResNet50,
+        torch.utils.data.DataLoader, skorch.dataset.Dataset, skorch.dataset.ValidSplit,
+    )}
+    for name in dir(torch.optim):
+        value = getattr(torch.optim, name)
+        if isinstance(value, type) and issubclass(value, torch.optim.Optimizer):
+            allowed[_qualified(value)] = value
+    for name in dir(torch.nn):
+        value = getattr(torch.nn, name)
+        if isinstance(value, type) and issubclass(value, torch.nn.modules.loss._Loss):
+            allowed[_qualified(value)] = value
+    for name in smoothsk.__all__:
+        value = getattr(smoothsk, name)
+        if isinstance(value, type) and issubclass(value, smoothsk.SmoothedClassifier):
+            allowed[_qualified(value)] = value
+    allowed.update(_NETWORKS)
+    return allowed
+
+
+# Parameters that are never saved: training-time objects, not part of the smoothed model.
+_NOT_SAVED = {"callbacks", "teacher"}
+
+
+def _encode(name: str, value, allowed_names: dict[type, str]):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(name, v, allowed_names) for v in value]}
+    if isinstance(value, (list, np.ndarray)):
+        return [_encode(name, v, allowed_names) for v in list(value)]
+    if isinstance(value, type) and value in allowed_names:
+        return {"class": allowed_names[value]}
+    raise ValueError(
+        f"Parameter {name}={value!r} cannot be stored in a safe model file. Networks must "
+        "be given as a class (module=MyNet with module__* arguments) registered with "
+        "smoothsk.io.model_file.register_network; other parameters must be plain values."
+    )
+
+
+def _decode(value, allowed: dict[str, type]):
+    if isinstance(value, list):
+        return [_decode(v, allowed) for v in value]
+    if isinstance(value, dict) and set(value) == {"tuple"}:
+        return tuple(_decode(v, allowed) for v in value["tuple"])
+    if isinstance(value, dict) and set(value) == {"class"}:
+        if value["class"] not in allowed:
+            raise ValueError(
+                f"The model file names class {value['class']!r}, which is not allowed. If it "
+                "is your network, import it and call smoothsk.io.model_file.register_network "
+                "on it before loading."
+            )
+        return allowed[value["class"]]
+    return value
+
+
+def _fitted_attributes(estimator) -> dict:
+    attributes = {
+        "classes": _encode("classes_", np.asarray(estimator.classes_).tolist(), {}),
+        "input_shape": list(estimator.input_shape_),
+        "n_features_in": int(getattr(estimator, "n_features_in_", estimator.input_shape_[0])),
+    }
+    if hasattr(estimator, "sigma_"):  # CRTStudent: σ resolved from its teacher
+        attributes["sigma_"] = float(estimator.sigma_)
+    return attributes
+
+
+def save_model(estimator, path) -> None:
+    """Save a fitted smoothsk estimator in the safe format, atomically.
+
+    Stored: the network's weights, the estimator's class and parameters (callbacks and
+    a CRT teacher are training-time objects and are not stored), ``classes_``,
+    ``input_shape_``, ``training_info_`` and the library version.
+    """
+    import smoothsk
+    from smoothsk.io.runs import _atomic_write
+
+    if not hasattr(estimator, "module_"):
+        raise ValueError(f"{type(estimator).__name__} is not fitted; fit it before saving.")
+    allowed = _allowed_classes()
+    allowed_names = {cls: name for name, cls in allowed.items()}
+    if type(estimator) not in allowed_names:
+        raise ValueError(f"{type(estimator).__name__} is not a smoothsk estimator.")
+    params = {name: _encode(name, value, allowed_names)
+              for name, value in estimator.get_params(deep=False).items()
+              if name not in _NOT_SAVED}
+    info = getattr(estimator, "training_info_", None)
+    document = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        "smoothsk_version": smoothsk.__version__,
+        "estimator": allowed_names[type(estimator)], "params": params,
+        "fitted": _fitted_attributes(estimator),
+        "training_info": json.loads(json.dumps(info)) if info is not None else None,
+    }
+    state = {name: tensor.detach().cpu().contiguous()
+             for name, tensor in estimator.module_.state_dict().items()}
+    archive = {"document": json.dumps(document), "state_dict": state}
+    _atomic_write(Path(path), lambda stream: torch.save(archive, stream))
+
+
+def _read_archive(path: Path) -> dict:
+    try:
+        archive = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the restricted unpickler refuses anything but data
+        raise ValueError(f"{path} is not a readable smoothsk model file ({exc}).") from exc
+    if not isinstance(archive, dict) or "document" not in archive:
+        raise ValueError(f"{path} is not a smoothsk model file.")
+    return archive
+
+
+def load_model(path, *, trusted: bool = False):
+    """Load a fitted estimator saved by :func:`save_model`, without running any code.
+
+    Parameters
+    ----------
+    path : path
+    trusted : bool, default=False
+        Also accept pickle-based files (smoothsk 0.1's format, or any joblib/pickle
+        file).  Unpickling runs whatever code the file names: pass True only for a
+        file whose origin you trust, and re-save it with :func:`save_model`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not a smoothsk model file, a pickle without ``trusted=True``, a newer format
+        version, or a class outside the allow-list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file {path} does not exist.")
+    if not zipfile.is_zipfile(path):
+        if trusted:
+            return _load_pickle(path)
+        with open(path, "rb") as stream:
+            if stream.read(1) != b"\x80":  # every pickle of protocol >= 2 starts so
+                raise ValueError(f"{path} is not a readable model file: neither smoothsk's "
+                                 "format nor a pickle.")
+        raise ValueError(
+            f"{path} is not a safe smoothsk model file: it looks like a pickle (smoothsk 0.1 "
+            "saved models with joblib), and loading a pickle can run arbitrary code. If you "
+            "trust its origin, load it with load_model(path, trusted=True) (CLI: "
+            "--trust-pickle) and save it again with save_model."
+        )
+    archive = _read_archive(path)
+    try:
+        document = json.loads(archive["document"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} has a corrupt model document ({exc}).") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not a smoothsk model file.")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is format version {document.get('format_version')!r} (written by smoothsk "
+            f"{document.get('smoothsk_version')!r}); this smoothsk reads version "
+            f"{FORMAT_VERSION}. Load it with the smoothsk version that wrote it, or retrain."
+        )
+    return _rebuild(document, archive["state_dict"], path)
+
+
+def _rebuild(document: dict, state: dict, path: Path):
+    allowed = _allowed_classes()
+    cls = _decode({"class": document["estimator"]}, allowed)
+    params = {name: _decode(value, allowed) for name, value in document["params"].items()}
+    fitted = document["fitted"]
+    try:
+        estimator = cls(**params)
+        estimator.classes_fitted_ = np.asarray(_decode(fitted["classes"], allowed))
+        estimator.input_shape_ = tuple(fitted["input_shape"])
+        estimator.n_features_in_ = fitted["n_features_in"]
+        if "sigma_" in fitted:
+            estimator.sigma_ = fitted["sigma_"]
+        estimator.initialize()
+        estimator.module_.load_state_dict(state)
+    except (TypeError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path} does not describe a loadable estimator ({exc}).") from exc
+    if document.get("training_info") is not None:
+        estimator.training_info_ = document["training_info"]
+    estimator.smoothsk_version_ = document.get("smoothsk_version")
+    return estimator
+
+
+def _load_pickle(path: Path):
+    import pickle
+
+    import joblib
+
+    from smoothsk.base import SmoothedClassifier
+
+    try:
+        model = joblib.load(path)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError, IndexError,
+            AttributeError, ModuleNotFoundError, TypeError) as exc:
+        raise ValueError(f"{path} is not a readable model file ({type(exc).__name__}: "
+                         f"{exc}).") from exc
+    if not isinstance(model, SmoothedClassifier) or not hasattr(model, "module_"):
+        raise ValueError(f"{path} does not hold a fitted smoothsk estimator "
+                         f"(it holds a {type(model).__name__}).")
+    return model

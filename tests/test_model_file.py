@@ -1,0 +1,135 @@
+"""Safe model files: round trip, allow-list, no code execution, old pickles refused."""
+
+import os
+import pickle
+import zipfile
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+from smoothsk import CRTStudent, GaussianAugClassifier, MACERClassifier
+from smoothsk.io.model_file import FORMAT_VERSION, load_model, register_network, save_model
+from smoothsk.models import LeNet
+
+FAST = dict(max_epochs=2, lr=0.05, batch_size=64, n0=32, n=200, n_predict=50, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, module__hidden_units=(32,), **FAST)
+    clf.fit(X[:300], y[:300])
+    clf.training_info_ = {"dataset": "digits", "epochs": 2}
+    return clf
+
+
+def test_round_trip_gives_identical_predictions_and_certificates(fitted, digits, tmp_path):
+    X, _ = digits
+    path = tmp_path / "model.smoothsk"
+    save_model(fitted, path)
+    assert zipfile.is_zipfile(path)
+    loaded = load_model(path)
+    assert type(loaded) is GaussianAugClassifier
+    assert loaded.get_params()["module__hidden_units"] == (32,)
+    np.testing.assert_array_equal(loaded.classes_, fitted.classes_)
+    assert loaded.training_info_ == fitted.training_info_
+    assert loaded.smoothsk_version_
+    for name, tensor in fitted.module_.state_dict().items():
+        torch.testing.assert_close(loaded.module_.state_dict()[name], tensor)
+    np.testing.assert_array_equal(loaded.predict(X[:20]), fitted.predict(X[:20]))
+    a, b = loaded.certify(X[:10]), fitted.certify(X[:10])
+    np.testing.assert_array_equal(a.radius, b.radius)
+
+
+def test_string_classes_tuple_params_and_lenet(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 1, 28, 28)).astype(np.float32)
+    y = np.array(["cat", "dog"])[np.arange(40) % 2]
+    clf = MACERClassifier(module=LeNet, module__num_classes=2, num_noise=2, deferred=1,
+                          classes=["dog", "cat"], **dict(FAST, max_epochs=1)).fit(X, y)
+    save_model(clf, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert list(loaded.classes_) == ["dog", "cat"] and loaded.deferred == 1
+    assert loaded.module is LeNet
+    np.testing.assert_array_equal(loaded.predict(X[:5]), clf.predict(X[:5]))
+
+
+def test_crt_student_keeps_its_sigma_without_the_teacher(fitted, digits, tmp_path):
+    X, y = digits
+    student = CRTStudent(teacher=fitted, module__hidden_units=(16,), **FAST).fit(X[:200], y[:200])
+    save_model(student, tmp_path / "s")
+    loaded = load_model(tmp_path / "s")
+    assert loaded.teacher is None and loaded.noise_level_ == 0.25
+    np.testing.assert_array_equal(loaded.predict(X[:10]), student.predict(X[:10]))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_pickle_never_runs_without_trusted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    joblib.dump(_Evil(), "evil.pkl")
+    with pytest.raises(ValueError, match="looks like a pickle.*trusted=True"):
+        load_model("evil.pkl")
+    assert not (tmp_path / "pwned").exists()
+    # a pickle inside a torch archive is refused by the weights-only unpickler
+    torch.save({"document": _Evil()}, "evil.pt")
+    with pytest.raises(ValueError, match="not a readable smoothsk model file"):
+        load_model("evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_old_joblib_file_loads_only_when_trusted(fitted, tmp_path):
+    joblib.dump(fitted, tmp_path / "old.pkl")
+    with pytest.raises(ValueError, match="smoothsk 0.1"):
+        load_model(tmp_path / "old.pkl")
+    assert isinstance(load_model(tmp_path / "old.pkl", trusted=True), GaussianAugClassifier)
+    pickle.dump([1, 2], open(tmp_path / "list.pkl", "wb"))
+    with pytest.raises(ValueError, match="does not hold a fitted smoothsk estimator"):
+        load_model(tmp_path / "list.pkl", trusted=True)
+
+
+class _MyNet(torch.nn.Module):
+    def __init__(self, in_features=64, num_classes=10):
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, num_classes)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def test_user_networks_need_registration(digits, tmp_path):
+    X, y = digits
+    clf = GaussianAugClassifier(module=_MyNet, **dict(FAST, max_epochs=1)).fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match="register_network"):
+        save_model(clf, tmp_path / "u")
+    register_network(_MyNet)
+    save_model(clf, tmp_path / "u")
+    assert load_model(tmp_path / "u").module is _MyNet
+    with pytest.raises(TypeError, match="torch.nn.Module subclass"):
+        register_network(int)
+
+
+def test_newer_format_and_unknown_class_are_refused(fitted, tmp_path):
+    import json
+
+    save_model(fitted, tmp_path / "m")
+    archive = torch.load(tmp_path / "m", weights_only=True)
+    document = json.loads(archive["document"])
+    torch.save(dict(archive, document=json.dumps(dict(document,
+                                                      format_version=FORMAT_VERSION + 1))),
+               tmp_path / "newer")
+    with pytest.raises(ValueError, match="format version 2"):
+        load_model(tmp_path / "newer")
+    document["params"]["module"] = {"class": "os.system"}
+    torch.save(dict(archive, document=json.dumps(document)), tmp_path / "odd")
+    with pytest.raises(ValueError, match="'os.system', which is not allowed"):
+        load_model(tmp_path / "odd")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing")
+    with pytest.raises(ValueError, match="not fitted"):
+        save_model(GaussianAugClassifier(), tmp_path / "x")
