@@ -199,6 +199,13 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self._set_training(True)
         Xi, yi = unpack_data(batch)
         loss = self.training_loss(to_tensor(Xi, self.device), to_tensor(yi, self.device))
+        # skorch reads the loss as a number after every step anyway, so this costs no
+        # extra device synchronisation; a diverged run must not be saved as trained.
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The training loss is {loss.item()} at epoch {self.epoch_index_ + 1}: training "
+                "diverged. Lower the learning rate (lr) or sigma, or check the inputs."
+            )
         loss.backward()
         return {"loss": loss, "y_pred": None}
 

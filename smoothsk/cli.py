@@ -241,7 +241,7 @@ def build_estimator(args, dataset_train_size: int | None = None):
 
 def run_train(args) -> int:
     from smoothsk.certify.sampling import take_rows
-    from smoothsk.io.runs import save_model
+    from smoothsk.io.runs import RunLockedError, exclusive_run, save_model
 
     _set_threads(args)
     X, y = _load(args, "train")
@@ -254,19 +254,22 @@ def run_train(args) -> int:
     _with_epoch_progress(clf, bar, (args.lr_step, args.lr_gamma) if args.lr_step else None)
     start = time.perf_counter()
     try:
-        clf.fit(X, y)
-    except ValueError as exc:
+        with exclusive_run(args.out):
+            clf.fit(X, y)
+            if len(clf.history) < epochs:  # skorch ends fit quietly on Ctrl-C
+                raise KeyboardInterrupt
+            seconds = time.perf_counter() - start
+            _without_progress(clf)
+            clf.training_info_ = {"dataset": args.dataset, "method": args.method,
+                                  "model": _resolve_model(args.dataset, args.model),
+                                  "epochs": epochs, "seconds": seconds, "recipe": args.recipe,
+                                  "final_lr": clf.optimizer_.param_groups[0]["lr"],
+                                  "train_size": len(y) if y is not None else len(X)}
+            save_model(clf, args.out)
+    except (ValueError, RunLockedError) as exc:
         raise CommandError(str(exc)) from exc
     finally:
         bar.close()
-    seconds = time.perf_counter() - start
-    _without_progress(clf)
-    clf.training_info_ = {"dataset": args.dataset, "method": args.method,
-                          "model": _resolve_model(args.dataset, args.model),
-                          "epochs": epochs, "seconds": seconds, "recipe": args.recipe,
-                          "final_lr": clf.optimizer_.param_groups[0]["lr"],
-                          "train_size": len(y) if y is not None else len(X)}
-    save_model(clf, args.out)
     loss = clf.history[-1, "train_loss"]
     print(f"trained {type(clf).__name__} (sigma={clf.noise_level_:g}) on {args.dataset} for "
           f"{epochs} epochs in {seconds:.1f} s (final loss {loss:.4f}); saved {args.out}")
@@ -276,7 +279,13 @@ def run_train(args) -> int:
 # --------------------------------------------------------------------------- certify
 def run_certify(args) -> int:
     from smoothsk.certify.sampling import take_rows
-    from smoothsk.io.runs import RunMismatchError, _file_digest, certify_to_tsv, load_model
+    from smoothsk.io.runs import (
+        RunLockedError,
+        RunMismatchError,
+        _file_digest,
+        certify_to_tsv,
+        load_model,
+    )
 
     _set_threads(args)
     try:
@@ -307,7 +316,7 @@ def run_certify(args) -> int:
                            n=args.n, alpha=args.alpha, batch_size=args.batch_size,
                            random_state=args.seed, n_jobs=_jobs(args),
                            progress=lambda done: bar.update(done - bar.n))
-    except RunMismatchError as exc:
+    except (RunMismatchError, RunLockedError) as exc:
         raise CommandError(str(exc)) from exc
     finally:
         bar.close()
@@ -553,12 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except CommandError as exc:
+    except (CommandError, FloatingPointError) as exc:
         print(f"smoothsk {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"smoothsk {args.command}: interrupted; completed rows are kept, run the same "
-              "command again to continue.", file=sys.stderr)
+        what = ("nothing was saved" if args.command == "train" else
+                "completed rows are kept, run the same command again to continue")
+        print(f"smoothsk {args.command}: interrupted; {what}.", file=sys.stderr)
         return 130
 
 

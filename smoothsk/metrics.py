@@ -88,6 +88,9 @@ class _CertificationScorer:
             # Called from a skorch callback (EpochScoring) inside fit: skorch hands over
             # the targets it trains on, which are the encoded class indices.
             y = smoothed.classes_[np.asarray(y, dtype=np.int64)]
+        # As score() does: labels the model cannot predict (another dtype, a typo) would
+        # count as wrong everywhere and score a silent 0.0 that a grid search trusts.
+        smoothed._encode_labels(np.asarray(y))
         if self.adaptive:
             result = smoothed.certify_radius(X, self.radius, y=y, **self.overrides)
             return float(np.mean(result.is_correct(y)))

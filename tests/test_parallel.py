@@ -41,6 +41,27 @@ def test_joblib_workers_and_chunk_sizes_give_the_serial_certificate(net_and_inpu
         certify(net, X, 0.5, n_jobs=2, chunk_size=0, **kw)
 
 
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_batchnorm_network_in_training_mode_gives_the_serial_result_on_every_backend(backend):
+    """Workers use their own eval-mode copy; the caller's network, statistics and mode stay."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16),
+                              torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    net(torch.randn(64, 12))  # non-trivial running statistics
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    X = np.random.default_rng(2).uniform(size=(40, 3, 2, 2)).astype(np.float32)
+    kw = dict(n0=20, n=500, alpha=0.01, random_state=3, batch_size=64)
+    serial = certify(net, X, 0.5, **kw)
+    assert net.training
+    with parallel_config(backend=backend):
+        parallel = certify(net, X, 0.5, n_jobs=4, chunk_size=3, **kw)
+    _assert_same(parallel, serial)
+    assert net.training
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(value, before[name])
+
+
 def test_estimator_certify_with_n_jobs(digits):
     X, y = digits
     clf = GaussianAugClassifier(**tiny_estimator_params(max_epochs=2)).fit(X[:200], y[:200])

@@ -42,7 +42,10 @@ def _worker_device(on_gpu: bool) -> torch.device:
 def _run_chunk(function, module, X, sigma, indices, threads, on_gpu, kwargs):
     if threads:
         torch.set_num_threads(threads)
-    module = module.to(_worker_device(on_gpu))
+    # Every task works on its own copy in eval mode: with the threading backend the
+    # workers share the caller's object, and one task switching it to eval and back
+    # (or BatchNorm updating its statistics in training mode) would change the others.
+    module = copy.deepcopy(module).to(_worker_device(on_gpu)).eval()
     return function(module, X, sigma, index_offset=indices, **kwargs)
 
 

@@ -36,6 +36,11 @@ def check_sigma(sigma) -> float:
         or sigma <= 0
     ):
         raise ValueError(f"sigma must be a finite float > 0; got {sigma!r}.")
+    # Gaussian draws in float32 stay below 64 in magnitude (P(|z| > 64) < 1e-800), so
+    # σ·z is finite for every σ up to float32's maximum / 64; larger σ would overflow.
+    if sigma > float(np.finfo(np.float32).max) / 64:
+        raise ValueError(f"sigma={sigma!r} is so large that float32 noise overflows to inf; "
+                         "use a sigma on the scale of the inputs.")
     return float(sigma)
 
 
@@ -126,6 +131,9 @@ class NoiseSampler:
                 f"The network must return logits of shape (batch, n_classes); for a batch "
                 f"of {len(batch)} inputs it returned {shape}."
             )
+        # A flag on the device, read once per chunk: a NaN network would otherwise
+        # "vote" for class 0 on every draw and be certified at the largest radius.
+        self._finite &= torch.isfinite(logits).all()
         return logits.argmax(dim=1), logits.shape[1]
 
     def counts(self, chunk: torch.Tensor, first_index, num: int) -> torch.Tensor:
@@ -141,6 +149,7 @@ class NoiseSampler:
             indices = first_index
         counts = None
         pending, owners, n_pending = [], [], 0
+        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
 
         def run(rows: torch.Tensor, owner: torch.Tensor):
             nonlocal counts
@@ -176,6 +185,13 @@ class NoiseSampler:
                 n_pending += size
                 drain(final=False)
         drain(final=True)
+        if not bool(self._finite):
+            raise FloatingPointError(
+                "The network returned non-finite logits (NaN or inf) on noisy inputs, so its "
+                "votes mean nothing and no certificate can be given. Check the network's "
+                "weights (a diverged training run) and that inputs and sigma are finite and "
+                "of a sensible scale."
+            )
         return counts.view(len(chunk), -1)
 
 

@@ -52,6 +52,14 @@ def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist.")
+    try:
+        return _read_tsv(path, name)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a UTF-8 text file; it is not a certification "
+                         "TSV.") from exc
+
+
+def _read_tsv(path: Path, name: str | None) -> CertificationRun:
     with open(path, newline="", encoding="utf-8") as stream:
         reader = csv.DictReader(stream, delimiter="\t")
         fields = [f.strip() for f in (reader.fieldnames or [])]
@@ -69,7 +77,17 @@ def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
                 raise ValueError(f"{path}, line {line}: cannot parse {row!r}.") from exc
     if not radius:
         raise ValueError(f"{path} has no rows.")
-    return CertificationRun(name or path.stem, np.asarray(idx), np.asarray(radius),
+    radius = np.asarray(radius)
+    bad = ~np.isfinite(radius) | (radius < 0)
+    if bad.any():
+        line = int(np.flatnonzero(bad)[0]) + 2
+        raise ValueError(f"{path}, line {line}: radius {radius[bad][0]!r} is not a finite "
+                         "number >= 0; the file is corrupt or not a certification TSV.")
+    unique, seen = np.unique(idx, return_counts=True)
+    if (seen > 1).any():
+        raise ValueError(f"{path} has duplicate rows for idx {unique[seen > 1][:5].tolist()}; "
+                         "two runs wrote to one file. Certify again into a new file.")
+    return CertificationRun(name or path.stem, np.asarray(idx), radius,
                             np.asarray(correct, dtype=bool))
 
 

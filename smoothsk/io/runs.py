@@ -10,7 +10,9 @@ byte-for-byte the rows of an uninterrupted run (except the ``time`` column).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +29,9 @@ from smoothsk.io.model_file import load_model, save_model
 
 __all__ = [
     "TSV_HEADER",
+    "RunLockedError",
     "RunMismatchError",
+    "exclusive_run",
     "certify_to_tsv",
     "load_model",
     "save_model",
@@ -36,8 +40,46 @@ __all__ = [
 TSV_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
 
+# Sidecar entries a continued run may change: the number of inputs (a run may be
+# extended) and the library version that wrote the rows (recorded, not compared).
+_MAY_CHANGE = {"indices", "smoothsk_version"}
+
+
 class RunMismatchError(ValueError):
     """An output file exists and belongs to a different certification run."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the lock of this run's output."""
+
+
+@contextlib.contextmanager
+def exclusive_run(out):
+    """Hold ``<out>.lock`` for the life of a run; a second writer fails at once.
+
+    An advisory ``flock`` on a side file (never on the output itself, which the run may
+    replace): the kernel drops it when the holder exits, even on SIGKILL, so a stale lock
+    never blocks a rerun.  The holder's PID is written into the file for the message.
+    """
+    lock_path = Path(out).with_name(Path(out).name + ".lock")
+    handle = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunLockedError(
+                f"{out} is being written by process {holder}; wait for it to finish or stop "
+                "it, or choose another output."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def _umask() -> int:
@@ -132,10 +174,21 @@ def certify_to_tsv(
         Workers for each call (``certify(n_jobs=...)``; a Dask cluster under
         ``joblib.parallel_config(backend="dask")``).  Rows stay ordered and complete.
     """
-    out = Path(out)
+    with exclusive_run(out):
+        return _certify_to_tsv(estimator, X, y, indices, Path(out), run_info=run_info, n0=n0,
+                               n=n, alpha=alpha, batch_size=batch_size,
+                               random_state=random_state, progress=progress,
+                               rows_per_call=rows_per_call, n_jobs=n_jobs)
+
+
+def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alpha, batch_size,
+                    random_state, progress, rows_per_call, n_jobs) -> Path:
+    import smoothsk
+
     indices = np.asarray(indices, dtype=np.int64)
     y = np.asarray(y)
-    info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices))
+    info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices),
+                smoothsk_version=smoothsk.__version__)
     sidecar = out.with_name(out.name + ".run.json")
     done: list[str] = []
     if out.exists():
@@ -148,7 +201,7 @@ def certify_to_tsv(
         # The number of inputs may grow (a run extended to more images): the rows already
         # written are checked against this run's indices below.
         differs = sorted(k for k in set(info) | set(previous)
-                         if k != "indices" and info.get(k) != previous.get(k))
+                         if k not in _MAY_CHANGE and info.get(k) != previous.get(k))
         if differs:
             raise RunMismatchError(
                 f"{out} belongs to a different run (differs in: {', '.join(differs)}); "
@@ -173,6 +226,22 @@ def certify_to_tsv(
         progress(start)
     jobs = 1 if n_jobs in (None, 1) else effective_n_jobs(n_jobs)
     step = rows_per_call or jobs * max(1, min(256, -(-20_000 // n)))
+    try:
+        _write_rows(estimator, X, y, indices, out, start, step, jobs, n0=n0, n=n, alpha=alpha,
+                    batch_size=batch_size, random_state=random_state, progress=progress,
+                    n_jobs=n_jobs)
+    except BaseException:
+        if not done and _complete_rows(out) == []:
+            # Nothing certified yet (a wrong model, a bad option, Ctrl-C): leave nothing
+            # that would make a corrected rerun look like a different run.
+            out.unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _write_rows(estimator, X, y, indices, out, start, step, jobs, *, n0, n, alpha, batch_size,
+                random_state, progress, n_jobs):
     with open(out, "a", encoding="utf-8") as stream:
         for first in range(start, len(indices), step):
             last = min(first + step, len(indices))
@@ -191,4 +260,3 @@ def certify_to_tsv(
             os.fsync(stream.fileno())
             if progress is not None:
                 progress(last)
-    return out

@@ -1,0 +1,107 @@
+"""Guards: non-finite networks and losses, overflowing σ, exclusive runs, strict scorers,
+report validation."""
+
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from smoothsk import GaussianAugClassifier, certified_accuracy_scorer, certify
+from smoothsk.io.report import read_certification_tsv
+from smoothsk.io.runs import RunLockedError, certify_to_tsv, exclusive_run
+
+FAST = dict(max_epochs=2, lr=0.05, batch_size=64, n0=32, n=200, n_predict=50, random_state=0)
+
+
+class _NaNNet(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((len(x), 3), float("nan"))
+
+
+def test_non_finite_logits_are_never_certified():
+    X = np.zeros((4, 5), dtype=np.float32)
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        certify(_NaNNet(), X, 0.5, n0=10, n=100)
+
+
+def test_overflowing_sigma_is_rejected():
+    with pytest.raises(ValueError, match="float32 noise overflows"):
+        certify(torch.nn.Linear(5, 2), np.zeros((2, 5), np.float32), 1e38, n0=10, n=100)
+
+
+def test_diverging_training_stops_with_a_clear_error(digits):
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, **dict(FAST, lr=1e30))
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        clf.fit(X[:200], y[:200])
+
+
+def test_scorer_raises_on_labels_the_model_cannot_have(digits):
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, **FAST).fit(X[:200], y[:200])
+    scorer = certified_accuracy_scorer(0.25, n=100)
+    assert 0.0 <= scorer(clf, X[200:230], y[200:230]) <= 1.0  # matching labels score
+    with pytest.raises(ValueError, match="labels not seen in fit"):
+        scorer(clf, X[200:230], y[200:230].astype(str))
+
+
+def _hold_lock(path, ready):
+    with exclusive_run(path):
+        ready.set()
+        time.sleep(30)
+
+
+def test_a_second_writer_fails_at_once_and_touches_nothing(tmp_path):
+    out = tmp_path / "run.tsv"
+    ready = multiprocessing.get_context("fork").Event()
+    holder = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(out, ready))
+    holder.start()
+    try:
+        assert ready.wait(20)
+        with pytest.raises(RunLockedError, match=f"process {holder.pid}"):
+            certify_to_tsv(None, np.zeros((2, 3)), np.zeros(2), np.arange(2), out, run_info={},
+                           n0=1, n=1, alpha=0.1, batch_size=1, random_state=0)
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.join()
+    with exclusive_run(out):  # a killed holder leaves no stale lock
+        pass
+
+
+def test_a_failed_first_call_leaves_nothing_that_blocks_the_rerun(tmp_path, digits):
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, **FAST).fit(X[:100], y[:100])
+    out = tmp_path / "run.tsv"
+    with pytest.raises(ValueError, match="expecting 64 features"):
+        certify_to_tsv(clf, X[:4, :32], y[:4], np.arange(4), out, run_info={"a": 1}, n0=10,
+                       n=50, alpha=0.01, batch_size=50, random_state=0)
+    assert not out.exists() and not (tmp_path / "run.tsv.run.json").exists()
+    certify_to_tsv(clf, X[:4], y[:4], np.arange(4), out, run_info={"a": 2}, n0=10, n=50,
+                   alpha=0.01, batch_size=50, random_state=0)
+    assert len(read_certification_tsv(out).radius) == 4
+
+
+@pytest.mark.parametrize("row,message", [
+    ("0\t1\t1\tnan\t1\t0:00:01", "not a finite number"),
+    ("0\t1\t1\t-0.5\t1\t0:00:01", "not a finite number"),
+    ("0\t1\t1\tinf\t1\t0:00:01", "not a finite number"),
+])
+def test_report_rejects_bad_radii(tmp_path, row, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n" + row + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_certification_tsv(path)
+
+
+def test_report_rejects_duplicate_rows_and_binary_files(tmp_path):
+    path = tmp_path / "dup.tsv"
+    row = "3\t1\t1\t0.5\t1\t0:00:01\n"
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n" + row + row)
+    with pytest.raises(ValueError, match=r"duplicate rows for idx \[3\]"):
+        read_certification_tsv(path)
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match="not a UTF-8 text file"):
+        read_certification_tsv(path)
