@@ -296,14 +296,28 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         ``X`` is an array or tensor of shape ``(N, ...)`` with ``y`` of any labels,
         or a torch ``Dataset`` of ``(x, class_index)`` pairs with ``y=None`` and the
         ``classes`` parameter giving the labels.  With ``warm_start=True`` a fitted
-        estimator continues training.
+        estimator continues training.  With a
+        :class:`~smoothsk.io.checkpoint.TrainingCheckpoint` among the callbacks, a
+        checkpoint of the same run is restored and only the missing epochs are trained.
         """
         warm = self.warm_start and self.initialized_ and hasattr(self, "classes_fitted_")
         X, y = self._prepare_fit_data(X, y, fit_params, reset=not warm)
         with _seeded_torch(self.random_state, self.device), self._training_context():
             if not warm:
                 self.initialize()
-            return NeuralNetClassifier.partial_fit(self, X, y)
+            done = 0 if warm else self._restore_checkpoint(len(X))
+            if done >= self.max_epochs:
+                return self
+            return NeuralNetClassifier.partial_fit(self, X, y, epochs=self.max_epochs - done)
+
+    def _restore_checkpoint(self, n_samples: int) -> int:
+        """Epochs restored from a :class:`~smoothsk.io.checkpoint.TrainingCheckpoint`."""
+        from smoothsk.io.checkpoint import TrainingCheckpoint
+
+        for _, callback in self.callbacks_:
+            if isinstance(callback, TrainingCheckpoint):
+                return callback.restore(self, n_samples)
+        return 0
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """Train for ``max_epochs`` more epochs without re-initialising the network.

@@ -241,6 +241,7 @@ def build_estimator(args, dataset_train_size: int | None = None):
 
 def run_train(args) -> int:
     from smoothsk.certify.sampling import take_rows
+    from smoothsk.io.checkpoint import TrainingCheckpoint
     from smoothsk.io.runs import RunLockedError, exclusive_run, save_model
 
     _set_threads(args)
@@ -250,6 +251,10 @@ def run_train(args) -> int:
         y = y[: args.max_train] if y is not None else None
     clf = build_estimator(args)
     epochs = clf.max_epochs
+    # Every epoch is checkpointed next to --out; the same command continues from it.
+    checkpoint = Path(str(args.out) + ".ckpt")
+    clf.set_params(callbacks=list(clf.callbacks or [])
+                   + [("checkpoint", TrainingCheckpoint(checkpoint))])
     bar = _progress(epochs, f"train {args.method}", args.quiet, "epoch")
     _with_epoch_progress(clf, bar, (args.lr_step, args.lr_gamma) if args.lr_step else None)
     start = time.perf_counter()
@@ -266,6 +271,7 @@ def run_train(args) -> int:
                                   "final_lr": clf.optimizer_.param_groups[0]["lr"],
                                   "train_size": len(y) if y is not None else len(X)}
             save_model(clf, args.out)
+            checkpoint.unlink(missing_ok=True)
     except (ValueError, RunLockedError) as exc:
         raise CommandError(str(exc)) from exc
     finally:
@@ -566,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smoothsk {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        what = ("nothing was saved" if args.command == "train" else
+        what = ("the last complete epoch is kept in OUT.ckpt (OUT is not written); run the "
+                "same command again to continue" if args.command == "train" else
                 "completed rows are kept, run the same command again to continue")
         print(f"smoothsk {args.command}: interrupted; {what}.", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from smoothsk.io.report import read_certification_tsv
 
@@ -196,3 +197,31 @@ def test_certify_with_workers_and_a_dask_scheduler_writes_the_same_rows(model, t
     assert rows_without_time(tmp_path / "dask.tsv") == rows_without_time(tmp_path / "serial.tsv")
     result = run(*args, "--jobs", "0", "--out", tmp_path / "zero.tsv", check=False)
     assert result.returncode == 2 and "--jobs" in result.stderr
+
+
+def test_train_interrupted_keeps_the_last_epoch_and_resumes_exactly(tmp_path):
+    import signal
+    import time
+
+    from smoothsk.io.model_file import load_model
+
+    args = ["train", "--dataset", "digits", "--method", "smoothmix", "--sigma", "0.5",
+            "--num-steps", "2", "--epochs", "12", "--lr", "0.05", "--quiet", "--threads", "1"]
+    run(*args, "--out", tmp_path / "straight.smoothsk")
+    out = tmp_path / "resumed.smoothsk"
+    checkpoint = tmp_path / "resumed.smoothsk.ckpt"
+    process = subprocess.Popen([SMOOTHSK, *args, "--out", str(out)], stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err  # interrupted after its first epoch
+    assert "the last complete epoch is kept" in err and "Traceback" not in err
+    assert not out.exists() and checkpoint.exists()
+    run(*args, "--out", out)
+    assert out.exists() and not checkpoint.exists()
+    straight, resumed = load_model(tmp_path / "straight.smoothsk"), load_model(out)
+    for name, value in straight.module_.state_dict().items():
+        torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)

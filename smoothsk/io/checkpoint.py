@@ -1,0 +1,141 @@
+"""Resumable training: an atomic checkpoint after every epoch, and exact continuation.
+
+Add :class:`TrainingCheckpoint` to an estimator's callbacks and ``fit`` writes, after
+every epoch, one file with everything the next epoch depends on: the network's and the
+optimizer's state, the history (learning-rate schedules and warm-ups are functions of
+it), torch's random generators and a fingerprint of the run's settings.  Killed at any
+point (Ctrl-C, SIGKILL, power loss), the file holds the last complete epoch; calling
+``fit`` again with the same settings and data restores it and trains only the missing
+epochs, giving *exactly* the weights of an uninterrupted seeded run.  A checkpoint of
+other settings is refused, never silently resumed.
+
+skorch's ``Checkpoint`` / ``LoadInitState`` keep parameters, optimizer and history but
+not the random generators, so a resumed run would draw other noise and shuffles; this
+callback keeps those too.  The file is a torch archive of tensors and JSON strings,
+read with ``weights_only=True`` like smoothsk's model files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from skorch.callbacks import Callback
+
+__all__ = ["TrainingCheckpoint", "CheckpointMismatchError"]
+
+_FORMAT = "smoothsk-training-checkpoint"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint exists but belongs to a training run with other settings."""
+
+
+def run_fingerprint(estimator, n_samples: int) -> str:
+    """SHA-256 of what determines a training run: class, parameters, data size."""
+    skip = {"callbacks", "verbose", "device"}
+    params = {name: repr(value) for name, value in estimator.get_params(deep=False).items()
+              if name not in skip}
+    text = json.dumps({"estimator": type(estimator).__name__, "params": params,
+                       "n_samples": int(n_samples)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class TrainingCheckpoint(Callback):
+    """Write the training state atomically after every epoch; resume from it in ``fit``.
+
+    Parameters
+    ----------
+    path : path
+        The checkpoint file.  Remove it to start the run over.
+    delete_when_done : bool, default=False
+        Remove the file when training has finished (the CLI does, after saving the
+        model).
+
+    Notes
+    -----
+    Resuming needs the same estimator parameters, data size and ``random_state`` (an
+    int); the fingerprint checks the first two.  Without a fixed ``random_state`` a
+    resumed run continues correctly but cannot equal an uninterrupted one.
+    """
+
+    def __init__(self, path, *, delete_when_done: bool = False):
+        self.path = path
+        self.delete_when_done = delete_when_done
+
+    def on_train_begin(self, net, X=None, **kwargs):
+        self.fingerprint_ = run_fingerprint(net, len(X) if X is not None else 0)
+
+    def on_epoch_end(self, net, **kwargs):
+        from smoothsk.io.runs import _atomic_write
+
+        state = {
+            "format": _FORMAT,
+            "fingerprint": self.fingerprint_,
+            "module": {k: v.detach().cpu() for k, v in net.module_.state_dict().items()},
+            "optimizer": net.optimizer_.state_dict(),
+            "history": json.dumps(net.history.to_list(), default=_jsonable),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        _atomic_write(Path(self.path), lambda stream: torch.save(state, stream))
+
+    def on_epoch_begin(self, net, **kwargs):
+        lrs = getattr(self, "resumed_lrs_", None)
+        if lrs is None:
+            return
+        self.resumed_lrs_ = None
+        # torch's schedulers take one step when built, and skorch builds them again on a
+        # resumed fit (last_epoch from the history): a milestone at the resumed epoch
+        # would apply twice.  Put back the learning rates the checkpoint trained with.
+        for group, lr in zip(net.optimizer_.param_groups, lrs):
+            group["lr"] = lr
+        for _, callback in net.callbacks_:
+            scheduler = getattr(callback, "lr_scheduler_", None)
+            if scheduler is not None and hasattr(scheduler, "_last_lr"):
+                scheduler._last_lr = list(lrs)
+
+    def on_train_end(self, net, **kwargs):
+        if self.delete_when_done and len(net.history) >= net.max_epochs:
+            Path(self.path).unlink(missing_ok=True)
+
+    def restore(self, net, n_samples: int) -> int:
+        """Load the saved state into an initialized ``net``; return the epochs it holds.
+
+        0 when there is no checkpoint.  Raises :class:`CheckpointMismatchError` when the
+        checkpoint belongs to other settings.
+        """
+        from skorch.history import History
+
+        path = Path(self.path)
+        if not path.exists():
+            return 0
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointMismatchError(
+                f"{path} is not a readable training checkpoint ({exc}); remove it to start "
+                "over.") from exc
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise CheckpointMismatchError(f"{path} is not a smoothsk training checkpoint.")
+        if state["fingerprint"] != run_fingerprint(net, n_samples):
+            raise CheckpointMismatchError(
+                f"{path} belongs to a training run with other settings or data; remove it to "
+                "start over, or choose another checkpoint path.")
+        device = torch.device(net.device)
+        net.module_.load_state_dict(state["module"])
+        net.optimizer_.load_state_dict(state["optimizer"])
+        self.resumed_lrs_ = [group["lr"] for group in net.optimizer_.param_groups]
+        net.history = History(json.loads(state["history"]))
+        torch.set_rng_state(state["cpu_rng"])
+        if state["cuda_rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return len(net.history)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"history value {value!r} is not JSON serialisable")

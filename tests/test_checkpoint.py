@@ -1,0 +1,126 @@
+"""Resumable training: killed at random points, the rerun ends with the exact weights."""
+
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import Callback
+
+from smoothsk import GaussianAugClassifier
+from smoothsk.io.checkpoint import CheckpointMismatchError, TrainingCheckpoint
+
+# Trains SmoothMix (warm-up, lr steps, attack noise: everything that depends on the epoch
+# and the random generators) with a checkpoint, then saves the final weights.
+SCRIPT = """
+import sys, numpy as np, torch
+from smoothsk import SmoothMixClassifier
+from smoothsk.io.checkpoint import TrainingCheckpoint
+from smoothsk.recipes import recipe, recipe_params
+torch.set_num_threads(1)
+X = np.random.default_rng(0).random((1500, 32)).astype(np.float32)
+y = (X[:, 0] + X[:, 1] > 1).astype(int) + (X[:, 2] > 0.5)
+params = recipe_params(recipe("smoothmix", "mnist", 0.5), epochs=6)
+params["callbacks"] += [("checkpoint", TrainingCheckpoint(sys.argv[1]))]
+params.update(num_steps=2, batch_size=50, random_state=0, module__hidden_units=(64,))
+clf = SmoothMixClassifier(**params).fit(X, y)
+assert len(clf.history) == 6
+torch.save(clf.module_.state_dict(), sys.argv[2])
+"""
+
+
+def _run(tmp_path, name, kill_after=None):
+    args = [sys.executable, "-c", SCRIPT, str(tmp_path / f"{name}.ckpt"),
+            str(tmp_path / f"{name}.pt")]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE)
+    if kill_after is None:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err.decode()
+        return True
+    try:
+        process.wait(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
+    assert process.returncode == 0, process.stderr.read().decode()
+    return True
+
+
+def test_training_killed_at_random_points_resumes_to_the_exact_weights(tmp_path):
+    _run(tmp_path, "straight")
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(30):
+        if _run(tmp_path, "interrupted", kill_after=rng.uniform(1.0, 4.0)):
+            break
+        kills += 1
+    else:
+        pytest.fail("the interrupted run never finished")
+    assert kills >= 2  # it really was interrupted several times
+    straight = torch.load(tmp_path / "straight.pt")
+    resumed = torch.load(tmp_path / "interrupted.pt")
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
+
+
+class _StopAfter(Callback):
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epochs:
+            raise KeyboardInterrupt  # skorch ends fit quietly, as on Ctrl-C
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3, 4])  # 2 and 4 are learning-rate milestones
+def test_resume_after_any_epoch_equals_the_uninterrupted_run(tmp_path, stop):
+    from smoothsk import SmoothMixClassifier
+    from smoothsk.recipes import recipe, recipe_params
+
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 16)).astype(np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+
+    def make(*callbacks):
+        params = recipe_params(recipe("smoothmix", "mnist", 0.5), epochs=6)
+        params["callbacks"] += list(callbacks)
+        params.update(num_steps=2, batch_size=50, random_state=0, module__hidden_units=(16,))
+        return SmoothMixClassifier(**params)
+
+    straight = make().fit(X, y)
+    path = tmp_path / "run.ckpt"
+    first = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(stop))).fit(X, y)
+    assert len(first.history) == stop
+    resumed = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(99))).fit(X, y)
+    assert resumed.history[:, "event_lr"] == straight.history[:, "event_lr"]
+    assert resumed.history[:, "train_loss"] == straight.history[:, "train_loss"]
+    for name, value in straight.module_.state_dict().items():
+        torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path, digits):
+    X, y = digits
+    path = tmp_path / "run.ckpt"
+    params = dict(max_epochs=2, batch_size=64, random_state=0,
+                  callbacks=[("checkpoint", TrainingCheckpoint(path))])
+    GaussianAugClassifier(sigma=0.25, **params).fit(X[:200], y[:200])
+    assert path.exists()
+    with pytest.raises(CheckpointMismatchError, match="other settings"):
+        GaussianAugClassifier(sigma=0.5, **params).fit(X[:200], y[:200])
+    # a finished checkpoint of the same run restores instead of training again
+    clf = GaussianAugClassifier(sigma=0.25, **params).fit(X[:200], y[:200])
+    assert len(clf.history) == 2
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointMismatchError, match="not a readable training checkpoint"):
+        GaussianAugClassifier(sigma=0.25, **params).fit(X[:200], y[:200])
+
+
+def test_delete_when_done(tmp_path, digits):
+    X, y = digits
+    path = tmp_path / "run.ckpt"
+    GaussianAugClassifier(max_epochs=1, random_state=0, callbacks=[
+        ("checkpoint", TrainingCheckpoint(path, delete_when_done=True))]).fit(X[:100], y[:100])
+    assert not path.exists()
