@@ -215,7 +215,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     def _check_smoothing_params(self):
         self._check_sigma_param()
         bounds.check_alpha(self.alpha)
-        for name in ("n0", "n", "n_predict", "certify_batch_size"):
+        for name in ("n0", "n", "n_predict", "certify_batch_size", "max_epochs"):
             sampling.check_positive_int(getattr(self, name), name)
 
     def _validate_X(self, X, *, reset: bool):

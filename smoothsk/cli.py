@@ -84,10 +84,53 @@ def _progress(total: int, description: str, quiet: bool, unit: str):
 
 
 def _set_threads(args):
+    import os
+
     import torch
 
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    threads = getattr(args, "threads", None)
+    if threads:
+        limit = 4 * (os.cpu_count() or 1)
+        if threads > limit:
+            raise CommandError(f"--threads {threads} is more than 4× this machine's "
+                               f"{os.cpu_count()} cores; pass at most {limit}.")
+        torch.set_num_threads(threads)
+
+
+def _check_device(args):
+    import torch
+
+    if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda, but torch sees no CUDA GPU here (or this torch "
+                           "build has no CUDA); use --device cpu.")
+
+
+def _check_writable(out) -> Path:
+    """Fail before any work when ``out`` cannot be written (a directory, no permission)."""
+    import tempfile
+
+    out = Path(out)
+    if out.is_dir():
+        raise CommandError(f"--out {out} is a directory; name a file in it instead.")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CommandError(f"--out {out}: the directory {parent} does not exist.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.probe."):
+            pass
+    except OSError as exc:
+        raise CommandError(f"--out {out} cannot be written ({exc.strerror}); choose a "
+                           "writable place.") from exc
+    return out
+
+
+def _check_scheduler(address):
+    import re
+
+    if address is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx)://[^\s/]+(:\d+)?",
+                                                address):
+        raise CommandError(f"--scheduler {address!r} is not a Dask scheduler address; use "
+                           "e.g. tcp://10.0.0.5:8786.")
 
 
 # --------------------------------------------------------------------------- data
@@ -245,6 +288,8 @@ def run_train(args) -> int:
     from smoothsk.io.runs import RunLockedError, exclusive_run, save_model
 
     _set_threads(args)
+    _check_device(args)
+    _check_writable(args.out)
     X, y = _load(args, "train")
     if args.max_train is not None:
         X = take_rows(X, slice(args.max_train))
@@ -294,6 +339,9 @@ def run_certify(args) -> int:
     )
 
     _set_threads(args)
+    _check_device(args)
+    _check_scheduler(args.scheduler)
+    _check_writable(args.out)
     try:
         clf = load_model(args.model_file, trusted=args.trust_pickle)
     except (FileNotFoundError, ValueError) as exc:
@@ -312,6 +360,7 @@ def run_certify(args) -> int:
     else:
         y = y[indices]
     X = take_rows(X, indices)
+    _check_model_fits_data(clf, X, args)
     run_info = {"model_sha256": _file_digest(Path(args.model_file)), "dataset": args.dataset,
                 "split": args.split, "skip": args.skip}  # --max may grow: the run extends
     bar = _progress(len(indices), "certify", args.quiet, "input")
@@ -330,6 +379,19 @@ def run_certify(args) -> int:
           f"(n0={args.n0}, n={args.n}, alpha={args.alpha}) in "
           f"{time.perf_counter() - start:.1f} s; wrote {args.out}")
     return 0
+
+
+def _check_model_fits_data(clf, X, args):
+    from smoothsk.certify.sampling import first_field
+
+    sample = X[0] if not isinstance(X, np.ndarray) else X[:1][0]
+    shape = tuple(np.shape(first_field(sample)))
+    if shape != tuple(clf.input_shape_):
+        trained_on = getattr(clf, "training_info_", {}).get("dataset", "other data")
+        raise CommandError(
+            f"the model takes inputs of shape {tuple(clf.input_shape_)} (trained on "
+            f"{trained_on}), but --dataset {args.dataset} has inputs of shape {shape}; "
+            "certify it on the data set it was trained on.")
 
 
 def _jobs(args):
@@ -385,7 +447,9 @@ def run_report(args) -> int:
 
     try:
         radii = parse_radii(args.radii)
-        names = args.labels.split(",") if args.labels else [None] * len(args.runs)
+        # Labels are text: a "$" would start matplotlib's math mode (and fail to parse).
+        names = ([name.replace("$", r"\$") for name in args.labels.split(",")]
+                 if args.labels else [None] * len(args.runs))
         if len(names) != len(args.runs):
             raise ValueError(f"--labels has {len(names)} names for {len(args.runs)} runs.")
         runs = [read_certification_tsv(path, name) for path, name in zip(args.runs, names)]
@@ -393,9 +457,11 @@ def run_report(args) -> int:
         raise CommandError(str(exc)) from exc
     _print_runs(runs, radii)
     if args.markdown:
+        _check_writable(args.markdown)
         _write_markdown(args.markdown, runs, radii)
         print(f"Markdown table: {args.markdown}")
     if args.plot:
+        _check_writable(args.plot)
         plot_certified_accuracy(runs, args.plot, max_radius=args.max_radius, title=args.title)
         print(f"plot: {args.plot}")
     return 0
@@ -568,8 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CommandError, FloatingPointError) as exc:
+    except (CommandError, FloatingPointError, ValueError) as exc:
         print(f"smoothsk {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions, a file vanishing under us
+        print(f"smoothsk {args.command}: error: {exc.strerror or exc} "
+              f"({exc.filename or 'output'}); nothing was left half-written.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         what = ("the last complete epoch is kept in OUT.ckpt (OUT is not written); run the "

@@ -3,6 +3,7 @@
 import random
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from smoothsk import SmoothMixClassifier
 from smoothsk.io.checkpoint import TrainingCheckpoint
 from smoothsk.recipes import recipe, recipe_params
 torch.set_num_threads(1)
-X = np.random.default_rng(0).random((1500, 32)).astype(np.float32)
+X = np.random.default_rng(0).random((3000, 32)).astype(np.float32)
 y = (X[:, 0] + X[:, 1] > 1).astype(int) + (X[:, 2] > 0.5)
 params = recipe_params(recipe("smoothmix", "mnist", 0.5), epochs=6)
 params["callbacks"] += [("checkpoint", TrainingCheckpoint(sys.argv[1]))]
@@ -31,34 +32,44 @@ torch.save(clf.module_.state_dict(), sys.argv[2])
 """
 
 
-def _run(tmp_path, name, kill_after=None):
-    args = [sys.executable, "-c", SCRIPT, str(tmp_path / f"{name}.ckpt"),
+def _command(tmp_path, name):
+    return [sys.executable, "-c", SCRIPT, str(tmp_path / f"{name}.ckpt"),
             str(tmp_path / f"{name}.pt")]
-    process = subprocess.Popen(args, stderr=subprocess.PIPE)
-    if kill_after is None:
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err.decode()
-        return True
-    try:
-        process.wait(timeout=kill_after)
-    except subprocess.TimeoutExpired:
+
+
+def _run_and_kill_after_next_epoch(tmp_path, name, rng) -> bool:
+    """Start the script, SIGKILL it at a random moment after its next checkpoint.
+
+    Returns True when it finished before the kill.  Waiting for a new checkpoint first
+    makes every run progress, so the loop ends; the random delay puts the kill anywhere
+    in the following epoch (or in the checkpoint write itself).
+    """
+    checkpoint = tmp_path / f"{name}.ckpt"
+    seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+    process = subprocess.Popen(_command(tmp_path, name), stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline:
+        now = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+        if now != seen:
+            time.sleep(rng.uniform(0.0, 0.3))
+            break
+        time.sleep(0.005)
+    if process.poll() is None:
         process.kill()
-        process.wait()
-        return False
-    assert process.returncode == 0, process.stderr.read().decode()
-    return True
+    _, err = process.communicate()
+    if process.returncode == 0:
+        return True
+    assert process.returncode == -9, err.decode()
+    return False
 
 
 def test_training_killed_at_random_points_resumes_to_the_exact_weights(tmp_path):
-    _run(tmp_path, "straight")
+    subprocess.run(_command(tmp_path, "straight"), check=True)
     rng = random.Random(0)
     kills = 0
-    for _ in range(30):
-        if _run(tmp_path, "interrupted", kill_after=rng.uniform(1.0, 4.0)):
-            break
+    while not _run_and_kill_after_next_epoch(tmp_path, "interrupted", rng):
         kills += 1
-    else:
-        pytest.fail("the interrupted run never finished")
+        assert kills < 20, "the interrupted run never finished"
     assert kills >= 2  # it really was interrupted several times
     straight = torch.load(tmp_path / "straight.pt")
     resumed = torch.load(tmp_path / "interrupted.pt")

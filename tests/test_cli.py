@@ -225,3 +225,60 @@ def test_train_interrupted_keeps_the_last_epoch_and_resumes_exactly(tmp_path):
     straight, resumed = load_model(tmp_path / "straight.smoothsk"), load_model(out)
     for name, value in straight.module_.state_dict().items():
         torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)
+
+
+def _bad_invocations(model, tmp_path):
+    """(arguments, message) of invocations that must exit 2 with one line, before any work."""
+    (tmp_path / "ok.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+                                     "0\t1\t1\t0.5\t1\t0:00:01\n")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "latin1.tsv").write_bytes(b"idx\tlabel\xff\n")
+    (tmp_path / "list.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+    (tmp_path / "list.tsv.run.json").write_text("[1, 2]")
+    (tmp_path / "corrupt.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+    (tmp_path / "corrupt.tsv.run.json").write_text("{not json")
+    train = ["train", "--dataset", "digits", "--method", "gaussian", "--quiet"]
+    certify = ["certify", model, "--dataset", "digits", "--max", "2", "--n", "50", "--quiet"]
+    run(*certify, "--out", "real.tsv", cwd=tmp_path)  # a real run, then its TSV damaged
+    with open(tmp_path / "real.tsv", "ab") as stream:
+        stream.write(b"\xff\xfe\n")
+    return [
+        (train + ["--device", "cuda", "--out", "m"], "no CUDA GPU"),
+        (train + ["--out", "outdir"], "is a directory"),
+        (train + ["--out", "/proc/smoothsk-model"], "cannot be written"),  # even for root
+        (train + ["--out", "nodir/m"], "does not exist"),
+        (train + ["--threads", "100000", "--out", "m"], "--threads 100000"),
+        (train + ["--set", "max_epochs=0", "--out", "m"], "max_epochs must be a positive"),
+        (certify + ["--device", "cuda", "--out", "r.tsv"], "no CUDA GPU"),
+        (certify + ["--scheduler", "not an address", "--out", "r.tsv"], "not a Dask scheduler"),
+        (["certify", model, "--dataset", "fashion-mnist", "--max", "2", "--out", "r.tsv"],
+         "certify it on the data set it was trained on"),
+        (certify + ["--out", "latin1.tsv"], "not written by a smoothsk certification run"),
+        (certify + ["--out", "real.tsv"], "not a UTF-8 text file"),
+        (certify + ["--out", "list.tsv"], "is corrupt (not a JSON object)"),
+        (certify + ["--out", "corrupt.tsv"], "is corrupt (not a JSON object)"),
+        (certify + ["--out", "outdir"], "is a directory"),
+        (["report", "ok.tsv", "--radii", "0:1e9:1e-9"], "more than 10,000 radii"),
+        (["report", "latin1.tsv"], "not a UTF-8 text file"),
+        (["report", "ok.tsv", "--plot", "outdir"], "is a directory"),
+    ]
+
+
+def test_every_bad_invocation_is_one_clean_line_and_leaves_nothing(model, tmp_path):
+    cases = _bad_invocations(model, tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for args, message in cases:
+        if "fashion-mnist" in args and not Path(
+                "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists():
+            continue  # needs `make data`, which CI runs
+        result = run(*args, check=False, cwd=tmp_path)
+        command = args[0]
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith(f"smoothsk {command}: error: "), \
+            (args, result.stderr)
+        assert message in lines[0], (args, lines[0])
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before, args  # nothing left
+    # and the valid report works on the same files
+    assert run("report", "ok.tsv", "--labels", "$x^$", "--plot", "c.png",
+               cwd=tmp_path).returncode == 0

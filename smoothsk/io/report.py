@@ -91,20 +91,29 @@ def _read_tsv(path: Path, name: str | None) -> CertificationRun:
                             np.asarray(correct, dtype=bool))
 
 
+MAX_RADII = 10_000
+"""The most radii a table or a curve is computed at."""
+
+
 def parse_radii(text: str) -> np.ndarray:
     """``"0:2:0.25"`` (start:stop:step, stop included) or ``"0,0.5,1"`` → array of radii."""
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0 or stop < start:
+            if not step > 0 or stop < start:
                 raise ValueError
-            radii = np.round(np.arange(start, stop + step / 2, step), 10)
+            count = (stop - start) / step
+            radii = None if count > MAX_RADII else np.round(
+                np.arange(start, stop + step / 2, step), 10)
         else:
             radii = np.array([float(v) for v in text.split(",")])
     except ValueError:
         raise ValueError(
             f"radii must be start:stop:step (e.g. 0:2:0.25) or a comma list; got {text!r}."
         ) from None
+    if radii is None:
+        raise ValueError(f"radii {text!r} asks for more than {MAX_RADII:,} radii; use a "
+                         "larger step.")
     if np.any(radii < 0) or not np.all(np.isfinite(radii)):
         raise ValueError(f"radii must be finite and >= 0; got {text!r}.")
     return radii

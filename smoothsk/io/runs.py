@@ -59,13 +59,19 @@ def exclusive_run(out):
 
     An advisory ``flock`` on a side file (never on the output itself, which the run may
     replace): the kernel drops it when the holder exits, even on SIGKILL, so a stale lock
-    never blocks a rerun.  The holder's PID is written into the file for the message.
+    file never blocks a rerun.  The holder's PID is written into the file for the
+    message, and the file is removed when the run ends.
     """
     lock_path = Path(out).with_name(Path(out).name + ".lock")
     handle = open(lock_path, "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder removes the file when it is done: a lock taken on a removed
+            # file (opened just before) would not exclude a process opening the new one.
+            if not lock_path.exists() or os.stat(lock_path).st_ino != os.fstat(
+                    handle.fileno()).st_ino:
+                raise BlockingIOError
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -77,7 +83,10 @@ def exclusive_run(out):
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        yield
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # still held: nobody can have it meanwhile
     finally:
         handle.close()
 
@@ -119,7 +128,11 @@ def _complete_rows(out: Path) -> list[str]:
     if end < len(data):  # a row cut short by a crash: drop it
         with open(out, "r+b") as stream:
             stream.truncate(end)
-    lines = data[:end].decode().splitlines()
+    try:
+        lines = data[:end].decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise RunMismatchError(f"{out} is not a UTF-8 text file, so not a certification TSV "
+                               "written by smoothsk.") from None
     if not lines or lines[0] != TSV_HEADER:
         raise RunMismatchError(f"{out} is not a certification TSV written by smoothsk.")
     return lines[1:]
@@ -197,7 +210,14 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
                 f"{out} exists but was not written by a smoothsk certification run "
                 f"(no {sidecar.name}); choose another --out or remove it."
             )
-        previous = json.loads(sidecar.read_text())
+        try:
+            previous = json.loads(sidecar.read_text(encoding="utf-8"))
+        except ValueError:  # not JSON, not UTF-8
+            previous = None
+        if not isinstance(previous, dict):
+            raise RunMismatchError(
+                f"{sidecar} is corrupt (not a JSON object), so {out} cannot be continued; "
+                "remove both to start over, or choose another --out.")
         # The number of inputs may grow (a run extended to more images): the rows already
         # written are checked against this run's indices below.
         differs = sorted(k for k in set(info) | set(previous)
