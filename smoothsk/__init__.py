@@ -1,5 +1,6 @@
 """smoothsk: certified robustness by randomized smoothing as a scikit-learn workflow."""
 
+from smoothsk._version import __version__ as __version__
 from smoothsk.base import SmoothedClassifier
 from smoothsk.certify.adaptive import RadiusCertificate, certify_radius, round_sizes
 from smoothsk.certify.bounds import lower_confidence_bound, upper_confidence_bound
@@ -29,8 +30,6 @@ from smoothsk.metrics import (
     certified_accuracy_scorer,
 )
 from smoothsk.robustness import EmpiricalRobustness, empirical_robustness
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ABSTAIN",

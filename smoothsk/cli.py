@@ -263,7 +263,7 @@ def build_estimator(args, dataset_train_size: int | None = None):
         params["sigma"] = args.sigma
     if args.method == "crt":
         if args.teacher is None:
-            raise CommandError("--method crt needs --teacher MODEL.pkl (a trained smoothsk model).")
+            raise CommandError("--method crt needs --teacher MODEL (a trained smoothsk model).")
         try:
             params["teacher"] = load_model(args.teacher, trusted=args.trust_pickle)
         except (FileNotFoundError, ValueError) as exc:
@@ -493,7 +493,7 @@ def run_demo(args) -> int:
     bar.close()
     _without_progress(clf)
     trained = time.perf_counter()
-    save_model(clf, out / "model.pkl")
+    save_model(clf, out / "model.smoothsk")
     tsv = out / f"certify-sigma{args.sigma:g}.tsv"
     for stale in (tsv, tsv.with_name(tsv.name + ".run.json")):
         stale.unlink(missing_ok=True)  # the demo retrains, so it always starts a fresh run

@@ -133,3 +133,19 @@ def test_newer_format_and_unknown_class_are_refused(fitted, tmp_path):
         load_model(tmp_path / "missing")
     with pytest.raises(ValueError, match="not fitted"):
         save_model(GaussianAugClassifier(), tmp_path / "x")
+
+
+def test_certificates_sidecars_and_model_files_carry_the_version(fitted, digits, tmp_path):
+    import json
+
+    import smoothsk
+    from smoothsk.io.runs import certify_to_tsv
+
+    X, y = digits
+    assert fitted.certify(X[:2], n=50).smoothsk_version == smoothsk.__version__
+    certify_to_tsv(fitted, X[:2], y[:2], np.arange(2), tmp_path / "r.tsv", run_info={}, n0=10,
+                   n=50, alpha=0.01, batch_size=50, random_state=0)
+    sidecar = json.loads((tmp_path / "r.tsv.run.json").read_text())
+    assert sidecar["smoothsk_version"] == smoothsk.__version__
+    save_model(fitted, tmp_path / "m")
+    assert load_model(tmp_path / "m").smoothsk_version_ == smoothsk.__version__

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy.stats import binomtest, norm
 
+from smoothsk._version import __version__
 from smoothsk.certify.bounds import check_alpha, lower_confidence_bound
 from smoothsk.certify.parallel import map_input_chunks
 from smoothsk.certify.sampling import (
@@ -49,6 +50,8 @@ class Certificate:
         Votes from the ``n0`` selection draws and the ``n`` estimation draws.
     classes : ndarray or None
         Labels of the class indices (set by the estimators' ``certify``).
+    smoothsk_version : str
+        The library version that computed it.
     """
 
     prediction: np.ndarray
@@ -61,6 +64,7 @@ class Certificate:
     n: int
     alpha: float
     classes: np.ndarray | None = field(default=None)
+    smoothsk_version: str = field(default=__version__)
 
     def __len__(self) -> int:
         return len(self.prediction)
