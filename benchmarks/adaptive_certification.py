@@ -41,7 +41,8 @@ def main(argv=None):
         hidden = (256, 256)
     X_test, y_test = X_test[: args.max_test], y_test[: args.max_test]
     clf = GaussianAugClassifier(
-        sigma=args.sigma, max_epochs=args.epochs, lr=0.05, optimizer__momentum=0.9,
+        sigma=args.sigma, max_epochs=args.epochs, lr=0.05,
+        optimizer=torch.optim.SGD, optimizer__momentum=0.9,
         batch_size=64, module__hidden_units=hidden, random_state=0,
     ).fit(X_train, y_train)
 

@@ -53,7 +53,8 @@ def main(argv=None):
     for weight, max_epochs in zip(weights, epochs):
         clf = smoothsk.MACERClassifier(
             sigma=args.sigma, num_noise=16, robustness_weight=weight, module=LeNet,
-            max_epochs=max_epochs, lr=0.01, batch_size=64, optimizer__momentum=0.9,
+            max_epochs=max_epochs, lr=0.01, batch_size=64,
+            optimizer=torch.optim.SGD, optimizer__momentum=0.9,
             optimizer__weight_decay=1e-4, random_state=0)
         start = time.perf_counter()
         clf.fit(X, y)

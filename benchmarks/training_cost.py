@@ -51,7 +51,7 @@ def main(argv=None):
         X = torch.nn.functional.interpolate(torch.from_numpy(X), size=28).numpy()
     X, y = X[: args.train], y[: args.train]
     common = dict(module=LeNet, sigma=0.5, max_epochs=args.epochs, lr=0.01, batch_size=64,
-                  optimizer__momentum=0.9, random_state=0)
+                  optimizer=torch.optim.SGD, optimizer__momentum=0.9, random_state=0)
     seconds = {}
     teacher = None
     for name, cls, params, _, _ in METHODS:

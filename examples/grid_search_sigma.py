@@ -11,6 +11,7 @@ test; ACR (from CERTIFY) is reported alongside.  A few minutes on 2 CPU cores.
 import time
 
 import numpy as np
+import torch
 from sklearn.model_selection import GridSearchCV
 
 from smoothsk import (
@@ -25,7 +26,8 @@ X_test, y_test = load_dataset("digits", split="test", flat=True)
 
 estimator = SmoothMixClassifier(
     num_noise=2, num_steps=2, step_size=0.5, warmup=5, max_epochs=20, lr=0.05,
-    optimizer__momentum=0.9, batch_size=64, n0=100, n=10_000, alpha=0.001, random_state=0,
+    optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64, n0=100, n=10_000,
+    alpha=0.001, random_state=0,
 )
 scoring = {
     "ca_0.5": certified_accuracy_scorer(0.5),            # adaptive: stops early per input

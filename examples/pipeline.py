@@ -10,6 +10,7 @@ r · min_j(scale_j): a perturbation δ of the raw input moves the scaled input b
 """
 
 import numpy as np
+import torch
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -26,7 +27,8 @@ X_test, y_test = load_dataset("digits", split="test", flat=True)
 
 pipe = make_pipeline(
     StandardScaler(),
-    GaussianAugClassifier(sigma=0.5, max_epochs=30, lr=0.05, optimizer__momentum=0.9,
+    GaussianAugClassifier(sigma=0.5, max_epochs=30, lr=0.05,
+                          optimizer=torch.optim.SGD, optimizer__momentum=0.9,
                           batch_size=64, n0=100, n=10_000, random_state=0),
 )
 pipe.fit(X_train, y_train)

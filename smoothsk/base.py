@@ -31,7 +31,7 @@ from skorch.utils import to_numpy, to_tensor
 
 from smoothsk.certify import bounds, core, sampling
 from smoothsk.certify.adaptive import RadiusCertificate, certify_radius
-from smoothsk.certify.core import Certificate, _predict_from_counts
+from smoothsk.certify.core import Certificate, _predict_from_counts, labels_or_marker
 from smoothsk.certify.sampling import first_field
 from smoothsk.models import MLP
 
@@ -109,10 +109,13 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         certification and prediction; an int makes ``fit`` and every prediction
         reproducible.
     criterion, optimizer, lr, max_epochs, batch_size, train_split, verbose, **kwargs
-        As in skorch's ``NeuralNetClassifier``.  Defaults differ in three places:
-        ``criterion=CrossEntropyLoss`` (networks return logits), ``train_split=None``
-        (``fit`` trains on all the data it is given, as scikit-learn estimators do)
-        and ``iterator_train__shuffle=True``.
+        As in skorch's ``NeuralNetClassifier``.  Defaults differ: ``criterion=
+        CrossEntropyLoss`` (networks return logits), ``train_split=None`` (``fit``
+        trains on all the data it is given, as scikit-learn estimators do),
+        ``iterator_train__shuffle=True``, and ``optimizer=Adam, lr=1e-3, max_epochs=20,
+        batch_size=64``, which train a useful model on small data with nothing but σ
+        given (``MLPClassifier``'s optimizer; measured in docs/estimators.md).  The
+        papers' SGD schedules are one argument away: :mod:`smoothsk.recipes`.
 
     Attributes
     ----------
@@ -138,10 +141,10 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         certify_batch_size: int = 1000,
         random_state=None,
         criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.SGD,
-        lr: float = 0.01,
-        max_epochs: int = 10,
-        batch_size: int = 128,
+        optimizer=torch.optim.Adam,
+        lr: float = 1e-3,
+        max_epochs: int = 20,
+        batch_size: int = 64,
         train_split=None,
         verbose: int = 0,
         **kwargs,
@@ -396,25 +399,18 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         votes = self._smoothed_counts(X).argmax(axis=1)
         return self.classes_[votes]
 
-    def predict_or_abstain(self, X, *, abstain_label=-1) -> np.ndarray:
+    def predict_or_abstain(self, X, *, abstain_label=None) -> np.ndarray:
         """Cohen et al.'s PREDICT with ``n_predict`` draws and failure probability ``alpha``.
 
         Returns labels from ``classes_`` with ``abstain_label`` where the two-sided
         binomial test between the top two classes is not significant at ``alpha``.
         The returned label differs from ``g(x)`` with probability at most ``alpha``.
+        ``abstain_label=None`` uses :func:`smoothsk.certify.core.default_abstain_label`
+        (−1 for integer labels, ``"abstain"`` for strings): a marker of the labels'
+        dtype, which scikit-learn's metrics accept (abstentions count as wrong).
         """
         index = _predict_from_counts(self._smoothed_counts(X), self.alpha)
-        if abstain_label in set(self.classes_.tolist()):
-            raise ValueError(
-                f"abstain_label={abstain_label!r} is one of the classes; pass another marker."
-            )
-        marker = np.asarray(abstain_label)
-        numeric = self.classes_.dtype.kind in "biuf" and marker.dtype.kind in "biuf"
-        dtype = np.result_type(self.classes_.dtype, marker.dtype) if numeric else object
-        out = np.full(len(index), abstain_label, dtype=dtype)
-        keep = index != core.ABSTAIN
-        out[keep] = self.classes_[index[keep]]
-        return out
+        return labels_or_marker(self.classes_, index, abstain_label)
 
     def certify(
         self, X, *, n0=None, n=None, alpha=None, batch_size=None, random_state=None,

@@ -216,9 +216,9 @@ def _without_progress(clf):
     return clf
 
 
-# Defaults of the options a recipe also sets; None on the command line means "not given".
-_TRAIN_DEFAULTS = {"epochs": 10, "lr": 0.01, "batch_size": 128, "momentum": 0.9,
-                   "weight_decay": 1e-4}
+# Options a recipe also sets; None on the command line means "not given": then the
+# recipe's value, or the estimator's default.
+_TRAIN_OPTIONS = ("epochs", "lr", "batch_size", "momentum", "weight_decay")
 
 
 def _recipe_params(args) -> dict:
@@ -245,14 +245,16 @@ def build_estimator(args, dataset_train_size: int | None = None):
     cls = _estimator_class(args.method)
     model = _resolve_model(args.dataset, args.model)
     module, module_params = _module(args.dataset, model)
-    given = {name: getattr(args, name) for name in _TRAIN_DEFAULTS
+    given = {name: getattr(args, name) for name in _TRAIN_OPTIONS
              if getattr(args, name) is not None}
+    # Without --recipe the estimators' own defaults apply: one set of defaults for both.
+    params = _recipe_params(args) if args.recipe else {}
     if args.recipe:
-        params = _recipe_params(args)
         given.pop("epochs", None)  # recipe_params already shortened the schedule
-    else:
-        params = dict(optimizer=torch.optim.SGD)
-        given = dict(_TRAIN_DEFAULTS, **given)
+    if args.optimizer is not None:
+        params["optimizer"] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[args.optimizer]
+    if "momentum" in given and params.get("optimizer") is not torch.optim.SGD:
+        raise CommandError("--momentum applies to SGD; add --optimizer sgd (or --recipe).")
     renamed = {"epochs": "max_epochs", "momentum": "optimizer__momentum",
                "weight_decay": "optimizer__weight_decay"}
     params.update({renamed.get(name, name): value for name, value in given.items()})
@@ -483,7 +485,8 @@ def run_demo(args) -> int:
     X_train, y_train = load_dataset("digits", split="train", flat=True)
     X_test, y_test = load_dataset("digits", split="test", flat=True)
     clf = GaussianAugClassifier(
-        sigma=args.sigma, max_epochs=args.epochs, lr=0.05, optimizer__momentum=0.9,
+        sigma=args.sigma, max_epochs=args.epochs, lr=0.05,
+        optimizer=torch.optim.SGD, optimizer__momentum=0.9,
         batch_size=64, random_state=args.seed,
     )
     bar = _progress(args.epochs, "train gaussian", args.quiet, "epoch")
@@ -524,7 +527,8 @@ def _add_common(parser, *, batch_default: int):
                         help="where the network runs (default: cpu)")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="random_state")
     parser.add_argument("--batch-size", type=_positive_int, default=batch_default,
-                        help=f"default {batch_default or _TRAIN_DEFAULTS['batch_size']}")
+                        help=f"default {batch_default}" if batch_default else
+                        "default: the estimators' 64, or the recipe's")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -562,13 +566,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the published settings for --method, --dataset's family and "
                             "--sigma (docs/recipes.md); other options given override them, "
                             "--epochs shortens the schedule keeping its shape")
-    train.add_argument("--epochs", type=_positive_int, default=None, help="default 10")
-    train.add_argument("--lr", type=_positive_float, default=None, help="default 0.01")
+    train.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
+                       help="default: the estimators' (Adam), or the recipe's (SGD)")
+    train.add_argument("--epochs", type=_positive_int, default=None,
+                       help="default: the estimators' 20, or the recipe's")
+    train.add_argument("--lr", type=_positive_float, default=None,
+                       help="default: the estimators' 1e-3 (Adam), or the recipe's")
     train.add_argument("--lr-step", type=_positive_int, default=None, metavar="EPOCHS",
                        help="multiply the learning rate by --lr-gamma every EPOCHS epochs")
     train.add_argument("--lr-gamma", type=_positive_float, default=0.1)
-    train.add_argument("--momentum", type=float, default=None, help="default 0.9")
-    train.add_argument("--weight-decay", type=float, default=None, help="default 1e-4")
+    train.add_argument("--momentum", type=float, default=None,
+                       help="SGD momentum (with --optimizer sgd)")
+    train.add_argument("--weight-decay", type=float, default=None,
+                       help="default: none, or the recipe's 1e-4")
     train.add_argument("--max-train", type=_positive_int, default=None,
                        help="train on the first N training inputs")
     train.add_argument("--teacher", default=None, help="CRT: the teacher's model file")

@@ -12,6 +12,8 @@ custom subclass::
 
 from __future__ import annotations
 
+import torch
+
 EXPECTED_FAILED_CHECKS: dict[str, str] = {
     "check_no_attributes_set_in_init": (
         "skorch's NeuralNet.__init__ sets history_, initialized_ and virtual_params_ and "
@@ -33,7 +35,8 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {
 def tiny_estimator_params(**overrides) -> dict:
     """Small, fast settings for running the scikit-learn checks on an estimator."""
     params = dict(
-        sigma=0.1, max_epochs=3, lr=0.1, batch_size=32, n0=8, n=32, n_predict=32,
+        sigma=0.1, max_epochs=3,
+        optimizer=torch.optim.SGD, lr=0.1, batch_size=32, n0=8, n=32, n_predict=32,
         certify_batch_size=512, module__hidden_units=(16,), random_state=0,
     )
     params.update(overrides)

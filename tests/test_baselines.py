@@ -102,7 +102,8 @@ def test_macer_mask_and_guards_on_hand_made_logits():
 ])
 def test_digits_training_gives_far_above_chance_certified_accuracy(cls, params, digits):
     X, y = digits
-    clf = cls(sigma=0.25, max_epochs=10, lr=0.05, optimizer__momentum=0.9, batch_size=64,
+    clf = cls(sigma=0.25, max_epochs=10, lr=0.05,
+              optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64,
               n0=50, n=500, random_state=0, **params).fit(X[:1000], y[:1000])
     assert clf.certify(X[1000:1200]).is_correct(y[1000:1200]).mean() > 0.7  # chance: 0.1
 

@@ -35,7 +35,8 @@ def rows_without_time(path):
 def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "model.pkl"
     run("train", "--dataset", "digits", "--method", "gaussian", "--sigma", "0.25",
-        "--epochs", "15", "--lr", "0.05", "--lr-step", "10", "--threads", "1", "--quiet",
+        "--epochs", "15", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
+        "--lr-step", "10", "--threads", "1", "--quiet",
         "--out", path)
     return path
 
@@ -206,7 +207,8 @@ def test_train_interrupted_keeps_the_last_epoch_and_resumes_exactly(tmp_path):
     from smoothsk.io.model_file import load_model
 
     args = ["train", "--dataset", "digits", "--method", "smoothmix", "--sigma", "0.5",
-            "--num-steps", "2", "--epochs", "12", "--lr", "0.05", "--quiet", "--threads", "1"]
+            "--num-steps", "2", "--epochs", "12", "--optimizer", "sgd", "--lr", "0.05",
+            "--quiet", "--threads", "1"]
     run(*args, "--out", tmp_path / "straight.smoothsk")
     out = tmp_path / "resumed.smoothsk"
     checkpoint = tmp_path / "resumed.smoothsk.ckpt"

@@ -12,7 +12,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from smoothsk import CRTStudent, GaussianAugClassifier, SmoothMixClassifier, crt_loss
 from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
-FAST = dict(max_epochs=8, lr=0.05, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
+FAST = dict(max_epochs=8, lr=0.05,
+            optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
             n_predict=100, random_state=0)
 
 

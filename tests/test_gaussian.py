@@ -13,7 +13,8 @@ from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 
 def _fast(**kw):
-    params = dict(sigma=0.25, max_epochs=15, lr=0.1, optimizer__momentum=0.9, batch_size=64,
+    params = dict(sigma=0.25, max_epochs=15, lr=0.1,
+                  optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64,
                   n0=32, n=400, n_predict=200, random_state=0)
     params.update(kw)
     return GaussianAugClassifier(**params)
@@ -75,8 +76,30 @@ def test_string_labels(digits):
     pred = clf.predict(X[600:700])
     assert set(pred) <= set(names) and (pred == names[y[600:700]]).mean() > 0.7
     out = clf.predict_or_abstain(X[600:610], abstain_label="abstain")
-    assert out.dtype == object
+    assert out.dtype.kind == "U"  # the labels' dtype, not object
     assert clf.certify(X[600:650]).is_correct(names[y[600:650]]).mean() > 0.6
+
+
+@pytest.mark.parametrize("labels", ["int", "str"])
+def test_abstentions_are_accepted_by_sklearn_metrics(digits, labels):
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+    X, y = digits
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                      "nine"])
+    target = names[y] if labels == "str" else y
+    clf = _fast(max_epochs=5).fit(X[:600], target[:600])
+    cert = clf.certify(X[600:700], n=200)  # few draws: some abstentions
+    truth = target[600:700]
+    for predicted in (cert.labels(), clf.set_params(alpha=1e-9).predict_or_abstain(X[600:700])):
+        abstained = predicted == (-1 if labels == "int" else "abstain")
+        assert abstained.any() and predicted.dtype.kind == np.asarray(truth).dtype.kind
+        accuracy = accuracy_score(truth, predicted)  # abstentions count as wrong
+        assert accuracy == pytest.approx(np.mean(predicted == truth))
+        assert accuracy <= 1 - abstained.mean()
+        classification_report(truth, predicted, zero_division=0)
+        assert confusion_matrix(truth, predicted).sum() == len(truth)
+    assert accuracy_score(truth, cert.labels()) == pytest.approx(cert.is_correct(truth).mean())
 
 
 def test_clone_and_pickle_round_trip(fitted, digits):

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -16,7 +17,8 @@ from smoothsk import (
     certified_accuracy_scorer,
 )
 
-FAST = dict(max_epochs=8, lr=0.05, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
+FAST = dict(max_epochs=8, lr=0.05,
+            optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
             n_predict=100, random_state=0)
 
 

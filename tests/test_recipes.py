@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import smoothsk
 from smoothsk.cli import build_estimator, build_parser
@@ -90,8 +91,21 @@ def test_cli_recipe_sets_the_published_settings_and_explicit_options_win():
     assert clf.max_epochs == 30 and clf.lr == 0.02
     (name, scheduler), = clf.callbacks
     assert name == "lr_scheduler" and scheduler.kwargs["milestones"] == [10, 20]
+    # without --recipe: the estimators' own defaults, one set for the CLI and Python
     plain = build_estimator(_train_args("--method", "consistency", "--sigma", "0.5"))
-    assert plain.max_epochs == 10 and plain.batch_size == 128 and plain.lr == 0.01
+    default = smoothsk.ConsistencyClassifier()
+    assert (plain.max_epochs, plain.batch_size, plain.lr, plain.optimizer) == \
+        (default.max_epochs, default.batch_size, default.lr, default.optimizer)
+    sgd = build_estimator(_train_args("--method", "gaussian", "--optimizer", "sgd",
+                                      "--momentum", "0.5"))
+    assert sgd.optimizer is torch.optim.SGD and sgd.optimizer__momentum == 0.5
+
+
+def test_cli_momentum_needs_sgd():
+    from smoothsk.cli import CommandError
+
+    with pytest.raises(CommandError, match="--momentum applies to SGD"):
+        build_estimator(_train_args("--method", "gaussian", "--momentum", "0.9"))
 
 
 def test_cli_recipe_needs_sigma():

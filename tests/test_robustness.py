@@ -15,7 +15,8 @@ RADII = [0.0, 0.25, 0.5, 1.0]
 @pytest.fixture(scope="module")
 def trained(digits):
     X, y = digits
-    clf = GaussianAugClassifier(sigma=SIGMA, max_epochs=30, lr=0.05, optimizer__momentum=0.9,
+    clf = GaussianAugClassifier(sigma=SIGMA, max_epochs=30, lr=0.05,
+                                optimizer=torch.optim.SGD, optimizer__momentum=0.9,
                                 batch_size=64, random_state=0).fit(X[:1200], y[:1200])
     Xt, yt = X[1200:1400], y[1200:1400]
     certificate = clf.certify(Xt, n0=100, n=N_PREDICT, alpha=ALPHA, random_state=1)

@@ -150,7 +150,8 @@ def test_one_step_adversary_replaces_the_clean_point_everywhere(net, batch):
 def test_digits_training_gives_far_above_chance_certified_accuracy(digits):
     X, y = digits
     clf = SmoothMixClassifier(sigma=0.25, num_noise=2, num_steps=2, step_size=0.5, eta=2.0,
-                              warmup=2, max_epochs=10, lr=0.05, optimizer__momentum=0.9,
+                              warmup=2, max_epochs=10, lr=0.05,
+                              optimizer=torch.optim.SGD, optimizer__momentum=0.9,
                               batch_size=64, n0=50, n=500, random_state=0)
     clf.fit(X[:1000], y[:1000])
     cert = clf.certify(X[1000:1200])

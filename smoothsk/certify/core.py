@@ -87,14 +87,16 @@ class Certificate:
         )
 
     def labels(self, abstain_label=None) -> np.ndarray:
-        """Predicted labels from ``classes`` (object array; ``abstain_label`` where abstained)."""
+        """Predicted labels from ``classes``, ``abstain_label`` where CERTIFY abstained.
+
+        ``abstain_label=None`` takes :func:`default_abstain_label` of the classes, a marker
+        of the labels' own dtype, so that ``sklearn.metrics.accuracy_score``,
+        ``classification_report`` and ``confusion_matrix`` accept the result (an
+        abstention counts as wrong, and as a class of its own in the report).
+        """
         if self.classes is None:
             raise ValueError("This certificate has no classes; use .prediction (class indices).")
-        out = np.empty(len(self), dtype=object)
-        out[:] = abstain_label
-        keep = ~self.abstained
-        out[keep] = np.asarray(self.classes, dtype=object)[self.prediction[keep]]
-        return out
+        return labels_or_marker(np.asarray(self.classes), self.prediction, abstain_label)
 
     def is_correct(self, y_true) -> np.ndarray:
         """Boolean mask: certified (not abstained) with the true class.
@@ -119,6 +121,54 @@ class Certificate:
 
 
 # --------------------------------------------------------------------------- algorithms
+def default_abstain_label(classes):
+    """The marker of an abstention for labels like ``classes``, in their dtype.
+
+    Integers: −1 (or one below the smallest class when −1 is a class; one above the
+    largest for unsigned integers).  Floats: the same as float.  Strings: ``"abstain"``.
+    Booleans have no spare value: pass ``abstain_label`` explicitly.
+    """
+    classes = np.asarray(classes)
+    kind = classes.dtype.kind
+    if kind in "iuf":
+        if kind == "u":
+            return classes.dtype.type(classes.max() + 1)
+        marker = -1 if -1 not in classes else classes.min() - 1
+        return classes.dtype.type(marker)
+    if kind in "USO" and all(isinstance(c, str) for c in classes.tolist()):
+        if "abstain" in classes.tolist():
+            raise ValueError('"abstain" is one of the classes; pass abstain_label=... '
+                             "(a label that is not a class).")
+        return "abstain"
+    raise ValueError(f"No default abstention marker for classes of dtype {classes.dtype}; pass "
+                     "abstain_label=... (a value that is not a class).")
+
+
+def labels_or_marker(classes: np.ndarray, index: np.ndarray, abstain_label=None) -> np.ndarray:
+    """``classes[index]`` with ``abstain_label`` where ``index`` is ``ABSTAIN``.
+
+    The result keeps the labels' dtype when the marker fits it (the default marker always
+    does); another marker gives an object array.
+    """
+    if abstain_label is None:
+        abstain_label = default_abstain_label(classes)
+    elif abstain_label in set(classes.tolist()):
+        raise ValueError(
+            f"abstain_label={abstain_label!r} is one of the classes; pass another marker."
+        )
+    marker = np.asarray(abstain_label)
+    if classes.dtype.kind in "iuf" and marker.dtype.kind in "iuf":
+        dtype = np.result_type(classes.dtype, marker.dtype)
+    elif classes.dtype.kind in "US" and marker.dtype.kind in "US":
+        dtype = np.result_type(classes, marker)  # wide enough for both strings
+    else:
+        dtype = np.dtype(object)
+    out = np.full(len(index), abstain_label, dtype=dtype)
+    keep = index != ABSTAIN
+    out[keep] = classes[index[keep]]
+    return out
+
+
 def certify(
     module: torch.nn.Module,
     X,

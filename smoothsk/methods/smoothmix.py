@@ -141,7 +141,7 @@ class SmoothMixClassifier(SmoothedClassifier):
         Scaled by the warm-up factor.
     attack_radius : float or None, default=None
         ``maxnorm``: l2 ball of the attack; None means no ball.
-    warmup : int, default=10
+    warmup : int, default=5
         Epochs over which η and the one-step radius ramp up as ``min(1, (epoch+1)/warmup)``.
     clip_range : (float, float) or None, default=(0.0, 1.0)
         Valid input range for the attack; None for unbounded (e.g. standardised) inputs.
@@ -150,7 +150,8 @@ class SmoothMixClassifier(SmoothedClassifier):
 
     Notes
     -----
-    Defaults are those of the authors' ``train_smoothmix.py``.  Published recipes
+    Defaults are those of the authors' ``train.py`` except ``warmup`` (5 here, 10 there: it
+    must fit inside the default 20 epochs).  Published recipes (:mod:`smoothsk.recipes`)
     (SGD, momentum 0.9, weight decay 1e-4):
 
     - MNIST, LeNet: lr 0.01 (×0.1 every 30 epochs), 90 epochs, batch 256, m = 4,
@@ -176,7 +177,7 @@ class SmoothMixClassifier(SmoothedClassifier):
         mix_step: int = 0,
         mix_radius: float | None = None,
         attack_radius: float | None = None,
-        warmup: int = 10,
+        warmup: int = 5,
         clip_range: tuple[float, float] | None = (0.0, 1.0),
         **kwargs,
     ):
