@@ -21,6 +21,8 @@ from smoothsk import (
     certified_accuracy_scorer,
 )
 from smoothsk.datasets import load_dataset
+from smoothsk.lipschitz import lipschitz_constant
+from smoothsk.metrics import certify_pipeline
 
 X_train, y_train = load_dataset("digits", split="train", flat=True)
 X_test, y_test = load_dataset("digits", split="test", flat=True)
@@ -42,9 +44,14 @@ for r, acc in zip(radii, certified_accuracy(y_test, certificate, radii)):
     print(f"certified accuracy at r={r:<4} (scaled space): {acc:.3f}")
 print(f"ACR (scaled space): {average_certified_radius(y_test, certificate):.3f}")
 
-# Scorers do the same transformation for a Pipeline.
-scorer = certified_accuracy_scorer(0.5)
-print(f"certified_accuracy_scorer(0.5) on the pipeline: {scorer(pipe, X_test, y_test):.3f}")
+# Scorers report radii in the pipeline's input space (raw pixels): the scaled-space radius
+# divided by the scaler's exact Lipschitz constant L. radius_space="last_step" keeps the
+# smoothed step's space.
+scorer = certified_accuracy_scorer(0.5, radius_space="last_step")
+print(f"certified accuracy at r=0.5 in the scaled space: {scorer(pipe, X_test, y_test):.3f}")
+constant = lipschitz_constant(pipe, X_test.shape[1])
+raw = certify_pipeline(pipe, X_test)
+print(f"L = {constant:.1f}; ACR in raw pixels: {average_certified_radius(y_test, raw):.4f}")
 
 # What a scaled-space radius means for raw pixels (zero-variance pixels have scale 1).
 scale = scaler[-1].scale_

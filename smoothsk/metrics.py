@@ -63,6 +63,37 @@ def _smoothed_step(estimator, X):
     return estimator.steps[-1][1], X
 
 
+_RADIUS_SPACES = ("input", "last_step")
+
+
+def _radius_scale(estimator, X, radius_space: str) -> float:
+    """Factor from radii in the smoothed step's space to radii in ``radius_space``:
+    ``1 / L`` for the pipeline's input space (see :mod:`smoothsk.lipschitz`), else 1."""
+    if radius_space not in _RADIUS_SPACES:
+        raise ValueError(f"radius_space must be one of {_RADIUS_SPACES}; got {radius_space!r}.")
+    if radius_space == "last_step" or not hasattr(estimator, "steps"):
+        return 1.0
+    from smoothsk.lipschitz import lipschitz_constant
+
+    return 1.0 / lipschitz_constant(estimator, np.shape(X)[1])
+
+
+def certify_pipeline(estimator, X, *, radius_space: str = "input", **certify_params):
+    """CERTIFY a smoothsk estimator or a Pipeline ending in one, radii in ``radius_space``.
+
+    For a Pipeline the noise acts on the output of its preprocessing; with
+    ``radius_space="input"`` (default) the radii are divided by the preprocessing's exact
+    l2 Lipschitz constant ``L`` so that they hold for the pipeline's own inputs (raises
+    :class:`~smoothsk.lipschitz.UnknownLipschitzError` where ``L`` is unknown);
+    ``"last_step"`` keeps them in the smoothed step's input space.
+    """
+    scale = _radius_scale(estimator, X, radius_space)
+    smoothed, X_smoothed = _smoothed_step(estimator, X)
+    certificate = smoothed.certify(X_smoothed, **certify_params)
+    certificate.radius = certificate.radius * scale
+    return certificate
+
+
 class _CertificationScorer:
     """``scorer(estimator, X, y) -> float``: certify, then apply a metric (greater is better).
 
@@ -71,13 +102,15 @@ class _CertificationScorer:
     """
 
     def __init__(self, metric_name: str, radius: float | None, overrides: dict,
-                 adaptive: bool = False):
+                 adaptive: bool = False, radius_space: str = "input"):
         self.metric_name = metric_name
         self.radius = radius
         self.overrides = overrides
         self.adaptive = adaptive
+        self.radius_space = radius_space
 
     def __call__(self, estimator, X, y) -> float:
+        scale = _radius_scale(estimator, X, self.radius_space)
         smoothed, X = _smoothed_step(estimator, X)
         if not hasattr(smoothed, "certify"):
             raise ValueError(
@@ -91,10 +124,11 @@ class _CertificationScorer:
         # As score() does: labels the model cannot predict (another dtype, a typo) would
         # count as wrong everywhere and score a silent 0.0 that a grid search trusts.
         smoothed._encode_labels(np.asarray(y))
-        if self.adaptive:
-            result = smoothed.certify_radius(X, self.radius, y=y, **self.overrides)
+        if self.adaptive:  # radius r in input space is r / scale in the smoothed step's
+            result = smoothed.certify_radius(X, self.radius / scale, y=y, **self.overrides)
             return float(np.mean(result.is_correct(y)))
         certificate = smoothed.certify(X, **self.overrides)
+        certificate.radius = certificate.radius * scale
         if self.metric_name == "acr":
             return average_certified_radius(y, certificate)
         return certified_accuracy(y, certificate, self.radius)
@@ -103,6 +137,8 @@ class _CertificationScorer:
         args = [f"radius={self.radius}"] if self.metric_name == "ca" else []
         if self.metric_name == "ca" and not self.adaptive:
             args.append("adaptive=False")
+        if self.radius_space != "input":
+            args.append(f"radius_space={self.radius_space!r}")
         args += [f"{k}={v!r}" for k, v in self.overrides.items()]
         name = "certified_accuracy" if self.metric_name == "ca" else "average_certified_radius"
         return f"{name}_scorer({', '.join(args)})"
@@ -123,7 +159,8 @@ def _check_overrides(overrides: dict, adaptive: bool = False) -> dict:
 
 
 def certified_accuracy_scorer(
-    radius: float, *, adaptive: bool = True, **certification_overrides
+    radius: float, *, adaptive: bool = True, radius_space: str = "input",
+    **certification_overrides
 ) -> _CertificationScorer:
     """Scorer of certified accuracy at l2 radius ``radius`` for ``GridSearchCV`` & co.
 
@@ -137,16 +174,28 @@ def certified_accuracy_scorer(
     σ and the certification defaults (``n0``, ``n``, ``alpha``, ...) come from the
     estimator unless overridden here, e.g. ``certified_accuracy_scorer(0.5, n=10_000)``;
     ``first_round`` and ``growth`` tune the adaptive rounds.
+
+    For a Pipeline, ``radius`` is in the pipeline's input space (``radius_space="input"``):
+    the smoothed step is certified at ``radius · L`` with ``L`` the preprocessing's exact
+    l2 Lipschitz constant (:mod:`smoothsk.lipschitz`); an unknown ``L`` raises.
+    ``radius_space="last_step"`` measures radii in the smoothed step's own input space.
     """
+    if radius_space not in _RADIUS_SPACES:
+        raise ValueError(f"radius_space must be one of {_RADIUS_SPACES}; got {radius_space!r}.")
     radius = float(radius)
     if not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be finite and >= 0; got {radius!r}.")
     overrides = _check_overrides(certification_overrides, adaptive=adaptive)
-    return _CertificationScorer("ca", radius, overrides, adaptive=bool(adaptive))
+    return _CertificationScorer("ca", radius, overrides, adaptive=bool(adaptive),
+                                radius_space=radius_space)
 
 
-def average_certified_radius_scorer(**certification_overrides) -> _CertificationScorer:
-    """Scorer of the average certified radius (ACR) from CERTIFY; overrides as in
-    :func:`certified_accuracy_scorer` (``n0``, ``n``, ``alpha``, ``batch_size``,
-    ``random_state``)."""
-    return _CertificationScorer("acr", None, _check_overrides(certification_overrides))
+def average_certified_radius_scorer(*, radius_space: str = "input",
+                                    **certification_overrides) -> _CertificationScorer:
+    """Scorer of the average certified radius (ACR) from CERTIFY; overrides and
+    ``radius_space`` as in :func:`certified_accuracy_scorer` (``n0``, ``n``, ``alpha``,
+    ``batch_size``, ``random_state``)."""
+    if radius_space not in _RADIUS_SPACES:
+        raise ValueError(f"radius_space must be one of {_RADIUS_SPACES}; got {radius_space!r}.")
+    return _CertificationScorer("acr", None, _check_overrides(certification_overrides),
+                                radius_space=radius_space)

@@ -16,6 +16,7 @@ from smoothsk import (
     certified_accuracy,
     certified_accuracy_scorer,
 )
+from smoothsk.lipschitz import UnknownLipschitzError
 
 FAST = dict(max_epochs=8, lr=0.05,
             optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
@@ -85,10 +86,14 @@ def test_pipeline_is_certified_in_the_smoothed_steps_input_space(digits):
     X, y = digits
     double = FunctionTransformer(lambda Z: 2.0 * Z)
     pipe = make_pipeline(double, GaussianAugClassifier(sigma=0.5, **FAST)).fit(X[:600], y[:600])
-    score = certified_accuracy_scorer(0.25)(pipe, X[600:700], y[600:700])
+    with pytest.raises(UnknownLipschitzError, match="FunctionTransformer is unknown"):
+        certified_accuracy_scorer(0.25)(pipe, X[600:700], y[600:700])
+    score = certified_accuracy_scorer(0.25, radius_space="last_step")(pipe, X[600:700],
+                                                                      y[600:700])
     direct = pipe[-1].certify_radius(2.0 * X[600:700], 0.25, y=y[600:700])
     assert score == direct.is_correct(y[600:700]).mean() > 0.5
-    fixed = certified_accuracy_scorer(0.25, adaptive=False)(pipe, X[600:700], y[600:700])
+    fixed = certified_accuracy_scorer(0.25, adaptive=False, radius_space="last_step")(
+        pipe, X[600:700], y[600:700])
     assert fixed == certified_accuracy(y[600:700], pipe[-1].certify(2.0 * X[600:700]), 0.25)
 
 

@@ -106,3 +106,18 @@ def test_report_rejects_duplicate_rows_and_binary_files(tmp_path):
     path.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ValueError, match="not a UTF-8 text file"):
         read_certification_tsv(path)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error_and_set_params_moves_the_network(
+        digits, monkeypatch):
+    X, y = digits
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU.*device='cpu'"):
+        GaussianAugClassifier(device="cuda", **FAST).fit(X[:100], y[:100])
+    clf = GaussianAugClassifier(**FAST).fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        clf.set_params(device="cuda")
+    assert clf.device == "cpu"  # refused before anything changed
+    moved = clf.set_params(device=torch.device("cpu"))
+    assert next(moved.module_.parameters()).device == torch.device("cpu")
+    assert moved.predict(X[:3]).shape == (3,)
