@@ -364,7 +364,9 @@ def run_certify(args) -> int:
     X = take_rows(X, indices)
     _check_model_fits_data(clf, X, args)
     run_info = {"model_sha256": _file_digest(Path(args.model_file)), "dataset": args.dataset,
-                "split": args.split, "skip": args.skip}  # --max may grow: the run extends
+                "split": args.split, "skip": args.skip,  # --max may grow: the run extends
+                "describes": {"method": getattr(clf, "training_info_", {}).get("method"),
+                              "sigma": float(clf.noise_level_)}}
     bar = _progress(len(indices), "certify", args.quiet, "input")
     start = time.perf_counter()
     try:

@@ -76,7 +76,7 @@ def test_train_certify_report_end_to_end(model, tmp_path):
     result = run("report", *runs, "--radii", "0:1:0.25", "--plot", plot, "--markdown", table,
                  "--labels", "first,second")
     assert "r=0.75" in result.stdout and "first" in result.stdout
-    assert png_size(plot) == (640, 480)
+    assert png_size(plot) == (1020, 750)  # 3.4 × 2.5 inches at 300 dpi: a paper column
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows] == ["run", "first", "second"]
 
@@ -181,7 +181,7 @@ def test_certification_extended_to_more_inputs_equals_one_run(model, tmp_path):
 def test_demo_writes_table_tsv_and_plot(tmp_path):
     result = run("demo", "--epochs", "2", "--n", "200", "--quiet", "--out-dir", tmp_path / "d")
     assert "certified accuracy" in result.stdout and "plot:" in result.stdout
-    assert png_size(tmp_path / "d" / "certified_accuracy.png") == (640, 480)
+    assert png_size(tmp_path / "d" / "certified_accuracy.png") == (1020, 750)
     assert len(read_certification_tsv(tmp_path / "d" / "certify-sigma0.25.tsv").radius) == 540
 
 
@@ -284,3 +284,19 @@ def test_every_bad_invocation_is_one_clean_line_and_leaves_nothing(model, tmp_pa
     # and the valid report works on the same files
     assert run("report", "ok.tsv", "--labels", "$x^$", "--plot", "c.png",
                cwd=tmp_path).returncode == 0
+
+
+def test_report_figure_for_a_paper(model, tmp_path):
+    out = tmp_path / "run.tsv"
+    run("certify", model, "--dataset", "digits", "--max", "40", "--n", "500", "--quiet",
+        "--out", out)
+    for suffix, magic in ((".pdf", b"%PDF"), (".svg", b"<?xml"), (".png", b"\x89PNG")):
+        figure = tmp_path / f"curves{suffix}"
+        run("report", out, "--plot", figure)
+        assert figure.read_bytes().startswith(magic)
+    svg = (tmp_path / "curves.svg").read_text()
+    assert "Gaussian, σ = 0.25" in svg  # legend from the run's method and σ, not its file name
+    assert "N = 40, n = 500, α = 0.001" in svg  # caption with the certification settings
+    assert "certified accuracy (%)" in svg and "max at n (σ=0.25)" in svg
+    result = run("report", out, "--plot", tmp_path / "curves.jpg", check=False)
+    assert result.returncode == 2 and "must end in one of .pdf, .svg, .png" in result.stderr

@@ -8,6 +8,7 @@ SmoothAdv, MACER, Consistency, SmoothMix and CRT all produce.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,11 @@ __all__ = [
 ]
 
 
+METHOD_NAMES = {"gaussian": "Gaussian", "smoothmix": "SmoothMix", "crt": "CRT",
+                "smoothadv": "SmoothAdv", "macer": "MACER", "consistency": "Consistency",
+                "stability": "Stability"}
+
+
 @dataclass
 class CertificationRun:
     """One TSV: per-input ``radius`` and ``correct`` (certified with the true class)."""
@@ -33,6 +39,21 @@ class CertificationRun:
     idx: np.ndarray
     radius: np.ndarray
     correct: np.ndarray
+    settings: dict | None = None  # the run's sidecar (``<tsv>.run.json``), when present
+    name_given: bool = False  # ``name`` was chosen by the user, not taken from the file
+
+    def setting(self, key: str):
+        """A value of the run's sidecar, also from its ``describes`` section; else None."""
+        settings = self.settings or {}
+        return settings.get(key, (settings.get("describes") or {}).get(key))
+
+    @property
+    def label(self) -> str:
+        """``"<method>, σ = <sigma>"`` from the sidecar when it names them, else ``name``."""
+        method, sigma = self.setting("method"), self.setting("sigma")
+        if method is None or sigma is None or self.name_given:
+            return self.name
+        return f"{METHOD_NAMES.get(method, method)}, σ = {float(sigma):g}"
 
     def certified_accuracy(self, radii) -> np.ndarray:
         """``CA(r)`` = fraction of inputs that are correct with radius ≥ r."""
@@ -53,10 +74,18 @@ def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist.")
     try:
-        return _read_tsv(path, name)
+        run = _read_tsv(path, name)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not a UTF-8 text file; it is not a certification "
                          "TSV.") from exc
+    run.name_given = name is not None
+    sidecar = path.with_name(path.name + ".run.json")
+    try:
+        settings = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
+    except ValueError:  # a damaged sidecar only loses the descriptions
+        settings = None
+    run.settings = settings if isinstance(settings, dict) else None
+    return run
 
 
 def _read_tsv(path: Path, name: str | None) -> CertificationRun:
@@ -130,33 +159,73 @@ def markdown_table(runs: list[CertificationRun], radii) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_certified_accuracy(runs: list[CertificationRun], path, *, max_radius=None,
-                            title: str | None = None, size=(6.4, 4.8), dpi: int = 100) -> Path:
-    """Certified accuracy against radius, one labelled line per run, saved as PNG.
+PLOT_FORMATS = ("pdf", "svg", "png")
 
-    The figure is ``size`` inches at ``dpi`` (640×480 pixels by default).
+
+def _common(runs, key):
+    values = {run.setting(key) for run in runs}
+    return values.pop() if len(values) == 1 else None
+
+
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return with ``n`` draws: all ``n`` votes for the
+    top class give ``p_A_lower = α^(1/n)`` (Clopper–Pearson), hence ``σ Φ⁻¹(α^(1/n))``."""
+    from scipy.stats import norm
+
+    return float(sigma * norm.ppf(alpha ** (1.0 / n)))
+
+
+def plot_certified_accuracy(runs: list[CertificationRun], path, *, max_radius=None,
+                            title: str | None = None, size=(3.4, 2.5), dpi: int = 300) -> Path:
+    """Certified accuracy (%) against l2 radius, one line per run, for a paper column.
+
+    The format follows the suffix of ``path`` (PDF, SVG or PNG).  Legends name each run's
+    method and σ when its sidecar says them (else the file name or the given name); the
+    title line gives the number of inputs N, n and α when the runs share them, and a
+    dotted line marks the largest radius CERTIFY can certify with that n
+    (``σ Φ⁻¹(α^(1/n))``) for each σ.  The default ``size`` (3.4 × 2.5 inches) fits one
+    column of a two-column paper; PNGs are written at ``dpi``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise ValueError(f"The plot's file name must end in one of "
+                         f"{', '.join('.' + f for f in PLOT_FORMATS)}; got {path.name!r}.")
     top = max_radius or max(1e-6, max(float(run.radius.max()) for run in runs)) * 1.05
     grid = np.linspace(0.0, top, 400)
-    figure, axes = plt.subplots(figsize=size, dpi=dpi)
-    for run in runs:
-        axes.plot(grid, run.certified_accuracy(grid), label=run.name)
-    axes.set_xlabel("l2 radius")
-    axes.set_ylabel("certified accuracy")
-    axes.set_ylim(0, 1)
-    axes.set_xlim(0, top)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    if title:
-        axes.set_title(title)
-    path = Path(path)
-    try:
-        _atomic_write(path, lambda stream: figure.savefig(stream, dpi=dpi, format="png"))
-    finally:
-        plt.close(figure)
+    # svg.fonttype "none" keeps text as text: editable in a paper, searchable in tests.
+    with matplotlib.rc_context({"font.size": 7, "axes.titlesize": 7, "legend.fontsize": 6,
+                                "svg.fonttype": "none", "pdf.fonttype": 42}):
+        figure, axes = plt.subplots(figsize=size, dpi=dpi, layout="constrained")
+        for run in runs:
+            axes.plot(grid, 100.0 * run.certified_accuracy(grid), label=run.label, lw=1.2)
+        n, alpha = _common(runs, "n"), _common(runs, "alpha")
+        if n and alpha:
+            sigmas = {run.setting("sigma") for run in runs} - {None}
+            for sigma in sorted(float(s) for s in sigmas):
+                limit = max_certifiable_radius(sigma, int(n), float(alpha))
+                if limit < top:
+                    axes.axvline(limit, color="0.5", ls=":", lw=0.8)
+                    axes.annotate(f"max at n (σ={sigma:g})", (limit, 97), rotation=90,
+                                  ha="right", va="top", fontsize=5, color="0.4")
+        caption = [f"N = {len(runs[0].radius):,}" if len({len(r.radius) for r in runs}) == 1
+                   else None, f"n = {int(n):,}" if n else None,
+                   f"α = {alpha:g}" if alpha else None]
+        caption = ", ".join(c for c in caption if c)
+        axes.set_title("\n".join(line for line in (title, caption) if line))
+        axes.set_xlabel("l2 radius")
+        axes.set_ylabel("certified accuracy (%)")
+        axes.set_ylim(0, 100)
+        axes.set_xlim(0, top)
+        axes.grid(alpha=0.3, lw=0.5)
+        axes.legend(frameon=False)
+        try:
+            _atomic_write(path, lambda stream: figure.savefig(stream, dpi=dpi, format=fmt))
+        finally:
+            plt.close(figure)
     return path

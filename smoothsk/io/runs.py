@@ -41,8 +41,9 @@ TSV_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
 
 # Sidecar entries a continued run may change: the number of inputs (a run may be
-# extended) and the library version that wrote the rows (recorded, not compared).
-_MAY_CHANGE = {"indices", "smoothsk_version"}
+# extended), the library version that wrote the rows and the description of the model
+# for reports (recorded, not compared: the model's digest already identifies it).
+_MAY_CHANGE = {"indices", "smoothsk_version", "describes"}
 
 
 class RunMismatchError(ValueError):
