@@ -287,7 +287,11 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         position = order[rank]
         known = self.classes_[position] == y
         if unseen == "raise" and not known.all():
-            raise ValueError(f"y contains labels not seen in fit: {np.unique(y[~known]).tolist()}.")
+            raise ValueError(
+                f"y contains labels not seen in fit: {np.unique(y[~known]).tolist()}. With "
+                "partial_fit, pass every label on the first call: partial_fit(X, y, "
+                "classes=[...])."
+            )
         return np.where(known, position, -1).astype(np.int64)
 
     def _classes_for_fit(self):
@@ -309,10 +313,35 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         with _seeded_torch(self.random_state, self.device), self._training_context():
             if not warm:
                 self.initialize()
+            if not warm:
+                self._check_network_output(X)
             done = 0 if warm else self._restore_checkpoint(len(X))
             if done >= self.max_epochs:
                 return self
             return NeuralNetClassifier.partial_fit(self, X, y, epochs=self.max_epochs - done)
+
+    def _check_network_output(self, X):
+        """Run the new network on one input: our error, not torch's, for a mismatch."""
+        sample = X[:1] if isinstance(X, np.ndarray) else \
+            np.asarray(first_field(X[0]), dtype=np.float32)[None]
+        was_training = self.module_.training
+        self.module_.eval()
+        try:
+            with torch.no_grad():
+                logits = self.module_(to_tensor(sample, self.device))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"The network cannot process inputs of shape {tuple(sample.shape[1:])} "
+                f"({type(exc).__name__}: {exc}). A convolutional network needs image-shaped "
+                "inputs (N, channels, height, width): reshape X, e.g. "
+                "X.reshape(len(X), 1, 8, 8) for digits."
+            ) from exc
+        finally:
+            self.module_.train(was_training)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ValueError("The network must return logits of shape (batch, n_classes); got "
+                             f"{getattr(logits, 'shape', type(logits))}.")
+        self._check_n_classes(logits.shape[1])
 
     def _restore_checkpoint(self, n_samples: int) -> int:
         """Epochs restored from a :class:`~smoothsk.io.checkpoint.TrainingCheckpoint`."""
@@ -333,6 +362,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         X, y = self._prepare_fit_data(X, y, fit_params, reset=first, classes=classes)
         if first:
             self.initialize()
+            self._check_network_output(X)
         with self._training_context():
             return NeuralNetClassifier.partial_fit(self, X, y)
 

@@ -550,11 +550,25 @@ def _add_data(parser):
                         help="local data directory (required for mnist, cifar10, imagenet)")
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """``--help`` shows each option's default (unless it is None or already said)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        hidden = action.default is None or action.default is False \
+            or action.default == argparse.SUPPRESS
+        if not hidden and "default" not in text and action.option_strings:
+            text += f" (default: {action.default})"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothsk", description="Randomized-smoothing training, certification and reports."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_DefaultsHelp, **k)
 
     train = sub.add_parser("train", help="train a smoothed classifier and save it")
     _add_data(train)
@@ -605,12 +619,17 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("model_file")
     _add_trust_pickle(certify)
     _add_data(certify)
-    certify.add_argument("--split", default="test", choices=["train", "test"])
+    certify.add_argument("--split", default="test", choices=["train", "test"],
+                         help="which split to certify")
     certify.add_argument("--skip", type=_positive_int, default=1, help="every SKIP-th input")
-    certify.add_argument("--max", type=_positive_int, default=None, help="at most MAX inputs")
-    certify.add_argument("--n0", type=_positive_int, default=100)
-    certify.add_argument("--n", type=_positive_int, default=100_000)
-    certify.add_argument("--alpha", type=_probability, default=0.001)
+    certify.add_argument("--max", type=_positive_int, default=None,
+                         help="certify at most MAX inputs (of those --skip selects; Cohen's "
+                              "certify.py counts MAX in data-set indices instead, so its "
+                              "--skip 20 --max 10000 is --skip 20 --max 500 here)")
+    certify.add_argument("--n0", type=_positive_int, default=100, help="selection draws")
+    certify.add_argument("--n", type=_positive_int, default=100_000, help="estimation draws")
+    certify.add_argument("--alpha", type=_probability, default=0.001,
+                         help="failure probability per input")
     certify.add_argument("--out", required=True, help="TSV to write, or to continue")
     certify.add_argument("--jobs", type=int, default=None,
                          help="worker processes (joblib; -1 = all cores, or all workers of "

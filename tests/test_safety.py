@@ -121,3 +121,25 @@ def test_cuda_without_a_gpu_is_a_clear_error_and_set_params_moves_the_network(
     moved = clf.set_params(device=torch.device("cpu"))
     assert next(moved.module_.parameters()).device == torch.device("cpu")
     assert moved.predict(X[:3]).shape == (3,)
+
+
+def test_network_mismatches_get_our_errors_not_torchs(digits):
+    from smoothsk.models import LeNet
+
+    X, y = digits
+    with pytest.raises(ValueError, match="cannot process inputs of shape \\(64,\\).*reshape X"):
+        GaussianAugClassifier(module=LeNet, **FAST).fit(X[:100], y[:100])
+    small = torch.nn.Sequential(torch.nn.Linear(64, 3))
+    with pytest.raises(ValueError, match="returns 3 logits but fit saw 10 classes"):
+        GaussianAugClassifier(module=small, **FAST).fit(X[:100], y[:100])
+    clf = GaussianAugClassifier(**FAST)
+    clf.partial_fit(X[:50][y[:50] < 5], y[:50][y[:50] < 5])
+    with pytest.raises(ValueError, match="pass every label on the first call"):
+        clf.partial_fit(X[50:100], y[50:100])
+
+
+def test_help_shows_defaults():
+    from smoothsk.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["certify"].format_help()
+    assert "(default: 100000)" in text and "(default: 0.001)" in text
