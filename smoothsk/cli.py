@@ -259,6 +259,8 @@ def build_estimator(args, dataset_train_size: int | None = None):
                "weight_decay": "optimizer__weight_decay"}
     params.update({renamed.get(name, name): value for name, value in given.items()})
     params.update(module=module, device=args.device, random_state=args.seed, **module_params)
+    if args.precision is not None:
+        params["precision"] = args.precision
     if args.dataset in ("cifar10", "imagenet"):  # torch Datasets: fit needs the classes
         params["classes"] = list(range(_DATA_SHAPES[args.dataset][0]))
     if args.sigma is not None:
@@ -331,7 +333,7 @@ def run_train(args) -> int:
 
 # --------------------------------------------------------------------------- certify
 def run_certify(args) -> int:
-    from smoothsk.certify.sampling import take_rows
+    from smoothsk.certify.sampling import check_precision, take_rows
     from smoothsk.io.runs import (
         RunLockedError,
         RunMismatchError,
@@ -351,6 +353,12 @@ def run_certify(args) -> int:
     if args.device != "cpu" or str(clf.device) != "cpu":
         clf.module_.to(args.device)
         clf.device = args.device
+    if args.precision is not None:
+        try:
+            clf.set_params(precision=args.precision)
+            check_precision(args.precision, args.device)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
     args.model = getattr(clf, "training_info_", {}).get("model", "auto")
     X, y = _load(args, args.split)
     total = len(X)
@@ -524,6 +532,12 @@ def run_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def _add_precision(parser, default_text: str):
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                        help="arithmetic of the network's passes; noise stays fp32 "
+                             f"(docs/certification.md); default: {default_text}")
+
+
 def _add_common(parser, *, batch_default: int):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where the network runs (default: cpu)")
@@ -612,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "--inverse-temperature")
     train.add_argument("--out", required=True,
                        help="model file to write (safe format: weights and a JSON document)")
+    _add_precision(train, "fp32")
     _add_common(train, batch_default=None)
     train.set_defaults(func=run_train)
 
@@ -636,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "the --scheduler cluster); results do not depend on it")
     certify.add_argument("--scheduler", default=None, metavar="ADDRESS",
                          help="run on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    _add_precision(certify, "the model's (a resumed run refuses another)")
     _add_common(certify, batch_default=1000)
     certify.set_defaults(func=run_certify)
 

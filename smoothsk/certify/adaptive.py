@@ -124,6 +124,7 @@ def certify_radius(
     batch_size: int = 1000,
     random_state=None,
     index_offset: int = 0,
+    precision: str = "fp32",
 ) -> RadiusCertificate:
     """Decide per input whether the smoothed classifier is certified at l2 radius ``radius``.
 
@@ -162,7 +163,7 @@ def certify_radius(
     seed = sampling.base_seed(random_state)  # one seed for both streams
     (selection,) = sample_counts(
         module, X, sigma, [n0], batch_size=batch_size, random_state=seed,
-        index_offset=index_offset, streams=[STREAM_SELECTION],
+        index_offset=index_offset, streams=[STREAM_SELECTION], precision=precision,
     )
     top = selection.argmax(axis=1)
     count = len(top)
@@ -191,7 +192,7 @@ def certify_radius(
             if not active.any():
                 break
             sampler = NoiseSampler(
-                module, sigma, batch_size, seed, (STREAM_ADAPTIVE, j)
+                module, sigma, batch_size, seed, (STREAM_ADAPTIVE, j), precision
             )
             start = 0
             for chunk in sampling.input_chunks(X, chunk_size):

@@ -50,6 +50,9 @@ class Certificate:
         Votes from the ``n0`` selection draws and the ``n`` estimation draws.
     classes : ndarray or None
         Labels of the class indices (set by the estimators' ``certify``).
+    precision : str
+        Arithmetic of the base network's forward pass ("fp32", "bf16", "fp16"): the
+        certificate is about the smoothed classifier of the network computed so.
     smoothsk_version : str
         The library version that computed it.
     """
@@ -64,6 +67,7 @@ class Certificate:
     n: int
     alpha: float
     classes: np.ndarray | None = field(default=None)
+    precision: str = "fp32"
     smoothsk_version: str = field(default=__version__)
 
     def __len__(self) -> int:
@@ -84,6 +88,7 @@ class Certificate:
             selection_counts=np.concatenate([p.selection_counts for p in parts]),
             counts=np.concatenate([p.counts for p in parts]),
             sigma=first.sigma, n0=first.n0, n=first.n, alpha=first.alpha,
+            precision=first.precision,
         )
 
     def labels(self, abstain_label=None) -> np.ndarray:
@@ -183,6 +188,7 @@ def certify(
     n_jobs: int | None = None,
     chunk_size: int | None = None,
     threads_per_worker: int | None = None,
+    precision: str = "fp32",
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for every input in ``X``.
 
@@ -199,6 +205,9 @@ def certify(
     ``n_jobs`` (with ``chunk_size`` and ``threads_per_worker``) spreads the inputs over
     joblib workers, local or on a Dask / Ray cluster (see
     :func:`smoothsk.certify.parallel.map_input_chunks`); the result equals the serial one.
+    ``precision`` ("fp32", "bf16", "fp16") is the arithmetic of the network's forward
+    pass; noise is drawn and added in fp32, and the guarantee is about the smoothed
+    classifier of the network computed at that precision (docs/certification.md).
     """
     n0 = check_positive_int(n0, "n0")
     n = check_positive_int(n, "n")
@@ -208,18 +217,21 @@ def certify(
             _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
             threads_per_worker=threads_per_worker, random_state=random_state,
             index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+            precision=precision,
         )
         return Certificate.concatenate(parts)
     return _certify_serial(module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                           random_state=random_state, index_offset=index_offset)
+                           random_state=random_state, index_offset=index_offset,
+                           precision=precision)
 
 
 def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
-                    index_offset) -> Certificate:
+                    index_offset, precision="fp32") -> Certificate:
     """CERTIFY in this process (parameters checked by :func:`certify`)."""
     selection, estimation = sample_counts(
         module, X, sigma, [n0, n], batch_size=batch_size, random_state=random_state,
         index_offset=index_offset, streams=[STREAM_SELECTION, STREAM_ESTIMATION],
+        precision=precision,
     )
     top = selection.argmax(axis=1)  # ties go to the lowest index, as in Cohen's code
     n_top = estimation[np.arange(len(top)), top]
@@ -236,6 +248,7 @@ def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
         n0=n0,
         n=n,
         alpha=alpha,
+        precision=precision,
     )
 
 
@@ -249,6 +262,7 @@ def predict(
     batch_size: int = 1000,
     random_state=None,
     index_offset: int = 0,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Cohen et al.'s PREDICT: the top class, or ``ABSTAIN`` (−1).
 
@@ -261,7 +275,7 @@ def predict(
     alpha = check_alpha(alpha)
     counts = class_counts(
         module, X, sigma, n, batch_size=batch_size, random_state=random_state,
-        index_offset=index_offset,
+        index_offset=index_offset, precision=precision,
     )
     return _predict_from_counts(counts, alpha)
 

@@ -105,17 +105,43 @@ def input_chunks(X, chunk_size: int) -> Iterator[torch.Tensor]:
         yield tensor[start : start + chunk_size]
 
 
+# --------------------------------------------------------------------------- precision
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision, device=None) -> str:
+    """``precision`` as one of ``PRECISIONS``; fp16 only where autocast supports it (CUDA)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}.")
+    if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
+        raise ValueError("precision='fp16' needs a CUDA device; on a CPU use 'bf16'.")
+    return precision
+
+
+def precision_context(precision: str, device):
+    """Autocast for the network's forward pass at ``precision`` (a no-op for fp32).
+
+    Only the network runs at reduced precision: noise is drawn and added in the input's
+    dtype before, so the smoothed classifier is that of the network *as computed*.
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 # --------------------------------------------------------------------------- sampling
 class NoiseSampler:
     """Counts the base network's votes on ``x + δ`` for a chunk of inputs."""
 
-    def __init__(self, module, sigma, batch_size, base_seed, stream):
+    def __init__(self, module, sigma, batch_size, base_seed, stream, precision="fp32"):
         self.module = module
         self.sigma = sigma
         self.batch_size = batch_size
         self.base_seed = base_seed
         self.stream = stream
         self.device, self.dtype = module_device_dtype(module)
+        self.precision = check_precision(precision, self.device)
         self.generator = torch.Generator(device=self.device)
 
     def _block_seed(self, index: int, block: int) -> int:
@@ -124,7 +150,8 @@ class NoiseSampler:
         return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
     def _votes(self, batch: torch.Tensor) -> torch.Tensor:
-        logits = self.module(batch)
+        with precision_context(self.precision, self.device):
+            logits = self.module(batch)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(batch):
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
             raise ValueError(
@@ -243,13 +270,14 @@ def chunk_indices(index_offset, seen: int, size: int):
     return index_offset + seen
 
 
-def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams):
+def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
+                  precision="fp32"):
     """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C)."""
     sigma = check_sigma(sigma)
     batch_size = check_positive_int(batch_size, "batch_size")
     index_offset = check_index_offset(index_offset)
     seed = base_seed(random_state)
-    samplers = [NoiseSampler(module, sigma, batch_size, seed, s) for s in streams]
+    samplers = [NoiseSampler(module, sigma, batch_size, seed, s, precision) for s in streams]
     device, dtype = samplers[0].device, samplers[0].dtype
     chunk_size = max(1, batch_size // max(1, min(nums)))
     results = [[] for _ in streams]
@@ -282,6 +310,7 @@ def class_counts(
     batch_size: int = 1000,
     random_state=None,
     index_offset: int = 0,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Counts of ``argmax f(x + δ)`` over ``num`` Gaussian draws per input.
 
@@ -306,11 +335,13 @@ def class_counts(
     index_offset : int or array of int
         Global index of ``X[0]`` (the others follow), so that split calls reproduce one
         big call; or an array with every input's global index (e.g. every 20th image).
+    precision : {"fp32", "bf16", "fp16"}
+        Arithmetic of the network's forward pass (autocast); noise is always fp32.
     """
     num = check_positive_int(num, "num")
     (counts,) = sample_counts(
         module, X, sigma, [num], batch_size=batch_size, random_state=random_state,
-        index_offset=index_offset, streams=[STREAM_PREDICTION],
+        index_offset=index_offset, streams=[STREAM_PREDICTION], precision=precision,
     )
     return counts
 

@@ -202,6 +202,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
     indices = np.asarray(indices, dtype=np.int64)
     y = np.asarray(y)
     info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices),
+                precision=getattr(estimator, "precision", "fp32"),
                 smoothsk_version=smoothsk.__version__)
     sidecar = out.with_name(out.name + ".run.json")
     done: list[str] = []
@@ -219,6 +220,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
             raise RunMismatchError(
                 f"{sidecar} is corrupt (not a JSON object), so {out} cannot be continued; "
                 "remove both to start over, or choose another --out.")
+        previous.setdefault("precision", "fp32")  # sidecars before 0.2 were all fp32
         # The number of inputs may grow (a run extended to more images): the rows already
         # written are checked against this run's indices below.
         differs = sorted(k for k in set(info) | set(previous)

@@ -1,0 +1,80 @@
+"""Reduced precision: sound by construction, recorded with the model, refused on resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from smoothsk import GaussianAugClassifier, certify
+from smoothsk.io.model_file import load_model, save_model
+from smoothsk.io.runs import RunMismatchError, certify_to_tsv
+
+
+def _sign_network(d: int) -> torch.nn.Module:
+    """logits (x₀, −x₀): the vote is the sign of x₀, which bf16 rounding never changes."""
+    net = torch.nn.Linear(d, 2, bias=False)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.weight[0, 0], net.weight[1, 0] = 1.0, -1.0
+    return net
+
+
+def test_bf16_certificate_equals_fp32_where_both_are_exact():
+    X = np.random.default_rng(0).normal(scale=0.3, size=(12, 5)).astype(np.float32)
+    net = _sign_network(5)
+    kw = dict(n0=50, n=2000, alpha=0.001, random_state=1, batch_size=256)
+    fp32, bf16 = certify(net, X, 0.5, **kw), certify(net, X, 0.5, precision="bf16", **kw)
+    np.testing.assert_array_equal(bf16.counts, fp32.counts)
+    np.testing.assert_array_equal(bf16.radius, fp32.radius)
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    # the analytic check still holds: p_A = Φ(|x₀| / σ) for the sign classifier
+    assert (fp32.radius <= np.abs(X[:, 0]) + 1e-6).mean() >= 0.99
+
+
+def test_precision_is_validated():
+    X = np.zeros((2, 5), np.float32)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        certify(_sign_network(5), X, 0.5, n0=5, n=10, precision="int8")
+    with pytest.raises(ValueError, match="fp16' needs a CUDA device"):
+        certify(_sign_network(5), X, 0.5, n0=5, n=10, precision="fp16")
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    X, y = digits
+    return GaussianAugClassifier(sigma=0.25, random_state=0).fit(X[:1000], y[:1000])
+
+
+def test_bf16_agrees_with_fp32_on_a_trained_model(trained, digits):
+    X, _ = digits
+    fp32 = trained.predict(X[1000:1300])
+    bf16 = trained.set_params(precision="bf16").predict(X[1000:1300])
+    trained.set_params(precision="fp32")
+    # 1,000 draws per input: the vote changes only where two classes are within bf16's
+    # rounding (≈ 0.4 % of a logit) on a large share of draws; ≥ 99 % must agree.
+    assert (fp32 == bf16).mean() >= 0.99
+
+
+def test_precision_round_trips_and_a_resumed_run_refuses_another(trained, digits, tmp_path):
+    X, y = digits
+    model = trained.set_params(precision="bf16")
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    trained.set_params(precision="fp32")
+    assert loaded.precision == "bf16" and loaded.certify(X[:2], n=50).precision == "bf16"
+    out = tmp_path / "r.tsv"
+    kw = dict(run_info={}, n0=10, n=50, alpha=0.01, batch_size=50, random_state=0)
+    certify_to_tsv(loaded, X[:2], y[:2], np.arange(2), out, **kw)
+    assert json.loads((tmp_path / "r.tsv.run.json").read_text())["precision"] == "bf16"
+    with pytest.raises(RunMismatchError, match="differs in: precision"):
+        certify_to_tsv(loaded.set_params(precision="fp32"), X[:4], y[:4], np.arange(4), out,
+                       **kw)
+
+
+def test_bf16_training_trains(digits):
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, precision="bf16", random_state=0).fit(X[:1000],
+                                                                                  y[:1000])
+    assert np.isfinite(clf.history[:, "train_loss"]).all()
+    assert clf.score(X[1000:1300], y[1000:1300]) >= 0.9
