@@ -424,6 +424,18 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             self.module_.to(self.device)
         return self
 
+    @contextlib.contextmanager
+    def _progress(self, total: int, description: str):
+        """A progress bar over inputs when ``verbose`` (tqdm, or log lines off a terminal)."""
+        from smoothsk.progress import progress_bar
+
+        bar = progress_bar(total, f"{type(self).__name__} {description}",
+                           enabled=bool(self.verbose))
+        try:
+            yield bar
+        finally:
+            bar.close()
+
     def _check_fitted_X(self, X):
         check_is_fitted(self, ["module_", "classes_fitted_"])
         self._check_device()
@@ -431,11 +443,12 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
 
     def _smoothed_counts(self, X) -> np.ndarray:
         X = self._check_fitted_X(X)
-        counts = sampling.class_counts(
-            self.module_, X, self.noise_level_, self.n_predict,
-            batch_size=self.certify_batch_size, random_state=self.random_state,
-            precision=self.precision,
-        )
+        with self._progress(len(X), "predict") as bar:
+            counts = sampling.class_counts(
+                self.module_, X, self.noise_level_, self.n_predict,
+                batch_size=self.certify_batch_size, random_state=self.random_state,
+                precision=self.precision, progress=bar.update,
+            )
         self._check_n_classes(counts.shape[1])
         return counts
 
@@ -487,16 +500,18 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         ``n_jobs`` spreads the inputs over joblib workers (identical certificates).
         """
         X = self._check_fitted_X(X)
-        result = core.certify(
-            self.module_, X, self.noise_level_,
-            n0=self.n0 if n0 is None else n0,
-            n=self.n if n is None else n,
-            alpha=self.alpha if alpha is None else alpha,
-            batch_size=self.certify_batch_size if batch_size is None else batch_size,
-            random_state=self.random_state if random_state is None else random_state,
-            index_offset=index_offset, n_jobs=n_jobs, chunk_size=chunk_size,
-            threads_per_worker=threads_per_worker, precision=self.precision,
-        )
+        with self._progress(len(X), "certify") as bar:
+            result = core.certify(
+                self.module_, X, self.noise_level_,
+                n0=self.n0 if n0 is None else n0,
+                n=self.n if n is None else n,
+                alpha=self.alpha if alpha is None else alpha,
+                batch_size=self.certify_batch_size if batch_size is None else batch_size,
+                random_state=self.random_state if random_state is None else random_state,
+                index_offset=index_offset, n_jobs=n_jobs, chunk_size=chunk_size,
+                threads_per_worker=threads_per_worker, precision=self.precision,
+                progress=bar.update,
+            )
         self._check_n_classes(result.counts.shape[1])
         result.classes = self.classes_
         return result
@@ -520,16 +535,17 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             if len(y) != len(X):
                 raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
             y_index = self._encode_labels(y, unseen="mark")
-        result = certify_radius(
-            self.module_, X, self.noise_level_, radius, y=y_index,
-            n0=self.n0 if n0 is None else n0,
-            n=self.n if n is None else n,
-            alpha=self.alpha if alpha is None else alpha,
-            first_round=first_round, growth=growth,
-            batch_size=self.certify_batch_size if batch_size is None else batch_size,
-            random_state=self.random_state if random_state is None else random_state,
-            index_offset=index_offset, precision=self.precision,
-        )
+        with self._progress(len(X), f"certify at r={radius:g}") as bar:
+            result = certify_radius(
+                self.module_, X, self.noise_level_, radius, y=y_index,
+                n0=self.n0 if n0 is None else n0,
+                n=self.n if n is None else n,
+                alpha=self.alpha if alpha is None else alpha,
+                first_round=first_round, growth=growth,
+                batch_size=self.certify_batch_size if batch_size is None else batch_size,
+                random_state=self.random_state if random_state is None else random_state,
+                index_offset=index_offset, precision=self.precision, progress=bar.update,
+            )
         self._check_n_classes(result.selection_counts.shape[1])
         result.classes = self.classes_
         return result

@@ -76,11 +76,11 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _progress(total: int, description: str, quiet: bool, unit: str):
-    """A tqdm bar on stderr, silent when ``quiet`` or when stderr is not a terminal."""
-    from tqdm import tqdm
+    """A tqdm bar on a terminal, a line every 30 s in a log (stderr redirected), or
+    nothing with ``--quiet``."""
+    from smoothsk.progress import progress_bar
 
-    return tqdm(total=total, desc=description, unit=unit,
-                disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+    return progress_bar(total, description, unit=unit, enabled=not quiet, file=sys.stderr)
 
 
 def _set_threads(args):

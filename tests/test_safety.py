@@ -143,3 +143,24 @@ def test_help_shows_defaults():
 
     text = build_parser()._subparsers._group_actions[0].choices["certify"].format_help()
     assert "(default: 100000)" in text and "(default: 0.001)" in text
+
+
+def test_progress_lines_in_logs_and_bars_with_verbose(digits, capsys):
+    import io
+
+    from smoothsk.progress import LogProgress, progress_bar
+
+    log = io.StringIO()  # not a terminal: complete lines, not a redrawn bar
+    bar = progress_bar(4, "certify", file=log, interval=0.0)
+    assert isinstance(bar, LogProgress)
+    for _ in range(4):
+        bar.update(1)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("certify: 4/4 inputs (100%),")
+    assert "s left" in lines[0]
+    X, y = digits
+    clf = GaussianAugClassifier(**FAST).fit(X[:100], y[:100])
+    clf.set_params(verbose=1).certify(X[:3], n=50)
+    assert "GaussianAugClassifier certify: 3/3 inputs (100%)" in capsys.readouterr().err
+    clf.set_params(verbose=0).certify(X[:3], n=50)
+    assert capsys.readouterr().err == ""

@@ -125,6 +125,7 @@ def certify_radius(
     random_state=None,
     index_offset: int = 0,
     precision: str = "fp32",
+    progress=None,
 ) -> RadiusCertificate:
     """Decide per input whether the smoothed classifier is certified at l2 radius ``radius``.
 
@@ -177,6 +178,8 @@ def certify_radius(
     # Even n successes out of n cannot reach the threshold: nothing to draw.
     if lower_confidence_bound(n, n, level) < threshold:
         active[:] = False
+    report = progress or (lambda decided: None)  # inputs decided so far, as they are decided
+    report(int(count - active.sum()))
 
     hits = np.zeros(count, dtype=np.int64)
     drawn = np.zeros(count, dtype=np.int64)
@@ -213,6 +216,7 @@ def certify_radius(
             certified[idx] = lower[idx] >= threshold
             done = certified[idx] | (upper[idx] < threshold) | (best_case < threshold)
             active[idx[done]] = False
+            report(int(done.sum()))
             previous = size
     return RadiusCertificate(
         prediction=top, certified=certified, samples=drawn, rounds=rounds,

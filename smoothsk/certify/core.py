@@ -189,6 +189,7 @@ def certify(
     chunk_size: int | None = None,
     threads_per_worker: int | None = None,
     precision: str = "fp32",
+    progress=None,
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for every input in ``X``.
 
@@ -208,6 +209,7 @@ def certify(
     ``precision`` ("fp32", "bf16", "fp16") is the arithmetic of the network's forward
     pass; noise is drawn and added in fp32, and the guarantee is about the smoothed
     classifier of the network computed at that precision (docs/certification.md).
+    ``progress`` is called with the number of inputs finished as they finish.
     """
     n0 = check_positive_int(n0, "n0")
     n = check_positive_int(n, "n")
@@ -217,21 +219,21 @@ def certify(
             _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
             threads_per_worker=threads_per_worker, random_state=random_state,
             index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-            precision=precision,
+            precision=precision, progress=progress,
         )
         return Certificate.concatenate(parts)
     return _certify_serial(module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                            random_state=random_state, index_offset=index_offset,
-                           precision=precision)
+                           precision=precision, progress=progress)
 
 
 def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
-                    index_offset, precision="fp32") -> Certificate:
+                    index_offset, precision="fp32", progress=None) -> Certificate:
     """CERTIFY in this process (parameters checked by :func:`certify`)."""
     selection, estimation = sample_counts(
         module, X, sigma, [n0, n], batch_size=batch_size, random_state=random_state,
         index_offset=index_offset, streams=[STREAM_SELECTION, STREAM_ESTIMATION],
-        precision=precision,
+        precision=precision, progress=progress,
     )
     top = selection.argmax(axis=1)  # ties go to the lowest index, as in Cohen's code
     n_top = estimation[np.arange(len(top)), top]

@@ -51,7 +51,7 @@ def _run_chunk(function, module, X, sigma, indices, threads, on_gpu, kwargs):
 
 def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size=None,
                      threads_per_worker=None, random_state=None, index_offset=0,
-                     **kwargs) -> list:
+                     progress=None, **kwargs) -> list:
     """``function(module, X[chunk], sigma, index_offset=..., **kwargs)`` per chunk of inputs.
 
     Parameters
@@ -69,6 +69,8 @@ def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size
     random_state, index_offset, **kwargs
         As in :func:`smoothsk.certify`; the seed is fixed once here so that every worker
         draws from the same streams.
+    progress : callable or None
+        Called in this process with the number of inputs of each chunk as it finishes.
 
     Returns
     -------
@@ -99,4 +101,9 @@ def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size
                             threads_per_worker, device.type == "cuda", kwargs)
         for rows in chunks
     )
-    return list(Parallel(n_jobs=n_jobs)(tasks))
+    results = []
+    for rows, result in zip(chunks, Parallel(n_jobs=n_jobs, return_as="generator")(tasks)):
+        results.append(result)
+        if progress is not None:
+            progress(len(range(total)[rows]))
+    return results

@@ -271,7 +271,7 @@ def chunk_indices(index_offset, seen: int, size: int):
 
 
 def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
-                  precision="fp32"):
+                  precision="fp32", progress=None):
     """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C)."""
     sigma = check_sigma(sigma)
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -291,6 +291,8 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
                 first = chunk_indices(index_offset, seen, len(chunk))
                 out.append(sampler.counts(chunk, first, num).cpu().numpy())
             seen += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
     if seen == 0:
         raise ValueError("X is empty; pass at least one input.")
     if isinstance(index_offset, np.ndarray) and seen != len(index_offset):
@@ -311,6 +313,7 @@ def class_counts(
     random_state=None,
     index_offset: int = 0,
     precision: str = "fp32",
+    progress=None,
 ) -> np.ndarray:
     """Counts of ``argmax f(x + δ)`` over ``num`` Gaussian draws per input.
 
@@ -337,11 +340,15 @@ def class_counts(
         big call; or an array with every input's global index (e.g. every 20th image).
     precision : {"fp32", "bf16", "fp16"}
         Arithmetic of the network's forward pass (autocast); noise is always fp32.
+    progress : callable or None
+        Called with the number of inputs finished after each chunk (e.g. a tqdm bar's
+        ``update``).
     """
     num = check_positive_int(num, "num")
     (counts,) = sample_counts(
         module, X, sigma, [num], batch_size=batch_size, random_state=random_state,
         index_offset=index_offset, streams=[STREAM_PREDICTION], precision=precision,
+        progress=progress,
     )
     return counts
 

@@ -1,0 +1,74 @@
+"""Progress of long work: tqdm bars in terminals and notebooks, periodic lines in logs.
+
+Certification of a test set at n = 100,000 and training at full scale take hours, and
+are usually started in the background with their output going to a file, where a
+terminal progress bar turns into one unreadable line.  :func:`progress_bar` gives a tqdm
+bar (``tqdm.auto``: a widget in notebooks) when the stream is interactive, and otherwise
+a :class:`LogProgress` that prints one complete line every ``interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+__all__ = ["LogProgress", "progress_bar"]
+
+
+class LogProgress:
+    """A minimal tqdm-compatible counter that prints a line every ``interval`` seconds.
+
+    ``description: 120/500 inputs (24%), 35.2 inputs/s, 10.8 s left``
+    """
+
+    def __init__(self, total: int, description: str, unit: str = "input", *,
+                 interval: float = 30.0, file=None):
+        self.total, self.description, self.unit = total, description, unit
+        self.interval, self.file = interval, file or sys.stderr
+        self.n = 0
+        self.postfix = ""
+        self._start = self._last = time.monotonic()
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+        now = time.monotonic()
+        if now - self._last >= self.interval or self.n >= self.total:
+            self._last = now
+            self._print(now)
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def _print(self, now: float) -> None:
+        elapsed = max(now - self._start, 1e-9)
+        rate = self.n / elapsed
+        left = (self.total - self.n) / rate if rate > 0 else float("inf")
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.description}: {self.n}/{self.total} {self.unit}s{share}, "
+              f"{rate:.3g} {self.unit}s/s, {left:.0f} s left{extra}", file=self.file,
+              flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, description: str, *, unit: str = "input", enabled: bool = True,
+                 file=None, interval: float = 30.0):
+    """A tqdm bar (notebook-aware) on an interactive ``file`` (default stderr), a
+    :class:`LogProgress` on a file or pipe, or a silent counter when not ``enabled``."""
+    from tqdm.auto import tqdm
+
+    file = file or sys.stderr
+    if enabled and not (hasattr(file, "isatty") and file.isatty()) and not _in_notebook():
+        return LogProgress(total, description, unit, interval=interval, file=file)
+    return tqdm(total=total, desc=description, unit=unit, disable=not enabled, file=file)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
