@@ -258,7 +258,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 "sample_weight and other fit parameters are not supported."
             )
         self._check_smoothing_params()
-        self._check_device()
+        self._check_cuda_available()
         X = self._validate_X(X, reset=reset)
         if not isinstance(X, np.ndarray):  # a torch Dataset of (x, class index) pairs
             if reset:
@@ -406,7 +406,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         return self
 
     # ------------------------------------------------------------------ smoothed inference
-    def _check_device(self, device="unset"):
+    def _check_cuda_available(self, device="unset"):
         device = self.device if device == "unset" else device
         if device is not None and torch.device(device).type == "cuda" \
                 and not torch.cuda.is_available():
@@ -418,7 +418,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     def set_params(self, **params):
         """As skorch's; a new ``device`` after ``fit`` also moves the fitted network."""
         if "device" in params:
-            self._check_device(params["device"])
+            self._check_cuda_available(params["device"])
         super().set_params(**params)
         if "device" in params and getattr(self, "initialized_", False):
             self.module_.to(self.device)
@@ -438,7 +438,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
 
     def _check_fitted_X(self, X):
         check_is_fitted(self, ["module_", "classes_fitted_"])
-        self._check_device()
+        self._check_cuda_available()
         return self._validate_X(X, reset=False)
 
     def _smoothed_counts(self, X) -> np.ndarray:
