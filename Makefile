@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # local wheel folder (find-links), with which torchvision cannot import.
 TORCH  := "torch>=2.14" "torchvision>=0.29"
 
-.PHONY: demo test lint data clean
+.PHONY: demo test lint docs data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The documentation site (API reference, gallery, the Markdown pages); warnings are errors.
+docs: $(STAMP)
+	rm -rf docs/_build docs/api docs/auto_examples docs/sg_execution_times.rst
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+	@echo "site: docs/_build/html/site.html"
+
 lint: $(STAMP)
 	$(BIN)/ruff check smoothsk tests examples benchmarks
 
@@ -37,4 +43,4 @@ data:
 	fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/api docs/auto_examples

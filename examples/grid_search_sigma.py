@@ -1,4 +1,6 @@
-"""Select σ and η of SmoothMix by certified accuracy with scikit-learn's GridSearchCV.
+"""
+Select σ and η of SmoothMix by certified accuracy with scikit-learn's GridSearchCV
+==================================================================================
 
 Digits, 3-fold cross-validation over sigma ∈ {0.25, 0.5} × eta ∈ {1, 5}, two joblib
 worker processes (each with its share of the CPU threads).  The refit metric is

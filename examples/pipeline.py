@@ -1,4 +1,6 @@
-"""A Pipeline with a preprocessing step in front of a smoothed classifier.
+"""
+A Pipeline with a preprocessing step in front of a smoothed classifier
+======================================================================
 
 The noise acts on the output of ``StandardScaler``, so the smoothed step's certificate
 protects perturbations of the *scaled* features. The scorers and

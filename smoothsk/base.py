@@ -474,6 +474,15 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         votes = self._smoothed_counts(X).argmax(axis=1)
         return self.classes_[votes]
 
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy of the smoothed classifier's vote (:meth:`predict`) on ``(X, y)``.
+
+        As scikit-learn's ``ClassifierMixin.score``; labels the model cannot predict
+        raise instead of counting as wrong.
+        """
+        self._encode_labels(np.asarray(y))
+        return super().score(X, y, sample_weight=sample_weight)
+
     def predict_or_abstain(self, X, *, abstain_label=None) -> np.ndarray:
         """Cohen et al.'s PREDICT with ``n_predict`` draws and failure probability ``alpha``.
 

@@ -91,7 +91,7 @@ class LeNet(nn.Module):
     """LeNet of the MNIST randomized-smoothing experiments (SmoothMix, MACER).
 
     conv 20@5×5 → ReLU → max-pool 2 → conv 50@5×5 → ReLU → max-pool 2 →
-    fc 500 → ReLU → fc ``num_classes``, on ``in_channels``×28×28 inputs.
+    fc 500 → ReLU → fc ``num_classes``, on ``in_channels`` × 28 × 28 inputs.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):

@@ -1,0 +1,36 @@
+"""Sphinx configuration: the Markdown pages of docs/, an API reference from the numpydoc
+docstrings and a gallery of examples/ (``make docs``; warnings are errors)."""
+
+import smoothsk
+
+project = "smoothsk"
+author = "smoothsk developers"
+release = version = smoothsk.__version__
+root_doc = "site"
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.mathjax",
+    "numpydoc",
+    "myst_parser",
+    "sphinx_gallery.gen_gallery",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py",
+                    "auto_examples/*.zip", "auto_examples/*.json", "auto_examples/*.md5"]
+autosummary_generate = True
+autodoc_inherit_docstrings = False  # skorch's inherited docstrings are skorch's to check
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+# Pages link to files of the repository outside docs/ (results, benchmarks): fine on
+# GitHub, not documents of this site.
+suppress_warnings = ["myst.xref_missing"]
+myst_heading_anchors = 3
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"^$",  # the examples train models for minutes: shown, not run
+    "plot_gallery": "False",
+    "download_all_examples": False,
+}
+html_theme = "alabaster"
