@@ -18,6 +18,7 @@ from smoothsk.certify import bounds, core, sampling
 from smoothsk.certify.core import ABSTAIN
 from smoothsk.methods.attacks import smoothed_pgd_attack
 from smoothsk.metrics import _smoothed_step
+from smoothsk.progress import progress_bar
 
 __all__ = ["EmpiricalRobustness", "empirical_robustness"]
 
@@ -130,6 +131,9 @@ def empirical_robustness(
     y_t = torch.as_tensor(y_index)
     generator = torch.Generator(device=device)
     predictions, distances = [], []
+    bar = progress_bar(len(radii) * len(X_t), f"{type(smoothed).__name__} attack",
+                       enabled=bool(getattr(smoothed, "verbose", 0)))
+    precision = getattr(smoothed, "precision", "fp32")
     for k, radius in enumerate(radii):
         attack_seed, predict_seed = np.random.SeedSequence([seed, k]).generate_state(2)
         generator.manual_seed(int(attack_seed))
@@ -151,8 +155,9 @@ def empirical_robustness(
         distances.append((adversarial.cpu() - X_t).flatten(1).norm(dim=1).numpy())
         predictions.append(core.predict(
             module, adversarial, sigma, n=n, alpha=alpha, batch_size=batch_size,
-            random_state=int(predict_seed),
+            random_state=int(predict_seed), precision=precision, progress=bar.update,
         ))
+    bar.close()
     prediction = np.stack(predictions)
     correct = (prediction != ABSTAIN) & (prediction == y_t.numpy()[None, :])
     return EmpiricalRobustness(

@@ -265,6 +265,7 @@ def predict(
     random_state=None,
     index_offset: int = 0,
     precision: str = "fp32",
+    progress=None,
 ) -> np.ndarray:
     """Cohen et al.'s PREDICT: the top class, or ``ABSTAIN`` (−1).
 
@@ -277,7 +278,7 @@ def predict(
     alpha = check_alpha(alpha)
     counts = class_counts(
         module, X, sigma, n, batch_size=batch_size, random_state=random_state,
-        index_offset=index_offset, precision=precision,
+        index_offset=index_offset, precision=precision, progress=progress,
     )
     return _predict_from_counts(counts, alpha)
 
