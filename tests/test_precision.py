@@ -78,3 +78,23 @@ def test_bf16_training_trains(digits):
                                                                                   y[:1000])
     assert np.isfinite(clf.history[:, "train_loss"]).all()
     assert clf.score(X[1000:1300], y[1000:1300]) >= 0.9
+
+
+def test_channels_last_is_saved_and_changes_only_the_layout(digits, tmp_path):
+    from smoothsk.models import LeNet
+
+    X, y = digits
+    # LeNet's two 5×5 convolutions and pools need 28×28 inputs: pad the 8×8 digits
+    images = np.pad(X.reshape(-1, 1, 8, 8), ((0, 0), (0, 0), (10, 10), (10, 10)))
+    params = dict(module=LeNet, sigma=0.25, max_epochs=2, random_state=0)
+    plain = GaussianAugClassifier(**params).fit(images[:300], y[:300])
+    last = GaussianAugClassifier(channels_last=True, **params).fit(images[:300], y[:300])
+    conv = last.module_.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    # same seed, same data: the same training up to the order of sums in convolutions
+    agree = (plain.predict(images[300:400]) == last.predict(images[300:400])).mean()
+    assert agree >= 0.95
+    save_model(last, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.channels_last and loaded.module_.features[0].weight.is_contiguous(
+        memory_format=torch.channels_last)
