@@ -261,6 +261,8 @@ def build_estimator(args, dataset_train_size: int | None = None):
     params.update(module=module, device=args.device, random_state=args.seed, **module_params)
     if args.precision is not None:
         params["precision"] = args.precision
+    if args.channels_last:
+        params["channels_last"] = True
     if args.dataset in ("cifar10", "imagenet"):  # torch Datasets: fit needs the classes
         params["classes"] = list(range(_DATA_SHAPES[args.dataset][0]))
     if args.sigma is not None:
@@ -627,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True,
                        help="model file to write (safe format: weights and a JSON document)")
     _add_precision(train, "fp32")
+    train.add_argument("--channels-last", action="store_true",
+                       help="channels-last memory format for convolutional networks (with "
+                            "--precision bf16 the fastest on CPUs; kept in the model)")
     _add_common(train, batch_default=None)
     train.set_defaults(func=run_train)
 
