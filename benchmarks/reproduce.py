@@ -47,7 +47,8 @@ def method_estimator(method, sigma, args, teacher=None):
     params = recipe_params(recipe(method, "mnist", sigma), epochs=args.epochs)
     if args.batch_size is not None:
         params["batch_size"] = args.batch_size
-    params.update(module=LeNet, random_state=0, verbose=1)  # per-epoch lines in the log
+    params.update(module=LeNet, random_state=0, verbose=1,  # per-epoch lines in the log
+                  precision=args.precision, channels_last=args.channels_last)
     if method == "crt":
         params["teacher"] = teacher
     return ESTIMATORS[method](**params)
@@ -58,7 +59,8 @@ def train(method, sigma, args, X, y, out: Path):
     info_path = out / f"train-{method}-sigma{sigma:g}.json"
     if model_path.exists() and info_path.exists():
         info = json.loads(info_path.read_text())
-        wanted = {"train_size": args.train, "epochs": args.epochs, "batch_size": args.batch_size}
+        wanted = {"train_size": args.train, "epochs": args.epochs, "batch_size": args.batch_size,
+                  "precision": args.precision, "channels_last": args.channels_last}
         differing = {k: (info.get(k), v) for k, v in wanted.items() if info.get(k) != v}
         if differing:
             raise SystemExit(f"{model_path} was trained with other settings "
@@ -78,7 +80,8 @@ def train(method, sigma, args, X, y, out: Path):
     seconds = float(sum(clf.history[:, "dur"]))  # training time over every resumed piece
     info = {"method": method, "sigma": sigma, "seconds": seconds,
             "epochs": args.epochs, "train_size": len(X), "batch_size": args.batch_size,
-            "recipe": "smoothsk.recipes, mnist family"}
+            "recipe": "smoothsk.recipes, mnist family", "precision": args.precision,
+            "channels_last": args.channels_last}
     model_path.parent.mkdir(parents=True, exist_ok=True)
     save_model(clf, model_path)
     info_path.write_text(json.dumps(info, indent=1))
@@ -109,6 +112,9 @@ def main(argv=None):
                              "depend on it; 200 is LeNet's fastest on a 2-core CPU, see "
                              "docs/benchmarks.md)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="train and certify at this precision (use its own --out)")
+    parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the tables, claims and curves from the TSVs in --out")
     args = parser.parse_args(argv)
