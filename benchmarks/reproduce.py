@@ -61,7 +61,8 @@ def train(method, sigma, args, X, y, out: Path):
         info = json.loads(info_path.read_text())
         wanted = {"train_size": args.train, "epochs": args.epochs, "batch_size": args.batch_size,
                   "precision": args.precision, "channels_last": args.channels_last}
-        differing = {k: (info.get(k), v) for k, v in wanted.items() if info.get(k) != v}
+        saved = dict({"precision": "fp32", "channels_last": False}, **info)  # older files
+        differing = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
         if differing:
             raise SystemExit(f"{model_path} was trained with other settings "
                              f"(saved, asked): {differing}; use another --out or the same "
