@@ -217,8 +217,12 @@ def test_train_interrupted_keeps_the_last_epoch_and_resumes_exactly(tmp_path):
     for _attempt in range(3):  # a run that finished before the signal proves nothing: retry
         out.unlink(missing_ok=True)
         checkpoint.unlink(missing_ok=True)
+        # A shell without job control starts background jobs with SIGINT ignored, and
+        # children inherit that: give the child the default, as in a terminal.
         process = subprocess.Popen([SMOOTHSK, *args, "--out", str(out)],
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                    signal.SIG_DFL))
         deadline = time.time() + 120
         while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
             time.sleep(0.01)
