@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import smoothsk
 from smoothsk.datasets import load_fashion_mnist
 from smoothsk.io.checkpoint import TrainingCheckpoint
 from smoothsk.io.report import (
@@ -31,14 +30,7 @@ from smoothsk.io.report import (
 )
 from smoothsk.io.runs import certify_to_tsv, load_model, save_model
 from smoothsk.models import LeNet
-from smoothsk.recipes import recipe, recipe_params
-
-ESTIMATORS = {
-    "gaussian": smoothsk.GaussianAugClassifier, "smoothmix": smoothsk.SmoothMixClassifier,
-    "crt": smoothsk.CRTStudent, "smoothadv": smoothsk.SmoothAdvClassifier,
-    "macer": smoothsk.MACERClassifier, "consistency": smoothsk.ConsistencyClassifier,
-    "stability": smoothsk.StabilityClassifier,
-}
+from smoothsk.recipes import estimator_class, recipe, recipe_params
 
 
 def method_estimator(method, sigma, args, teacher=None):
@@ -51,7 +43,7 @@ def method_estimator(method, sigma, args, teacher=None):
                   precision=args.precision, channels_last=args.channels_last)
     if method == "crt":
         params["teacher"] = teacher
-    return ESTIMATORS[method](**params)
+    return estimator_class(method)(**params)
 
 
 def train(method, sigma, args, X, y, out: Path):

@@ -179,17 +179,6 @@ _METHOD_OPTIONS = ("num_noise", "num_steps", "step_size", "eta", "mix_step", "at
                    "inverse_temperature")
 
 
-def _estimator_class(method: str):
-    import smoothsk
-
-    return {
-        "gaussian": smoothsk.GaussianAugClassifier, "smoothmix": smoothsk.SmoothMixClassifier,
-        "crt": smoothsk.CRTStudent, "smoothadv": smoothsk.SmoothAdvClassifier,
-        "macer": smoothsk.MACERClassifier, "consistency": smoothsk.ConsistencyClassifier,
-        "stability": smoothsk.StabilityClassifier,
-    }[method]
-
-
 def _with_epoch_progress(clf, bar, lr_step=None):
     """Fit-time callback updating ``bar`` each epoch; :func:`_without_progress` removes it."""
     from skorch.callbacks import Callback
@@ -241,8 +230,9 @@ def build_estimator(args, dataset_train_size: int | None = None):
     import torch
 
     from smoothsk.io.runs import load_model
+    from smoothsk.recipes import estimator_class
 
-    cls = _estimator_class(args.method)
+    cls = estimator_class(args.method)
     model = _resolve_model(args.dataset, args.model)
     module, module_params = _module(args.dataset, model)
     given = {name: getattr(args, name) for name in _TRAIN_OPTIONS

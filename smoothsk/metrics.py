@@ -66,11 +66,15 @@ def _smoothed_step(estimator, X):
 _RADIUS_SPACES = ("input", "last_step")
 
 
+def _check_radius_space(radius_space: str) -> None:
+    if radius_space not in _RADIUS_SPACES:
+        raise ValueError(f"radius_space must be one of {_RADIUS_SPACES}; got {radius_space!r}.")
+
+
 def _radius_scale(estimator, X, radius_space: str) -> float:
     """Factor from radii in the smoothed step's space to radii in ``radius_space``:
     ``1 / L`` for the pipeline's input space (see :mod:`smoothsk.lipschitz`), else 1."""
-    if radius_space not in _RADIUS_SPACES:
-        raise ValueError(f"radius_space must be one of {_RADIUS_SPACES}; got {radius_space!r}.")
+    _check_radius_space(radius_space)
     if radius_space == "last_step" or not hasattr(estimator, "steps"):
         return 1.0
     from smoothsk.lipschitz import lipschitz_constant
@@ -180,8 +184,7 @@ def certified_accuracy_scorer(
     l2 Lipschitz constant (:mod:`smoothsk.lipschitz`); an unknown ``L`` raises.
     ``radius_space="last_step"`` measures radii in the smoothed step's own input space.
     """
-    if radius_space not in _RADIUS_SPACES:
-        raise ValueError(f"radius_space must be one of {_RADIUS_SPACES}; got {radius_space!r}.")
+    _check_radius_space(radius_space)
     radius = float(radius)
     if not np.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be finite and >= 0; got {radius!r}.")
@@ -195,7 +198,6 @@ def average_certified_radius_scorer(*, radius_space: str = "input",
     """Scorer of the average certified radius (ACR) from CERTIFY; overrides and
     ``radius_space`` as in :func:`certified_accuracy_scorer` (``n0``, ``n``, ``alpha``,
     ``batch_size``, ``random_state``)."""
-    if radius_space not in _RADIUS_SPACES:
-        raise ValueError(f"radius_space must be one of {_RADIUS_SPACES}; got {radius_space!r}.")
+    _check_radius_space(radius_space)
     return _CertificationScorer("acr", None, _check_overrides(certification_overrides),
                                 radius_space=radius_space)

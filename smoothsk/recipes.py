@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["RECIPES", "Recipe", "recipe", "recipe_params"]
+__all__ = ["RECIPES", "Recipe", "estimator_class", "recipe", "recipe_params"]
 
 _SMOOTHMIX_REPO = "jh-jeong/smoothmix EXPERIMENTS.MD"
 _MNIST_SCHEDULE = dict(epochs=90, lr=0.01, milestones=(1 / 3, 2 / 3), loader_batch=256)
@@ -164,3 +164,18 @@ def recipe_params(item: Recipe, *, epochs: int | None = None) -> dict:
     if item.method == "crt":
         params.pop("sigma")  # the student takes its teacher's σ
     return params
+
+
+def estimator_class(method: str):
+    """The estimator class of a method name (``smoothsk train --method`` names)."""
+    import smoothsk
+
+    classes = {
+        "gaussian": smoothsk.GaussianAugClassifier, "smoothmix": smoothsk.SmoothMixClassifier,
+        "crt": smoothsk.CRTStudent, "smoothadv": smoothsk.SmoothAdvClassifier,
+        "macer": smoothsk.MACERClassifier, "consistency": smoothsk.ConsistencyClassifier,
+        "stability": smoothsk.StabilityClassifier,
+    }
+    if method not in classes:
+        raise ValueError(f"method must be one of {sorted(classes)}; got {method!r}.")
+    return classes[method]

@@ -6,7 +6,7 @@ import torch
 
 import smoothsk
 from smoothsk.cli import build_estimator, build_parser
-from smoothsk.recipes import RECIPES, recipe, recipe_params
+from smoothsk.recipes import RECIPES, estimator_class, recipe, recipe_params
 
 # jh-jeong/smoothmix EXPERIMENTS.MD, MNIST rows (every one: --lr 0.01 --lr_step_size 30
 # --epochs 90, default --batch 256), transcribed flag by flag.
@@ -54,12 +54,7 @@ def test_every_recipe_names_its_source_and_builds_an_estimator():
     for (method, family, sigma), item in RECIPES.items():
         assert item.source and (item.method, item.family, item.sigma) == (method, family, sigma)
         params = recipe_params(item)
-        cls = {"gaussian": smoothsk.GaussianAugClassifier,
-               "smoothmix": smoothsk.SmoothMixClassifier, "crt": smoothsk.CRTStudent,
-               "smoothadv": smoothsk.SmoothAdvClassifier, "macer": smoothsk.MACERClassifier,
-               "consistency": smoothsk.ConsistencyClassifier,
-               "stability": smoothsk.StabilityClassifier}[method]
-        clf = cls(**params)
+        clf = estimator_class(method)(**params)
         assert clf.max_epochs == item.epochs and clf.batch_size == item.batch_size
 
 
@@ -75,6 +70,8 @@ def test_shortened_schedule_keeps_its_shape_and_the_lr_follows_it():
 def test_unknown_recipe_lists_the_known_ones():
     with pytest.raises(ValueError, match="No published recipe.*Known: .*macer/mnist"):
         recipe("macer", "imagenet", 0.5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        estimator_class("magic")
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         recipe_params(recipe("gaussian", "mnist", 0.5), epochs=0)
 
