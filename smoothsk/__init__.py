@@ -11,6 +11,12 @@ from smoothsk.methods.attacks import (
     smoothed_attack_objective,
     smoothed_pgd_attack,
 )
+from smoothsk.methods.catrs import (
+    CATRSClassifier,
+    catrs_loss,
+    kl_pgd_noise_attack,
+    smoothed_targets,
+)
 from smoothsk.methods.consistency import ConsistencyClassifier, consistency_loss
 from smoothsk.methods.crt import CRTStudent, crt_loss
 from smoothsk.methods.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
@@ -33,6 +39,7 @@ from smoothsk.robustness import EmpiricalRobustness, empirical_robustness
 
 __all__ = [
     "ABSTAIN",
+    "CATRSClassifier",
     "CRTStudent",
     "ConsistencyClassifier",
     "MACERClassifier",
@@ -58,7 +65,10 @@ __all__ = [
     "round_sizes",
     "RadiusCertificate",
     "class_counts",
+    "catrs_loss",
     "consistency_loss",
+    "kl_pgd_noise_attack",
+    "smoothed_targets",
     "crt_loss",
     "macer_loss",
     "smoothadv_loss",

@@ -16,7 +16,9 @@ import numbers
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     check_consistent_length,
@@ -35,7 +37,24 @@ from smoothsk.certify.core import Certificate, _predict_from_counts, labels_or_m
 from smoothsk.certify.sampling import first_field, precision_context
 from smoothsk.models import MLP
 
-__all__ = ["SmoothedClassifier"]
+__all__ = ["SmoothedClassifier", "is_fitted_estimator", "unwrap_frozen"]
+
+
+def is_fitted_estimator(estimator) -> bool:
+    """Whether ``estimator`` is a fitted smoothsk estimator (network and classes)."""
+    try:
+        check_is_fitted(estimator, ["module_", "classes_fitted_"])
+    except (NotFittedError, TypeError):
+        return False
+    return True
+
+
+def unwrap_frozen(estimator):
+    """The smoothsk estimator inside a ``FrozenEstimator``, or ``estimator`` itself."""
+    if isinstance(estimator, FrozenEstimator) and isinstance(estimator.estimator,
+                                                             SmoothedClassifier):
+        return estimator.estimator
+    return estimator
 
 
 @contextlib.contextmanager
@@ -184,6 +203,29 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self.precision = precision
         self.channels_last = channels_last
         self.random_state = random_state
+
+    _read_only_params: tuple = ()
+    """Parameters holding models that are only read (a CRT teacher, CAT-RS's target
+    model): ``clone`` keeps a fitted one by reference, and skorch never registers,
+    moves or re-initialises them."""
+
+    def __setattr__(self, name, value):
+        if name in self._read_only_params:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __sklearn_clone__(self):
+        if not self._read_only_params:
+            return super().__sklearn_clone__()
+        params = self.get_params(deep=False)
+        for key, value in params.items():
+            inner = unwrap_frozen(value)
+            keep = key in self._read_only_params and (
+                isinstance(value, torch.nn.Module) or inner is not value
+                or (isinstance(value, SmoothedClassifier) and is_fitted_estimator(value)))
+            params[key] = value if keep else clone(value, safe=False)
+        return type(self)(**params)
 
     def _get_param_names(self):
         # skorch lists private bookkeeping (``_params_to_validate``) as a parameter;
@@ -336,7 +378,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             done = 0 if warm else self._restore_checkpoint(len(X))
             if done >= self.max_epochs:
                 return self
-            return NeuralNetClassifier.partial_fit(self, X, y, epochs=self.max_epochs - done)
+            return NeuralNetClassifier.partial_fit(self, *self._training_data(X, y),
+                                                   epochs=self.max_epochs - done)
 
     def _check_network_output(self, X):
         """Run the new network on one input: our error, not torch's, for a mismatch."""
@@ -382,7 +425,12 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             self.initialize()
             self._check_network_output(X)
         with self._training_context():
-            return NeuralNetClassifier.partial_fit(self, X, y)
+            return NeuralNetClassifier.partial_fit(self, *self._training_data(X, y))
+
+    def _training_data(self, X, y):
+        """What skorch iterates over in training: ``(X, y)`` here; a method whose loss
+        needs more per example (CAT-RS's targets) returns a Dataset and None."""
+        return X, y
 
     @contextlib.contextmanager
     def _training_context(self):

@@ -16,7 +16,8 @@ import numpy as np
 
 __all__ = ["build_parser", "main"]
 
-METHODS = ("gaussian", "smoothmix", "crt", "smoothadv", "macer", "consistency", "stability")
+METHODS = ("gaussian", "smoothmix", "crt", "smoothadv", "macer", "consistency", "stability",
+           "catrs")
 MODELS = ("auto", "mlp", "lenet", "resnet20", "resnet110", "resnet50")
 _DATA_SHAPES = {"digits": (10, None), "fashion-mnist": (10, 28), "mnist": (10, 28),
                 "cifar10": (10, 32), "imagenet": (1000, 224)}
@@ -176,7 +177,7 @@ def _module(dataset: str, model: str):
 _METHOD_OPTIONS = ("num_noise", "num_steps", "step_size", "eta", "mix_step", "attack_radius",
                    "epsilon", "warmup", "transfer_weight", "consistency_weight",
                    "entropy_weight", "stability_weight", "robustness_weight", "margin",
-                   "inverse_temperature")
+                   "inverse_temperature", "kl_weight", "target_draws", "target_sigma")
 
 
 def _with_epoch_progress(clf, bar, lr_step=None):
@@ -266,6 +267,13 @@ def build_estimator(args, dataset_train_size: int | None = None):
             raise CommandError(f"cannot use --teacher: {exc}") from exc
     elif args.teacher is not None:
         raise CommandError("--teacher only applies to --method crt.")
+    if args.target_model is not None:
+        if args.method != "catrs":
+            raise CommandError("--target-model only applies to --method catrs.")
+        try:
+            params["target_model"] = load_model(args.target_model, trusted=args.trust_pickle)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CommandError(f"cannot use --target-model: {exc}") from exc
     for name in _METHOD_OPTIONS:
         value = getattr(args, name)
         if value is not None:
@@ -604,9 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train", type=_positive_int, default=None,
                        help="train on the first N training inputs")
     train.add_argument("--teacher", default=None, help="CRT: the teacher's model file")
+    train.add_argument("--target-model", default=None,
+                       help="CAT-RS: a trained Gaussian model file whose smoothed prediction "
+                            "is the KL target (default: train one at --target-sigma 0.25)")
     _add_trust_pickle(train)
     for name in _METHOD_OPTIONS:
-        kind = int if name in ("num_noise", "num_steps", "mix_step", "warmup") else float
+        kind = int if name in ("num_noise", "num_steps", "mix_step", "warmup",
+                               "target_draws") else float
         train.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                            help=argparse.SUPPRESS)
     train.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
@@ -615,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "--eta --mix-step --attack-radius --epsilon --warmup "
                             "--transfer-weight --consistency-weight --entropy-weight "
                             "--stability-weight --robustness-weight --margin "
-                            "--inverse-temperature")
+                            "--inverse-temperature --kl-weight --target-draws "
+                            "--target-sigma")
     train.add_argument("--out", required=True,
                        help="model file to write (safe format: weights and a JSON document)")
     _add_precision(train, "fp32")

@@ -16,6 +16,14 @@ Sources (public repositories):
 - ``smoothmix``: jh-jeong/smoothmix ``EXPERIMENTS.MD`` (the commands behind SmoothMix
   Table 2 for MNIST and the CIFAR-10 rows), ``code/train*.py`` (SGD, momentum 0.9,
   weight decay 1e-4, batch 256, ``StepLR(lr_step_size, 0.1)``).
+- ``catrs``: alinlab/smoothing-catrs ``EXPERIMENTS.MD`` (CIFAR-10 commands: m = 4,
+  4 steps, ε = 256/256, λ = 0.5 / 1.0 / 2.0, lr 0.1, ``--lr_step_size 50``, 150 epochs)
+  and ``code/train_catrs.py`` (batch 256 split into m chunks).  MNIST family: the
+  Fashion-MNIST logs ``data/fmnist/noise_*/cat-rs/log.txt`` (150 epochs, lr 0.01 ×0.1
+  after epochs 50 and 100) and the MNIST-C command's model path
+  ``adv_256.0_4/lbd_1.0/num_4/noise_0.25`` (m = 4, 4 steps, ε = 1, λ = 1 at σ = 0.25).
+  The repository gives no MNIST-family λ for σ = 0.5 and 1.0; the table uses the
+  CIFAR-10 values (1.0 and 2.0), marked in ``source``.
 - ``crt``: Ethos-lab/crt-neurips22 ``configs/cifar/xfer.yml`` (200 epochs, batch 128,
   lr 0.1, momentum 0.9, weight decay 1e-4, multistep at 50 % and 75 %).
 """
@@ -29,6 +37,7 @@ import torch
 __all__ = ["RECIPES", "Recipe", "estimator_class", "recipe", "recipe_params"]
 
 _SMOOTHMIX_REPO = "jh-jeong/smoothmix EXPERIMENTS.MD"
+_CATRS_REPO = "alinlab/smoothing-catrs EXPERIMENTS.MD, data/*/cat-rs/log.txt"
 _MNIST_SCHEDULE = dict(epochs=90, lr=0.01, milestones=(1 / 3, 2 / 3), loader_batch=256)
 
 
@@ -99,6 +108,12 @@ def _build_table() -> dict:
                    eta=5.0, mix_step=0, warmup=10),
         ):
             table[item.method, item.family, item.sigma] = item
+        table["catrs", "mnist", sigma] = Recipe(
+            "catrs", "mnist", sigma, epochs=150, lr=0.01, milestones=(1 / 3, 2 / 3),
+            loader_batch=256, chunks=4,
+            params=dict(num_noise=4, num_steps=4, epsilon=1.0, kl_weight=max(sigma * 2, 1.0)),
+            source=_CATRS_REPO + (" (λ = 1 from the MNIST-C command)" if sigma == 0.25 else
+                                  " (λ: the CIFAR-10 value; no MNIST-family value published)"))
         # CRT has no MNIST-family setting of its own: the student takes the SmoothMix
         # teacher's schedule (the same shape as every MNIST-family row).
         table["crt", "mnist", sigma] = _mnist("crt", sigma, transfer_weight=1.0)
@@ -108,6 +123,11 @@ def _build_table() -> dict:
             loader_batch=256, chunks=2,
             params=dict(num_noise=2, num_steps=4, step_size=step_size, eta=5.0, mix_step=0,
                         warmup=10))
+        table["catrs", "cifar10", sigma] = Recipe(
+            "catrs", "cifar10", sigma, epochs=150, lr=0.1, milestones=(1 / 3, 2 / 3),
+            loader_batch=256, chunks=4,
+            params=dict(num_noise=4, num_steps=4, epsilon=1.0, kl_weight=sigma * 2),
+            source=_CATRS_REPO)
         table["gaussian", "cifar10", sigma] = Recipe(
             "gaussian", "cifar10", sigma, epochs=90, lr=0.1, milestones=(1 / 3, 2 / 3),
             loader_batch=256, source="locuslab/smoothing code/train.py defaults")
@@ -174,7 +194,7 @@ def estimator_class(method: str):
         "gaussian": smoothsk.GaussianAugClassifier, "smoothmix": smoothsk.SmoothMixClassifier,
         "crt": smoothsk.CRTStudent, "smoothadv": smoothsk.SmoothAdvClassifier,
         "macer": smoothsk.MACERClassifier, "consistency": smoothsk.ConsistencyClassifier,
-        "stability": smoothsk.StabilityClassifier,
+        "stability": smoothsk.StabilityClassifier, "catrs": smoothsk.CATRSClassifier,
     }
     if method not in classes:
         raise ValueError(f"method must be one of {sorted(classes)}; got {method!r}.")

@@ -81,7 +81,7 @@ def test_train_certify_report_end_to_end(model, tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == ["run", "first", "second"]
 
 
-def test_train_every_method_and_crt_from_a_teacher(model, tmp_path):
+def test_train_every_method_crt_from_a_teacher_and_catrs_from_a_target(model, tmp_path):
     small = ["--dataset", "digits", "--epochs", "1", "--threads", "1", "--quiet",
              "--set", "module__hidden_units=(16,)", "--max-train", "200"]
     for method, extra in [("smoothmix", ["--num-steps", "1", "--eta", "2"]),
@@ -94,6 +94,11 @@ def test_train_every_method_and_crt_from_a_teacher(model, tmp_path):
     student = tmp_path / "student.pkl"
     result = run("train", "--method", "crt", "--teacher", model, *small, "--out", student)
     assert "CRTStudent (sigma=0.25)" in result.stdout  # σ taken from the teacher
+    catrs = tmp_path / "catrs.smoothsk"
+    result = run("train", "--method", "catrs", "--target-model", model, "--sigma", "0.5",
+                 "--num-steps", "1", "--num-noise", "2", "--target-draws", "50",
+                 "--kl-weight", "2", *small, "--out", catrs)
+    assert catrs.is_file() and "CATRSClassifier (sigma=0.5)" in result.stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -102,6 +107,8 @@ def test_train_every_method_and_crt_from_a_teacher(model, tmp_path):
     (["train", "--dataset", "digits", "--method", "gaussian", "--sigma", "-1", "--out", "x"],
      "must be a finite number > 0"),
     (["train", "--dataset", "digits", "--method", "crt", "--out", "x"], "needs --teacher"),
+    (["train", "--dataset", "digits", "--method", "gaussian", "--target-model", "m", "--out",
+      "x"], "--target-model only applies to --method catrs"),
     (["train", "--dataset", "digits", "--method", "gaussian", "--set", "bogus=1", "--out", "x"],
      "bogus"),
     (["train", "--dataset", "mnist", "--method", "gaussian", "--out", "x"], "needs root"),

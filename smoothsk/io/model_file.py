@@ -74,7 +74,7 @@ def _allowed_classes() -> dict[str, type]:
 
 
 # Parameters that are never saved: training-time objects, not part of the smoothed model.
-_NOT_SAVED = {"callbacks", "teacher"}
+_NOT_SAVED = {"callbacks", "teacher", "target_model"}
 
 
 def _encode(name: str, value, allowed_names: dict[type, str]):

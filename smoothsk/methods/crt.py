@@ -14,11 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
-from sklearn.frozen import FrozenEstimator
-from sklearn.utils.validation import check_is_fitted
 
-from smoothsk.base import SmoothedClassifier
+from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
 from smoothsk.certify import sampling
 from smoothsk.certify.sampling import first_field
 from smoothsk.methods.attacks import frozen
@@ -50,21 +47,6 @@ def crt_loss(
     if transfer_weight != 1.0:
         loss = loss + (1.0 - transfer_weight) * F.cross_entropy(student_logits, y)
     return loss
-
-
-def _unwrap(teacher):
-    """The smoothsk estimator inside a FrozenEstimator, or ``teacher`` itself."""
-    if isinstance(teacher, FrozenEstimator) and isinstance(teacher.estimator, SmoothedClassifier):
-        return teacher.estimator
-    return teacher
-
-
-def _is_fitted_estimator(estimator) -> bool:
-    try:
-        check_is_fitted(estimator, ["module_", "classes_fitted_"])
-    except NotFittedError:
-        return False
-    return True
 
 
 class _TeacherNetwork:
@@ -115,6 +97,8 @@ class CRTStudent(SmoothedClassifier):
     is cloned like any other parameter and fitted in each ``fit``.
     """
 
+    _read_only_params = ("teacher",)
+
     def __init__(
         self,
         module=None,
@@ -129,23 +113,6 @@ class CRTStudent(SmoothedClassifier):
         self.teacher = teacher
         self.transfer_weight = transfer_weight
         self.allow_sigma_mismatch = allow_sigma_mismatch
-
-    def __setattr__(self, name, value):
-        if name == "teacher":  # a parameter, not one of skorch's trainable components
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
-    def __sklearn_clone__(self):
-        params = self.get_params(deep=False)
-        teacher = params.pop("teacher")
-        inner = _unwrap(teacher)
-        keep = isinstance(teacher, torch.nn.Module) or inner is not teacher or (
-            isinstance(teacher, SmoothedClassifier) and _is_fitted_estimator(teacher)
-        )
-        params = {key: clone(value, safe=False) for key, value in params.items()}
-        params["teacher"] = teacher if keep else clone(teacher, safe=False)
-        return type(self)(**params)
 
     @property
     def noise_level_(self) -> float:
@@ -162,7 +129,7 @@ class CRTStudent(SmoothedClassifier):
 
     def _resolve_teacher(self, X, y):
         """Set ``teacher_``, ``teacher_network_`` and ``sigma_``; check compatibility."""
-        teacher = _unwrap(self.teacher)
+        teacher = unwrap_frozen(self.teacher)
         if teacher is None:
             raise ValueError("CRTStudent needs a teacher: a smoothsk estimator or a torch module.")
         if isinstance(teacher, torch.nn.Module):
@@ -174,7 +141,7 @@ class CRTStudent(SmoothedClassifier):
             teacher_sigma, teacher_classes = self.sigma, np.asarray(self.classes)
             teacher_shape = None
         elif isinstance(teacher, SmoothedClassifier):
-            if not _is_fitted_estimator(teacher):
+            if not is_fitted_estimator(teacher):
                 teacher = clone(teacher).fit(X, y)
             self.teacher_, self.teacher_network_ = teacher, _TeacherNetwork(teacher.module_)
             teacher_sigma, teacher_classes = teacher.noise_level_, teacher.classes_
