@@ -19,6 +19,7 @@ from smoothsk.methods.catrs import (
 )
 from smoothsk.methods.consistency import ConsistencyClassifier, consistency_loss
 from smoothsk.methods.crt import CRTStudent, crt_loss
+from smoothsk.methods.denoised import DenoisedSmoothingClassifier, denoiser_loss
 from smoothsk.methods.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
 from smoothsk.methods.macer import MACERClassifier, macer_loss
 from smoothsk.methods.smoothadv import SmoothAdvClassifier, smoothadv_loss
@@ -41,6 +42,7 @@ __all__ = [
     "ABSTAIN",
     "CATRSClassifier",
     "CRTStudent",
+    "DenoisedSmoothingClassifier",
     "ConsistencyClassifier",
     "MACERClassifier",
     "SmoothAdvClassifier",
@@ -70,6 +72,7 @@ __all__ = [
     "kl_pgd_noise_attack",
     "smoothed_targets",
     "crt_loss",
+    "denoiser_loss",
     "macer_loss",
     "smoothadv_loss",
     "empirical_robustness",

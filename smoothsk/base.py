@@ -49,6 +49,19 @@ def is_fitted_estimator(estimator) -> bool:
     return True
 
 
+def _is_fitted(estimator) -> bool:
+    """A fitted smoothsk estimator, or any other fitted scikit-learn estimator."""
+    if isinstance(estimator, SmoothedClassifier):
+        return is_fitted_estimator(estimator)
+    if not hasattr(estimator, "fit") or isinstance(estimator, type):
+        return False
+    try:
+        check_is_fitted(estimator)
+    except (NotFittedError, TypeError):
+        return False
+    return True
+
+
 def unwrap_frozen(estimator):
     """The smoothsk estimator inside a ``FrozenEstimator``, or ``estimator`` itself."""
     if isinstance(estimator, FrozenEstimator) and isinstance(estimator.estimator,
@@ -223,7 +236,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             inner = unwrap_frozen(value)
             keep = key in self._read_only_params and (
                 isinstance(value, torch.nn.Module) or inner is not value
-                or (isinstance(value, SmoothedClassifier) and is_fitted_estimator(value)))
+                or _is_fitted(value))
             params[key] = value if keep else clone(value, safe=False)
         return type(self)(**params)
 

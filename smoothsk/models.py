@@ -16,6 +16,8 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "CIFARResNet",
+    "DnCNN",
+    "MLPDenoiser",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageNetResNet50",
@@ -85,6 +87,56 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class DnCNN(nn.Module):
+    """DnCNN denoiser (Zhang et al. 2017) as in denoised smoothing's ``archs/dncnn.py``.
+
+    conv(width) → ReLU → ``depth − 2`` × [conv(width, no bias) → BatchNorm → ReLU] →
+    conv(channels, no bias), predicting the noise: ``D(x) = x − net(x)``.  Orthogonal
+    initialisation and a zero last layer (Salman et al.'s code), so an untrained
+    denoiser is the identity.  The published denoisers use ``depth=17, width=64``; the
+    defaults here (5, 32) train on a CPU.
+    """
+
+    def __init__(self, channels: int = 1, depth: int = 5, width: int = 32,
+                 kernel_size: int = 3):
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2; got {depth!r}.")
+        padding = kernel_size // 2
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, kernel_size, padding=padding),
+                                   nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, kernel_size, padding=padding, bias=False),
+                       nn.BatchNorm2d(width, eps=1e-4, momentum=0.95), nn.ReLU()]
+        layers.append(nn.Conv2d(width, channels, kernel_size, padding=padding, bias=False))
+        self.net = nn.Sequential(*layers)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.orthogonal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(layers[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.net(x)
+
+
+class MLPDenoiser(nn.Module):
+    """Residual MLP denoiser for flat inputs: ``D(x) = x − mlp(x)``, zero last layer
+    (the identity when untrained), the flat-input counterpart of :class:`DnCNN`."""
+
+    def __init__(self, in_features: int, hidden_units: Sequence[int] = (256, 256)):
+        super().__init__()
+        self.in_features = in_features
+        self.mlp = MLP(in_features, in_features, hidden_units)
+        last = self.mlp.layers[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mlp(x).view_as(x)
 
 
 class LeNet(nn.Module):

@@ -32,6 +32,7 @@ import torch
 from scipy.stats import norm
 
 from smoothsk.certify import bounds, sampling
+from smoothsk.certify.adapters import as_base_network
 from smoothsk.certify.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothsk.certify.sampling import STREAM_SELECTION, NoiseSampler, sample_counts
 
@@ -150,6 +151,7 @@ def certify_radius(
         (64 and 2 give K = 12 rounds up to n = 100,000; see docs/model_selection.md for
         the measured trade-off).
     """
+    module, _ = as_base_network(module)
     sigma = sampling.check_sigma(sigma)
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not (
         np.isfinite(radius) and radius >= 0

@@ -20,6 +20,7 @@ import torch
 from scipy.stats import binomtest, norm
 
 from smoothsk._version import __version__
+from smoothsk.certify.adapters import as_base_network
 from smoothsk.certify.bounds import check_alpha, lower_confidence_bound
 from smoothsk.certify.parallel import map_input_chunks
 from smoothsk.certify.sampling import (
@@ -210,10 +211,17 @@ def certify(
     pass; noise is drawn and added in fp32, and the guarantee is about the smoothed
     classifier of the network computed at that precision (docs/certification.md).
     ``progress`` is called with the number of inputs finished as they finish.
+
+    ``module`` may also be any fitted classifier: a skorch or smoothsk estimator (its
+    network), or a scikit-learn classifier or Pipeline, whose ``predict`` then votes on
+    batches of noisy inputs (:func:`smoothsk.certify.adapters.as_base_network`); the
+    certificate's ``classes`` are then the classifier's, so ``labels()`` and
+    ``is_correct(y)`` take labels.
     """
     n0 = check_positive_int(n0, "n0")
     n = check_positive_int(n, "n")
     alpha = check_alpha(alpha)
+    module, classes = as_base_network(module)
     if n_jobs not in (None, 1):
         parts = map_input_chunks(
             _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
@@ -221,10 +229,14 @@ def certify(
             index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
             precision=precision, progress=progress,
         )
-        return Certificate.concatenate(parts)
-    return _certify_serial(module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                           random_state=random_state, index_offset=index_offset,
-                           precision=precision, progress=progress)
+        certificate = Certificate.concatenate(parts)
+    else:
+        certificate = _certify_serial(
+            module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+            random_state=random_state, index_offset=index_offset, precision=precision,
+            progress=progress)
+    certificate.classes = classes
+    return certificate
 
 
 def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from smoothsk.certify.adapters import as_base_network
+
 NOISE_BLOCK = 1024
 STREAM_SELECTION, STREAM_ESTIMATION, STREAM_PREDICTION = 0, 1, 2
 
@@ -273,6 +275,7 @@ def chunk_indices(index_offset, seen: int, size: int):
 def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
                   precision="fp32", progress=None):
     """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C)."""
+    module, _ = as_base_network(module)
     sigma = check_sigma(sigma)
     batch_size = check_positive_int(batch_size, "batch_size")
     index_offset = check_index_offset(index_offset)
@@ -323,8 +326,9 @@ def class_counts(
 
     Parameters
     ----------
-    module : torch.nn.Module
-        Base network returning logits of shape ``(batch, n_classes)``.
+    module : torch.nn.Module or fitted classifier
+        Base network returning logits of shape ``(batch, n_classes)``, or any fitted
+        classifier (:func:`smoothsk.certify.adapters.as_base_network`).
     X : array, tensor, Dataset or DataLoader
         Inputs of shape ``(N, ...)``; Dataset items may be ``(x, y)`` pairs.
     sigma : float > 0

@@ -138,6 +138,13 @@ def save_model(estimator, path) -> None:
     allowed_names = {cls: name for name, cls in allowed.items()}
     if type(estimator) not in allowed_names:
         raise ValueError(f"{type(estimator).__name__} is not a smoothsk estimator.")
+    if getattr(estimator, "classifier", None) is not None:
+        raise ValueError(
+            f"{type(estimator).__name__} smooths the classifier you passed, which the safe "
+            "format cannot store (it may be any scikit-learn object). Save it with "
+            "joblib.dump and load it with smoothsk.io.model_file.load_model(path, "
+            "trusted=True) (CLI: --trust-pickle), from a source you trust."
+        )
     params = {name: _encode(name, value, allowed_names)
               for name, value in estimator.get_params(deep=False).items()
               if name not in _NOT_SAVED}

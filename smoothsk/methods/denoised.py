@@ -1,0 +1,250 @@
+"""Denoised smoothing (Salman, Sun, Yang, Kapoor & Kolter, NeurIPS 2020).
+
+"Denoised Smoothing: A Provable Defense for Pretrained Classifiers".  A classifier
+trained on clean data collapses under Gaussian noise; instead of retraining it, train
+only a denoiser ``D`` in front of it and smooth ``f ∘ D``.  The classifier is never
+modified.  Transcribed from the authors' ``code/train_denoiser.py``
+(microsoft/denoised-smoothing).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
+from smoothsk.certify.adapters import SklearnClassifierNetwork, as_base_network
+from smoothsk.methods.attacks import frozen
+from smoothsk.models import DnCNN, MLPDenoiser
+
+__all__ = ["DenoisedNetwork", "DenoisedSmoothingClassifier", "denoiser_loss"]
+
+OBJECTIVES = ("mse", "stability", "classification", "mse+stability")
+_NEEDS_GRADIENTS = ("stability", "classification", "mse+stability")
+
+
+def denoiser_loss(
+    denoiser: torch.nn.Module,
+    classifier: torch.nn.Module | None,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sigma: float,
+    *,
+    objective: str = "mse",
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The denoiser's training loss on one batch (``train_denoiser.py``'s ``train``).
+
+    With one ``δ ~ N(0, σ² I)`` per example:
+
+    - ``"mse"`` (the authors' "denoising"): ``mean ‖D(x + δ) − x‖² / d`` (``MSELoss``);
+    - ``"classification"``: ``CE(f(D(x + δ)), y)``;
+    - ``"stability"``: ``CE(f(D(x + δ)), argmax f(x))``, the classifier's own clean
+      prediction as the label (computed without gradients).
+
+    ``classifier`` runs frozen (eval mode, no parameter gradients); gradients reach the
+    denoiser through it.  ``"mse"`` needs no classifier.
+    """
+    if objective not in OBJECTIVES[:3]:
+        raise ValueError(f"objective must be one of {OBJECTIVES[:3]}; got {objective!r}.")
+    noisy = X + (sigma * torch.randn_like(X) if noise is None else noise)
+    denoised = denoiser(noisy)
+    if objective == "mse":
+        return F.mse_loss(denoised, X)
+    with frozen(classifier):
+        if objective == "stability":
+            with torch.no_grad():
+                y = classifier(X).argmax(dim=1)
+        return F.cross_entropy(classifier(denoised), y)
+
+
+class DenoisedNetwork(torch.nn.Module):
+    """``f ∘ D``: the base network that is smoothed; the classifier stays in eval mode."""
+
+    def __init__(self, denoiser: torch.nn.Module, classifier: torch.nn.Module):
+        super().__init__()
+        self.denoiser = denoiser
+        self.classifier = classifier
+        self.classifier.requires_grad_(False)
+        self.classifier.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.classifier.eval()  # a frozen classifier: BatchNorm statistics never move
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.denoiser(x))
+
+
+def _torch_network(model):
+    """A torch network with gradients for ``model``, or None for a gradient-free one."""
+    network, _ = as_base_network(unwrap_frozen(model))
+    return None if isinstance(network, SklearnClassifierNetwork) else network
+
+
+class DenoisedSmoothingClassifier(SmoothedClassifier):
+    """Smoothed ``f ∘ D`` for a classifier ``f`` you already have; only ``D`` is trained.
+
+    ``fit`` trains the denoiser (the skorch ``module``); ``predict``, ``certify``, the
+    scorers and everything else work on the smoothed ``f ∘ D`` as for every smoothsk
+    estimator.
+
+    Parameters
+    ----------
+    classifier : fitted classifier or torch.nn.Module
+        The frozen ``f``: a fitted scikit-learn classifier or Pipeline (gradient-free:
+        votes with its ``predict``), a fitted skorch or smoothsk estimator, a
+        ``FrozenEstimator`` of one, or a trained torch module returning logits (then give
+        ``classes``).  Never modified; ``clone`` keeps it by reference.
+    module : torch.nn.Module class or instance, or None
+        The denoiser ``D``.  None: :class:`~smoothsk.models.DnCNN` for image-shaped inputs
+        (``module__depth``, ``module__width``), :class:`~smoothsk.models.MLPDenoiser` for
+        flat ones (``module__hidden_units``).  Both start as the identity.
+    objective : {"mse", "stability", "classification", "mse+stability"}, default="mse"
+        The authors' objectives (:func:`denoiser_loss`).  ``"mse+stability"`` is the
+        paper's best: MSE for the first ``mse_epochs`` epochs, then stability.  All but
+        ``"mse"`` need gradients through ``f``: a torch classifier, or a ``surrogate``.
+    surrogate : fitted skorch/smoothsk estimator or torch.nn.Module, optional
+        Stands in for a gradient-free ``f`` in the loss (the paper's query-access
+        setting); certification always uses ``classifier``.
+    mse_epochs : int or None, default=None
+        Epochs of MSE before stability for ``"mse+stability"``; None is half of
+        ``max_epochs``.
+    **kwargs
+        Everything :class:`~smoothsk.base.SmoothedClassifier` takes (σ, ``classes``, ...).
+
+    Notes
+    -----
+    The authors train with Adam, lr 1e-3 (``train_denoiser.py`` defaults), the base's
+    default optimiser here.  Each step costs one denoiser forward-backward (plus a
+    classifier forward-backward for the objectives through ``f``), against the
+    ``m``-fold passes of training a robust classifier.
+    """
+
+    _read_only_params = ("classifier", "surrogate")
+
+    def __init__(
+        self,
+        classifier=None,
+        module=None,
+        *,
+        objective: str = "mse",
+        surrogate=None,
+        mse_epochs: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(module, **kwargs)
+        self.classifier = classifier
+        self.objective = objective
+        self.surrogate = surrogate
+        self.mse_epochs = mse_epochs
+
+    # ------------------------------------------------------------------ set-up
+    def _check_smoothing_params(self):
+        super()._check_smoothing_params()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}.")
+        if self.mse_epochs is not None and (
+            isinstance(self.mse_epochs, bool) or not isinstance(self.mse_epochs, int)
+            or self.mse_epochs < 0
+        ):
+            raise ValueError(f"mse_epochs must be None or an int >= 0; got {self.mse_epochs!r}.")
+
+    def _resolve_classifier(self):
+        """Set ``classifier_network_``, ``gradient_network_`` and ``classifier_classes_``."""
+        if self.classifier is None:
+            raise ValueError("DenoisedSmoothingClassifier needs classifier=... (a fitted "
+                             "classifier or a trained torch module).")
+        inner = unwrap_frozen(self.classifier)
+        if isinstance(inner, SmoothedClassifier) and not is_fitted_estimator(inner):
+            raise ValueError("classifier is not fitted; fit it first (it is never trained "
+                             "here).")
+        try:
+            network, classes = as_base_network(inner)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"classifier cannot be used: {exc}") from exc
+        if classes is None:
+            if self.classes is None or not len(self.classes):
+                raise ValueError("A torch.nn.Module classifier needs classes=[...] (its "
+                                 "labels, in the order of its logits).")
+            classes = np.asarray(self.classes)
+        # never share the caller's network: eval mode and the device are set on a copy
+        # object.__setattr__: skorch must not register these as trainable modules
+        object.__setattr__(self, "classifier_network_", copy.deepcopy(network).to(self.device))
+        self.classifier_classes_ = np.asarray(classes)
+        gradients = None if isinstance(network, SklearnClassifierNetwork) \
+            else self.classifier_network_
+        if self.surrogate is not None:
+            surrogate = _torch_network(self.surrogate)
+            if surrogate is None:
+                raise ValueError("surrogate must be a torch module or a fitted skorch/smoothsk "
+                                 "estimator (it needs gradients).")
+            gradients = copy.deepcopy(surrogate).to(self.device)
+        if gradients is None and self.objective in _NEEDS_GRADIENTS:
+            raise ValueError(
+                f"objective={self.objective!r} needs gradients through the classifier, but "
+                f"{type(inner).__name__} has none; use objective='mse', or give a torch "
+                "surrogate=... (a network trained to imitate it)."
+            )
+        object.__setattr__(self, "gradient_network_", gradients)
+
+    def fit(self, X, y=None, **fit_params):
+        """Train the denoiser in front of the frozen classifier."""
+        self._check_smoothing_params()
+        self._resolve_classifier()
+        if y is not None:
+            unknown = sorted(set(np.unique(np.asarray(y)).tolist())
+                             - set(self.classifier_classes_.tolist()))
+            if unknown:
+                raise ValueError(
+                    f"y has labels the classifier does not know: {unknown}; its classes are "
+                    f"{self.classifier_classes_.tolist()}."
+                )
+        return super().fit(X, y, **fit_params)
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        if not hasattr(self, "classifier_network_"):
+            self._check_smoothing_params()
+            self._resolve_classifier()
+        return super().partial_fit(X, y, classes=classes, **fit_params)
+
+    def _classes_for_fit(self):
+        return self.classifier_classes_
+
+    def initialize_module(self):
+        if self.module is not None:
+            denoiser = self.initialized_instance(self.module, self.get_params_for("module"))
+        elif not hasattr(self, "input_shape_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("The default denoiser is built in fit, from the data's shape.")
+        elif len(self.input_shape_) == 3:
+            denoiser = DnCNN(channels=self.input_shape_[0], **self.get_params_for("module"))
+        else:
+            denoiser = MLPDenoiser(int(np.prod(self.input_shape_)),
+                                   **self.get_params_for("module"))
+        self.module_ = DenoisedNetwork(denoiser.to(self.device), self.classifier_network_)
+        if self.channels_last:
+            self.module_ = self.module_.to(memory_format=torch.channels_last)
+        return self
+
+    def get_all_learnable_params(self):
+        # Only the denoiser learns: the classifier's weights never reach the optimiser.
+        yield from self.module_.denoiser.named_parameters()
+
+    # ------------------------------------------------------------------ training
+    @property
+    def current_objective_(self) -> str:
+        """The objective of the current epoch (``"mse+stability"`` switches)."""
+        if self.objective != "mse+stability":
+            return self.objective
+        switch = self.max_epochs // 2 if self.mse_epochs is None else self.mse_epochs
+        return "mse" if self.epoch_index_ < switch else "stability"
+
+    def training_loss(self, X, y):
+        return denoiser_loss(self.module_.denoiser, self.gradient_network_, X, y,
+                             self.noise_level_, objective=self.current_objective_)
