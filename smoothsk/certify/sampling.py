@@ -10,6 +10,8 @@ rely on this.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import numbers
 from collections.abc import Iterator
 
@@ -20,6 +22,29 @@ from sklearn.utils import check_random_state
 from smoothsk.certify.adapters import as_base_network
 
 NOISE_BLOCK = 1024
+
+
+def _load_malloc_trim():
+    """glibc's ``malloc_trim``, or None elsewhere (musl, macOS, Windows)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim(0)``; else nothing).
+
+    CPU convolutions (oneDNN) interleave large transient buffers with small long-lived
+    ones; glibc then keeps the freed space, and a long call's resident memory grows with
+    every input (measured: +0.6 GB per 1,000 LeNet inputs at 200 draws each, 23 GB over
+    60,000).  Trimming after each chunk keeps it flat for about 3 % more time.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 STREAM_SELECTION, STREAM_ESTIMATION, STREAM_PREDICTION = 0, 1, 2
 
 
@@ -294,6 +319,7 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
                 first = chunk_indices(index_offset, seen, len(chunk))
                 out.append(sampler.counts(chunk, first, num).cpu().numpy())
             seen += len(chunk)
+            release_free_memory()
             if progress is not None:
                 progress(len(chunk))
     if seen == 0:
