@@ -19,7 +19,11 @@ from smoothsk.methods.catrs import (
 )
 from smoothsk.methods.consistency import ConsistencyClassifier, consistency_loss
 from smoothsk.methods.crt import CRTStudent, crt_loss
-from smoothsk.methods.denoised import DenoisedSmoothingClassifier, denoiser_loss
+from smoothsk.methods.denoised import (
+    DenoisedSmoothingClassifier,
+    PretrainedSmoothingClassifier,
+    denoiser_loss,
+)
 from smoothsk.methods.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
 from smoothsk.methods.macer import MACERClassifier, macer_loss
 from smoothsk.methods.smoothadv import SmoothAdvClassifier, smoothadv_loss
@@ -43,6 +47,7 @@ __all__ = [
     "CATRSClassifier",
     "CRTStudent",
     "DenoisedSmoothingClassifier",
+    "PretrainedSmoothingClassifier",
     "ConsistencyClassifier",
     "MACERClassifier",
     "SmoothAdvClassifier",

@@ -14,12 +14,22 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier
 
-from smoothsk import DenoisedSmoothingClassifier, certify, class_counts, denoiser_loss
+from smoothsk import (
+    DenoisedSmoothingClassifier,
+    GaussianAugClassifier,
+    PretrainedSmoothingClassifier,
+    certified_accuracy_scorer,
+    certify,
+    class_counts,
+    denoiser_loss,
+)
 from smoothsk.certify.adapters import SklearnClassifierNetwork, as_base_network
-from smoothsk.io.model_file import save_model
+from smoothsk.io.model_file import load_model, save_model
 from smoothsk.models import MLP, DnCNN, MLPDenoiser
+from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +209,69 @@ def test_the_safe_model_file_refuses_with_what_to_do(split, sk_mlp, tmp_path):
     clf = DenoisedSmoothingClassifier(sk_mlp, max_epochs=1, n_predict=20).fit(X[:100], y[:100])
     with pytest.raises(ValueError, match="joblib.dump"):
         save_model(clf, tmp_path / "m.smoothsk")
+    assert not (tmp_path / "m.smoothsk").exists()
+
+
+@pytest.fixture(scope="module")
+def smoothsk_classifier(split):
+    X, y, _, _ = split
+    return GaussianAugClassifier(sigma=0.5, max_epochs=3, random_state=0).fit(X, y)
+
+
+@pytest.mark.parametrize("make", [
+    lambda f: PretrainedSmoothingClassifier(f, sigma=0.25),
+    lambda f: DenoisedSmoothingClassifier(f, objective="stability", max_epochs=2, sigma=0.5),
+])
+def test_smoothsk_classifiers_go_in_the_safe_model_file(split, smoothsk_classifier, make,
+                                                        tmp_path):
+    X, y, Xt, _ = split
+    clf = make(smoothsk_classifier).set_params(n_predict=50, random_state=0).fit(X[:300], y[:300])
+    save_model(clf, tmp_path / "m.smoothsk")
+    again = load_model(tmp_path / "m.smoothsk")
+    assert type(again) is type(clf) and again.prefit
+    assert type(again.classifier) is GaussianAugClassifier
+    np.testing.assert_array_equal(again.predict(Xt[:40]), clf.predict(Xt[:40]))
+    first, second = (m.certify(Xt[:5], n=200) for m in (clf, again))
+    np.testing.assert_array_equal(first.radius, second.radius)
+    # the denoiser's weights and the classifier's both came back
+    for name, tensor in clf.module_.state_dict().items():
+        torch.testing.assert_close(again.module_.state_dict()[name], tensor)
+
+
+# ------------------------------------------------------------- bare smoothing
+def test_pretrained_smoothing_equals_certifying_the_classifier(split, sk_mlp):
+    X, y, Xt, yt = split
+    clf = PretrainedSmoothingClassifier(sk_mlp, sigma=0.25, n0=50, n=500, random_state=0)
+    clf.fit(X[:100], y[:100])
+    assert clf.classifier_ is sk_mlp and list(clf.classes_) == list(sk_mlp.classes_)
+    ours = clf.certify(Xt[:30])
+    direct = certify(sk_mlp, Xt[:30], 0.25, n0=50, n=500, random_state=0)
+    np.testing.assert_array_equal(ours.counts, direct.counts)
+    np.testing.assert_array_equal(ours.radius, direct.radius)
+    # the scorer sees an ordinary smoothsk estimator
+    scorer = certified_accuracy_scorer(0.25, adaptive=False)
+    assert scorer(clf, Xt[:30], yt[:30]) == pytest.approx(
+        np.mean(ours.is_correct(yt[:30]) & (ours.radius >= 0.25)))
+    assert clf.partial_fit(Xt[:10], yt[:10]) is clf and clf.classifier_ is sk_mlp
+
+
+def test_grid_search_over_sigma_and_the_classifiers_parameters(split):
+    X, y, _, _ = split
+    logistic = LogisticRegression(max_iter=300)
+    search = GridSearchCV(
+        PretrainedSmoothingClassifier(logistic, prefit=False, n=300, random_state=0),
+        {"sigma": [0.1, 0.5], "classifier__C": [0.01, 1.0]},
+        scoring=certified_accuracy_scorer(0.1), cv=2,
+    ).fit(X[:400], y[:400])
+    assert search.best_params_ == {"classifier__C": 1.0, "sigma": 0.1}
+    assert not hasattr(logistic, "coef_") and logistic.C == 1.0  # the given one untouched
+    assert search.best_estimator_.classifier_.C == 1.0
+    with pytest.raises(ValueError, match="prefit=False"):
+        PretrainedSmoothingClassifier(logistic).set_params(classifier__C=2.0)
+    with pytest.raises(ValueError, match="prefit=False"):
+        PretrainedSmoothingClassifier(LogisticRegression()).fit(X[:50], y[:50])
+    with pytest.raises(ValueError, match="trains no network"):
+        PretrainedSmoothingClassifier(logistic, module=MLP, prefit=False).fit(X[:50], y[:50])
 
 
 @pytest.mark.parametrize("make, match", [
@@ -234,3 +307,16 @@ def test_denoised_logits_flow_to_the_denoiser_only(torch_net):
     assert learnable and all(not name.startswith("classifier") for name in learnable)
     logits = clf.module_(torch.rand(4, 64))
     assert logits.shape == (4, 10) and F.softmax(logits, 1).sum().item() == pytest.approx(4)
+
+
+# ------------------------------------------------------------ scikit-learn's checks
+@parametrize_with_checks(
+    [PretrainedSmoothingClassifier(LogisticRegression(max_iter=200), prefit=False,
+                                   **tiny_estimator_params(module__hidden_units=None)),
+     DenoisedSmoothingClassifier(LogisticRegression(max_iter=200), prefit=False,
+                                 **tiny_estimator_params(module__hidden_units=(16,)))],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    # prefit=False: the checks fit on data of their own, which no fixed classifier knows
+    check(estimator)

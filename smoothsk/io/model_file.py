@@ -74,7 +74,7 @@ def _allowed_classes() -> dict[str, type]:
 
 
 # Parameters that are never saved: training-time objects, not part of the smoothed model.
-_NOT_SAVED = {"callbacks", "teacher", "target_model"}
+_NOT_SAVED = {"callbacks", "teacher", "target_model", "surrogate"}
 
 
 def _encode(name: str, value, allowed_names: dict[type, str]):
@@ -125,29 +125,47 @@ def _fitted_attributes(estimator) -> dict:
 def save_model(estimator, path) -> None:
     """Save a fitted smoothsk estimator in the safe format, atomically.
 
-    Stored: the network's weights, the estimator's class and parameters (callbacks and
-    a CRT teacher are training-time objects and are not stored), ``classes_``,
-    ``input_shape_``, ``training_info_`` and the library version.
+    Stored: the network's weights, the estimator's class and parameters (callbacks, a
+    CRT teacher, a CAT-RS target model and a denoiser's surrogate are training-time
+    objects and are not stored), ``classes_``, ``input_shape_``, ``training_info_`` and
+    the library version.  The classifier that a
+    :class:`~smoothsk.PretrainedSmoothingClassifier` or
+    :class:`~smoothsk.DenoisedSmoothingClassifier` smooths is stored the same way, nested,
+    when it is a smoothsk estimator; any other classifier (scikit-learn, skorch, a bare
+    torch module) cannot be stored without pickle and is refused with what to do.
     """
-    import smoothsk
     from smoothsk.io.runs import _atomic_write
+
+    archive = _archive(estimator, _allowed_classes())
+    _atomic_write(Path(path), lambda stream: torch.save(archive, stream))
+
+
+def _archive(estimator, allowed: dict[str, type]) -> dict:
+    """``{"document": json, "state_dict": tensors[, "models": {name: archive}]}``."""
+    import smoothsk
+    from smoothsk.base import unwrap_frozen
 
     if not hasattr(estimator, "module_"):
         raise ValueError(f"{type(estimator).__name__} is not fitted; fit it before saving.")
-    allowed = _allowed_classes()
     allowed_names = {cls: name for name, cls in allowed.items()}
     if type(estimator) not in allowed_names:
         raise ValueError(f"{type(estimator).__name__} is not a smoothsk estimator.")
-    if getattr(estimator, "classifier", None) is not None:
-        raise ValueError(
-            f"{type(estimator).__name__} smooths the classifier you passed, which the safe "
-            "format cannot store (it may be any scikit-learn object). Save it with "
-            "joblib.dump and load it with smoothsk.io.model_file.load_model(path, "
-            "trusted=True) (CLI: --trust-pickle), from a source you trust."
-        )
     params = {name: _encode(name, value, allowed_names)
               for name, value in estimator.get_params(deep=False).items()
-              if name not in _NOT_SAVED}
+              if name not in _NOT_SAVED | {"classifier"}}
+    models = {}
+    if hasattr(estimator, "classifier_"):  # the smoothed classifier, stored nested
+        inner = unwrap_frozen(estimator.classifier_)
+        if type(inner) not in allowed_names:
+            raise ValueError(
+                f"{type(estimator).__name__} smooths a {type(inner).__name__}, which the safe "
+                "format cannot store (only smoothsk estimators can be). Save it with "
+                "joblib.dump and load it with smoothsk.io.model_file.load_model(path, "
+                "trusted=True) (CLI: --trust-pickle), from a source you trust."
+            )
+        models["classifier"] = _archive(inner, allowed)
+        params["classifier"] = {"model": "classifier"}
+        params["prefit"] = True  # the stored classifier is the fitted one
     info = getattr(estimator, "training_info_", None)
     document = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
@@ -159,7 +177,9 @@ def save_model(estimator, path) -> None:
     state = {name: tensor.detach().cpu().contiguous()
              for name, tensor in estimator.module_.state_dict().items()}
     archive = {"document": json.dumps(document), "state_dict": state}
-    _atomic_write(Path(path), lambda stream: torch.save(archive, stream))
+    if models:
+        archive["models"] = models
+    return archive
 
 
 def _read_archive(path: Path) -> dict:
@@ -207,7 +227,12 @@ def load_model(path, *, trusted: bool = False):
             "trust its origin, load it with load_model(path, trusted=True) (CLI: "
             "--trust-pickle) and save it again with save_model."
         )
-    archive = _read_archive(path)
+    return _load_archive(_read_archive(path), path)
+
+
+def _load_archive(archive, path: Path):
+    if not isinstance(archive, dict) or not isinstance(archive.get("document"), str):
+        raise ValueError(f"{path} is not a smoothsk model file.")
     try:
         document = json.loads(archive["document"])
     except (TypeError, ValueError) as exc:
@@ -220,14 +245,25 @@ def load_model(path, *, trusted: bool = False):
             f"{document.get('smoothsk_version')!r}); this smoothsk reads version "
             f"{FORMAT_VERSION}. Load it with the smoothsk version that wrote it, or retrain."
         )
-    return _rebuild(document, archive["state_dict"], path)
+    models = archive.get("models", {})
+    if not isinstance(models, dict):
+        raise ValueError(f"{path} has a corrupt list of nested models.")
+    return _rebuild(document, archive.get("state_dict"), models, path)
 
 
-def _rebuild(document: dict, state: dict, path: Path):
+def _rebuild(document: dict, state: dict, models: dict, path: Path):
     allowed = _allowed_classes()
-    cls = _decode({"class": document["estimator"]}, allowed)
-    params = {name: _decode(value, allowed) for name, value in document["params"].items()}
-    fitted = document["fitted"]
+    try:
+        cls = _decode({"class": document["estimator"]}, allowed)
+        params = {name: _decode(value, allowed) for name, value in document["params"].items()}
+        fitted = document["fitted"]
+        for name, value in params.items():  # a nested model: {"model": key in models}
+            if isinstance(value, dict) and set(value) == {"model"}:
+                if value["model"] not in models:
+                    raise KeyError(f"nested model {value['model']!r}")
+                params[name] = _load_archive(models[value["model"]], path)
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{path} does not describe a loadable estimator ({exc}).") from exc
     try:
         estimator = cls(**params)
         estimator.classes_fitted_ = np.asarray(_decode(fitted["classes"], allowed))
