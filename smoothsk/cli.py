@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["build_parser", "main"]
 
 METHODS = ("gaussian", "smoothmix", "crt", "smoothadv", "macer", "consistency", "stability",
-           "catrs")
+           "catrs", "denoised")
 MODELS = ("auto", "mlp", "lenet", "resnet20", "resnet110", "resnet50")
 _DATA_SHAPES = {"digits": (10, None), "fashion-mnist": (10, 28), "mnist": (10, 28),
                 "cifar10": (10, 32), "imagenet": (1000, 224)}
@@ -135,10 +135,12 @@ def _check_scheduler(address):
 
 
 # --------------------------------------------------------------------------- data
-def _load(args, split: str):
+def _load(args, split: str, flat: bool | None = None):
+    """``(X, y)`` of ``--dataset``; flat vectors for an MLP (or when ``flat`` says so)."""
     from smoothsk.datasets import load_dataset
 
-    flat = _resolve_model(args.dataset, getattr(args, "model", "auto")) == "mlp"
+    if flat is None:
+        flat = _resolve_model(args.dataset, getattr(args, "model", "auto")) == "mlp"
     try:
         X, y = load_dataset(args.dataset, split=split, root=args.root, flat=flat)
     except (FileNotFoundError, ValueError) as exc:
@@ -177,7 +179,8 @@ def _module(dataset: str, model: str):
 _METHOD_OPTIONS = ("num_noise", "num_steps", "step_size", "eta", "mix_step", "attack_radius",
                    "epsilon", "warmup", "transfer_weight", "consistency_weight",
                    "entropy_weight", "stability_weight", "robustness_weight", "margin",
-                   "inverse_temperature", "kl_weight", "target_draws", "target_sigma")
+                   "inverse_temperature", "kl_weight", "target_draws", "target_sigma",
+                   "objective", "mse_epochs")
 
 
 def _with_epoch_progress(clf, bar, lr_step=None):
@@ -267,6 +270,21 @@ def build_estimator(args, dataset_train_size: int | None = None):
             raise CommandError(f"cannot use --teacher: {exc}") from exc
     elif args.teacher is not None:
         raise CommandError("--teacher only applies to --method crt.")
+    if args.method == "denoised":
+        if args.classifier is None:
+            raise CommandError("--method denoised needs --classifier MODEL (the trained "
+                               "classifier to put the denoiser in front of).")
+        if args.model != "auto":
+            raise CommandError(
+                "--model names a classifier's network; --method denoised trains a denoiser "
+                "(DnCNN for images, an MLP for flat inputs): size it with --set "
+                "module__depth=17 --set module__width=64.")
+        params["classifier"] = _classifier_arg(args)
+        params.update(module=None)
+        for name in module_params:
+            params.pop(name, None)
+    elif args.classifier is not None:
+        raise CommandError("--classifier only applies to --method denoised.")
     if args.target_model is not None:
         if args.method != "catrs":
             raise CommandError("--target-model only applies to --method catrs.")
@@ -286,15 +304,59 @@ def build_estimator(args, dataset_train_size: int | None = None):
     return clf
 
 
+def _classifier_arg(args):
+    """The classifier ``--classifier`` names (loaded once per command)."""
+    from smoothsk.io.model_file import load_classifier
+
+    if getattr(args, "_classifier", None) is None:
+        try:
+            args._classifier = load_classifier(args.classifier, trusted=args.trust_pickle)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CommandError(f"cannot use --classifier: {exc}") from exc
+    return args._classifier
+
+
+def _classifier_takes_flat_inputs(args) -> bool | None:
+    """For ``--method denoised``: whether the classifier takes flat inputs (a smoothsk
+    model trained on them, or any scikit-learn classifier); None for other methods."""
+    from smoothsk.base import SmoothedClassifier, unwrap_frozen
+
+    if args.method != "denoised" or args.classifier is None:
+        return None
+    inner = unwrap_frozen(_classifier_arg(args))
+    if isinstance(inner, SmoothedClassifier):
+        return len(inner.input_shape_) == 1
+    return getattr(inner, "n_features_in_", None) is not None
+
+
+def _save_trained(clf, args) -> str:
+    """Save in the safe format; a classifier only pickle can store (one the user loaded
+    from a trusted pickle) makes it a joblib file.  Returns a note for the summary."""
+    import joblib
+
+    from smoothsk.io.runs import _atomic_write, save_model
+
+    try:
+        save_model(clf, args.out)
+        return ""
+    except ValueError:
+        if not (args.method == "denoised" and args.trust_pickle):
+            raise
+    _atomic_write(Path(args.out), lambda stream: joblib.dump(clf, stream))
+    return (" as a joblib pickle (its scikit-learn classifier cannot be stored otherwise; "
+            "certify it with --trust-pickle)")
+
+
 def run_train(args) -> int:
     from smoothsk.certify.sampling import take_rows
     from smoothsk.io.checkpoint import TrainingCheckpoint
-    from smoothsk.io.runs import RunLockedError, exclusive_run, save_model
+    from smoothsk.io.runs import RunLockedError, exclusive_run
 
     _set_threads(args)
     _check_device(args)
     _check_writable(args.out)
-    X, y = _load(args, "train")
+    flat = _classifier_takes_flat_inputs(args)
+    X, y = _load(args, "train", flat=flat)
     if args.max_train is not None:
         X = take_rows(X, slice(args.max_train))
         y = y[: args.max_train] if y is not None else None
@@ -315,11 +377,12 @@ def run_train(args) -> int:
             seconds = time.perf_counter() - start
             _without_progress(clf)
             clf.training_info_ = {"dataset": args.dataset, "method": args.method,
-                                  "model": _resolve_model(args.dataset, args.model),
+                                  "model": "mlp" if flat else
+                                  _resolve_model(args.dataset, args.model),
                                   "epochs": epochs, "seconds": seconds, "recipe": args.recipe,
                                   "final_lr": clf.optimizer_.param_groups[0]["lr"],
                                   "train_size": len(y) if y is not None else len(X)}
-            save_model(clf, args.out)
+            note = _save_trained(clf, args)
             checkpoint.unlink(missing_ok=True)
     except (ValueError, RunLockedError) as exc:
         raise CommandError(str(exc)) from exc
@@ -327,30 +390,38 @@ def run_train(args) -> int:
         bar.close()
     loss = clf.history[-1, "train_loss"]
     print(f"trained {type(clf).__name__} (sigma={clf.noise_level_:g}) on {args.dataset} for "
-          f"{epochs} epochs in {seconds:.1f} s (final loss {loss:.4f}); saved {args.out}")
+          f"{epochs} epochs in {seconds:.1f} s (final loss {loss:.4f}); saved {args.out}{note}")
     return 0
 
 
 # --------------------------------------------------------------------------- certify
 def run_certify(args) -> int:
+    from smoothsk import PretrainedSmoothingClassifier, SmoothedClassifier
     from smoothsk.certify.sampling import check_precision, take_rows
-    from smoothsk.io.runs import (
-        RunLockedError,
-        RunMismatchError,
-        _file_digest,
-        certify_to_tsv,
-        load_model,
-    )
+    from smoothsk.io.model_file import load_classifier
+    from smoothsk.io.runs import RunLockedError, RunMismatchError, _file_digest, certify_to_tsv
 
     _set_threads(args)
     _check_device(args)
     _check_scheduler(args.scheduler)
     _check_writable(args.out)
     try:
-        clf = load_model(args.model_file, trusted=args.trust_pickle)
+        clf = load_classifier(args.model_file, trusted=args.trust_pickle)
     except (FileNotFoundError, ValueError) as exc:
         raise CommandError(f"cannot load model: {exc}") from exc
-    if args.device != "cpu" or str(clf.device) != "cpu":
+    plain = not isinstance(clf, SmoothedClassifier)
+    if plain:  # any fitted classifier: certify its smoothed classifier at --sigma
+        if args.sigma is None:
+            raise CommandError(
+                f"{args.model_file} holds a {type(clf).__name__}, not a smoothed model; give "
+                "--sigma to certify its smoothed classifier at that noise level.")
+        clf = PretrainedSmoothingClassifier(clf, sigma=args.sigma, random_state=args.seed,
+                                            device=args.device)
+    elif args.sigma is not None:
+        raise CommandError(
+            f"--sigma applies to a plain classifier; a smoothsk model keeps the sigma it was "
+            f"trained with ({clf.noise_level_:g}).")
+    elif args.device != "cpu" or str(clf.device) != "cpu":
         clf.module_.to(args.device)
         clf.device = args.device
     if args.precision is not None:
@@ -360,7 +431,9 @@ def run_certify(args) -> int:
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
     args.model = getattr(clf, "training_info_", {}).get("model", "auto")
-    X, y = _load(args, args.split)
+    # scikit-learn classifiers take flat inputs
+    flat = True if plain and hasattr(clf.classifier, "n_features_in_") else None
+    X, y = _load(args, args.split, flat=flat)
     total = len(X)
     indices = np.arange(0, total, args.skip)[: args.max]
     if y is None:  # a torch Dataset: labels are its targets
@@ -370,10 +443,17 @@ def run_certify(args) -> int:
     else:
         y = y[indices]
     X = take_rows(X, indices)
+    if plain:
+        try:
+            clf.fit(X, y if isinstance(X, np.ndarray) else None)
+        except ValueError as exc:
+            raise CommandError(f"cannot certify {args.model_file} on {args.dataset}: "
+                               f"{exc}") from exc
     _check_model_fits_data(clf, X, args)
     run_info = {"model_sha256": _file_digest(Path(args.model_file)), "dataset": args.dataset,
                 "split": args.split, "skip": args.skip,  # --max may grow: the run extends
-                "describes": {"method": getattr(clf, "training_info_", {}).get("method"),
+                "describes": {"method": "pretrained" if plain else
+                              getattr(clf, "training_info_", {}).get("method"),
                               "sigma": float(clf.noise_level_)}}
     bar = _progress(len(indices), "certify", args.quiet, "input")
     start = time.perf_counter()
@@ -612,13 +692,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train", type=_positive_int, default=None,
                        help="train on the first N training inputs")
     train.add_argument("--teacher", default=None, help="CRT: the teacher's model file")
+    train.add_argument("--classifier", default=None,
+                       help="denoised: the trained classifier (a smoothsk model file, or with "
+                            "--trust-pickle a joblib file of any fitted scikit-learn "
+                            "classifier)")
     train.add_argument("--target-model", default=None,
                        help="CAT-RS: a trained Gaussian model file whose smoothed prediction "
                             "is the KL target (default: train one at --target-sigma 0.25)")
     _add_trust_pickle(train)
     for name in _METHOD_OPTIONS:
         kind = int if name in ("num_noise", "num_steps", "mix_step", "warmup",
-                               "target_draws") else float
+                               "target_draws", "mse_epochs") else float
+        kind = str if name == "objective" else kind
         train.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                            help=argparse.SUPPRESS)
     train.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
@@ -628,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "--transfer-weight --consistency-weight --entropy-weight "
                             "--stability-weight --robustness-weight --margin "
                             "--inverse-temperature --kl-weight --target-draws "
-                            "--target-sigma")
+                            "--target-sigma --objective --mse-epochs")
     train.add_argument("--out", required=True,
                        help="model file to write (safe format: weights and a JSON document)")
     _add_precision(train, "fp32")
@@ -649,6 +734,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="certify at most MAX inputs (of those --skip selects; Cohen's "
                               "certify.py counts MAX in data-set indices instead, so its "
                               "--skip 20 --max 10000 is --skip 20 --max 500 here)")
+    certify.add_argument("--sigma", type=_positive_float, default=None,
+                         help="for a model file holding a plain fitted classifier (a joblib "
+                              "file of a scikit-learn classifier, with --trust-pickle): the "
+                              "noise level of its smoothed classifier; smoothsk models keep "
+                              "their own")
     certify.add_argument("--n0", type=_positive_int, default=100, help="selection draws")
     certify.add_argument("--n", type=_positive_int, default=100_000, help="estimation draws")
     certify.add_argument("--alpha", type=_probability, default=0.001,

@@ -195,6 +195,7 @@ def estimator_class(method: str):
         "crt": smoothsk.CRTStudent, "smoothadv": smoothsk.SmoothAdvClassifier,
         "macer": smoothsk.MACERClassifier, "consistency": smoothsk.ConsistencyClassifier,
         "stability": smoothsk.StabilityClassifier, "catrs": smoothsk.CATRSClassifier,
+        "denoised": smoothsk.DenoisedSmoothingClassifier,
     }
     if method not in classes:
         raise ValueError(f"method must be one of {sorted(classes)}; got {method!r}.")

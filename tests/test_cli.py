@@ -101,7 +101,56 @@ def test_train_every_method_crt_from_a_teacher_and_catrs_from_a_target(model, tm
     assert catrs.is_file() and "CATRSClassifier (sigma=0.5)" in result.stdout
 
 
+def test_a_classifier_you_already_have_certified_and_denoised(model, tmp_path):
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from smoothsk import PretrainedSmoothingClassifier, certify
+    from smoothsk.datasets import load_dataset
+    from smoothsk.io.model_file import load_model
+
+    X, y = load_dataset("digits", split="train", flat=True)
+    Xt, _ = load_dataset("digits", split="test", flat=True)
+    logistic = LogisticRegression(max_iter=300).fit(X, y)
+    joblib.dump(logistic, tmp_path / "logistic.joblib")
+    common = ["--dataset", "digits", "--max", "30", "--n", "300", "--quiet"]
+    # a plain scikit-learn classifier: its smoothed classifier at --sigma, as certify() gives
+    run("certify", tmp_path / "logistic.joblib", "--trust-pickle", "--sigma", "0.25",
+        *common, "--out", tmp_path / "plain.tsv")
+    direct = certify(logistic, Xt[:30], 0.25, n=300, random_state=0)
+    rows = read_certification_tsv(tmp_path / "plain.tsv")
+    np.testing.assert_allclose(rows.radius, direct.radius, atol=1e-6)  # TSV: 6 decimals
+    for args, message in [(["--sigma", "0.25"], "--trust-pickle"),
+                          (["--trust-pickle"], "give --sigma")]:
+        result = run("certify", tmp_path / "logistic.joblib", *args, *common, "--out",
+                     tmp_path / "x.tsv", check=False)
+        assert result.returncode == 2 and message in result.stderr
+    result = run("certify", model, "--sigma", "0.5", *common, "--out", tmp_path / "x.tsv",
+                 check=False)
+    assert result.returncode == 2 and "keeps the sigma" in result.stderr
+    # denoisers: in front of a smoothsk model (safe file) and of a pickled classifier
+    small = ["--dataset", "digits", "--epochs", "2", "--max-train", "300", "--quiet"]
+    run("train", "--method", "denoised", "--classifier", model, "--objective", "stability",
+        "--sigma", "0.5", *small, "--out", tmp_path / "denoised.smoothsk")
+    denoised = load_model(tmp_path / "denoised.smoothsk")
+    assert denoised.objective == "stability" and denoised.noise_level_ == 0.5
+    result = run("train", "--method", "denoised", "--classifier", tmp_path / "logistic.joblib",
+                 "--trust-pickle", *small, "--out", tmp_path / "denoised.joblib")
+    assert "joblib pickle" in result.stdout
+    again = load_model(tmp_path / "denoised.joblib", trusted=True)
+    assert isinstance(again.classifier, LogisticRegression)
+    np.testing.assert_array_equal(again.classifier.coef_, logistic.coef_)  # untouched
+    run("certify", tmp_path / "denoised.joblib", "--trust-pickle", *common, "--out",
+        tmp_path / "denoised.tsv")
+    assert len(read_certification_tsv(tmp_path / "denoised.tsv").radius) == 30
+    assert isinstance(PretrainedSmoothingClassifier(logistic), PretrainedSmoothingClassifier)
+
+
 @pytest.mark.parametrize("args,message", [
+    (["train", "--dataset", "digits", "--method", "denoised", "--out", "x"],
+     "needs --classifier"),
+    (["train", "--dataset", "digits", "--method", "gaussian", "--classifier", "m", "--out",
+      "x"], "--classifier only applies"),
     (["train", "--dataset", "cifar100", "--method", "gaussian", "--out", "x"], "invalid choice"),
     (["train", "--dataset", "digits", "--method", "magic", "--out", "x"], "invalid choice"),
     (["train", "--dataset", "digits", "--method", "gaussian", "--sigma", "-1", "--out", "x"],

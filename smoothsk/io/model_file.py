@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["FORMAT_VERSION", "load_model", "register_network", "save_model"]
+__all__ = ["FORMAT_VERSION", "load_classifier", "load_model", "register_network", "save_model"]
 
 FORMAT_NAME = "smoothsk-model"
 FORMAT_VERSION = 1
@@ -216,7 +216,7 @@ def load_model(path, *, trusted: bool = False):
         raise FileNotFoundError(f"Model file {path} does not exist.")
     if not zipfile.is_zipfile(path):
         if trusted:
-            return _load_pickle(path)
+            return _smoothsk_estimator(_load_pickle(path), path)
         with open(path, "rb") as stream:
             if stream.read(1) != b"\x80":  # every pickle of protocol >= 2 starts so
                 raise ValueError(f"{path} is not a readable model file: neither smoothsk's "
@@ -281,20 +281,44 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
     return estimator
 
 
+def load_classifier(path, *, trusted: bool = False):
+    """A fitted classifier to smooth, from a file: what the CLI's ``--classifier`` reads.
+
+    A smoothsk model file (safe, as :func:`load_model`); with ``trusted=True`` also a
+    joblib or pickle file holding any fitted scikit-learn classifier, ``Pipeline`` or
+    skorch net (unpickling runs whatever code the file names: only for files you trust).
+    Smooth the result with :class:`~smoothsk.PretrainedSmoothingClassifier` or
+    :class:`~smoothsk.DenoisedSmoothingClassifier`.
+    """
+    from smoothsk.base import _is_fitted
+
+    path = Path(path)
+    if not path.is_file() or zipfile.is_zipfile(path) or not trusted:
+        return load_model(path, trusted=trusted)
+    model = _load_pickle(path)
+    if not hasattr(model, "predict") or not hasattr(model, "classes_") or not _is_fitted(model):
+        raise ValueError(f"{path} does not hold a fitted classifier (it holds a "
+                         f"{type(model).__name__}); save one fitted with joblib.dump.")
+    return model
+
+
+def _smoothsk_estimator(model, path: Path):
+    from smoothsk.base import SmoothedClassifier
+
+    if not isinstance(model, SmoothedClassifier) or not hasattr(model, "module_"):
+        raise ValueError(f"{path} does not hold a fitted smoothsk estimator "
+                         f"(it holds a {type(model).__name__}).")
+    return model
+
+
 def _load_pickle(path: Path):
     import pickle
 
     import joblib
 
-    from smoothsk.base import SmoothedClassifier
-
     try:
-        model = joblib.load(path)
+        return joblib.load(path)
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError, IndexError,
             AttributeError, ModuleNotFoundError, TypeError) as exc:
         raise ValueError(f"{path} is not a readable model file ({type(exc).__name__}: "
                          f"{exc}).") from exc
-    if not isinstance(model, SmoothedClassifier) or not hasattr(model, "module_"):
-        raise ValueError(f"{path} does not hold a fitted smoothsk estimator "
-                         f"(it holds a {type(model).__name__}).")
-    return model
