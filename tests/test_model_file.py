@@ -150,3 +150,24 @@ def test_certificates_sidecars_and_model_files_carry_the_version(fitted, digits,
     assert sidecar["smoothsk_version"] == smoothsk.__version__
     save_model(fitted, tmp_path / "m")
     assert load_model(tmp_path / "m").smoothsk_version_ == smoothsk.__version__
+
+
+def test_load_classifier_reads_what_can_be_smoothed(tmp_path):
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from smoothsk.io.model_file import load_classifier
+
+    X = np.random.default_rng(0).random((40, 3))
+    y = (X[:, 0] > 0.5).astype(int)
+    joblib.dump(LogisticRegression().fit(X, y), tmp_path / "fitted.joblib")
+    joblib.dump(LogisticRegression(), tmp_path / "unfitted.joblib")
+    joblib.dump({"weights": [1, 2]}, tmp_path / "dict.joblib")
+    assert hasattr(load_classifier(tmp_path / "fitted.joblib", trusted=True), "coef_")
+    with pytest.raises(ValueError, match="trusted=True"):
+        load_classifier(tmp_path / "fitted.joblib")  # a pickle can run code
+    for name in ("unfitted", "dict"):
+        with pytest.raises(ValueError, match="does not hold a fitted classifier"):
+            load_classifier(tmp_path / f"{name}.joblib", trusted=True)
+    with pytest.raises(FileNotFoundError):
+        load_classifier(tmp_path / "missing.joblib", trusted=True)
