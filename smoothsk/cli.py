@@ -430,6 +430,8 @@ def run_certify(args) -> int:
             check_precision(args.precision, args.device)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+    if args.shared_noise:
+        clf.set_params(shared_noise=True)
     args.model = getattr(clf, "training_info_", {}).get("model", "auto")
     # scikit-learn classifiers take flat inputs
     flat = True if plain and hasattr(clf.classifier, "n_features_in_") else None
@@ -750,6 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--scheduler", default=None, metavar="ADDRESS",
                          help="run on a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
     _add_precision(certify, "the model's (a resumed run refuses another)")
+    certify.add_argument("--shared-noise", action="store_true",
+                         help="every input uses the same noise draws: the same per-input "
+                              "guarantee, much faster for small tabular models (recorded; a "
+                              "resumed run refuses a change)")
     _add_common(certify, batch_default=1000)
     certify.set_defaults(func=run_certify)
 

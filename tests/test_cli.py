@@ -120,6 +120,13 @@ def test_a_classifier_you_already_have_certified_and_denoised(model, tmp_path):
     direct = certify(logistic, Xt[:30], 0.25, n=300, random_state=0)
     rows = read_certification_tsv(tmp_path / "plain.tsv")
     np.testing.assert_allclose(rows.radius, direct.radius, atol=1e-6)  # TSV: 6 decimals
+    # shared noise: recorded in the sidecar, and a resumed run refuses a change
+    run("certify", tmp_path / "logistic.joblib", "--trust-pickle", "--sigma", "0.25",
+        "--shared-noise", *common, "--out", tmp_path / "shared.tsv")
+    assert '"shared_noise": true' in (tmp_path / "shared.tsv.run.json").read_text()
+    result = run("certify", tmp_path / "logistic.joblib", "--trust-pickle", "--sigma", "0.25",
+                 *common, "--max", "40", "--out", tmp_path / "shared.tsv", check=False)
+    assert result.returncode == 2 and "shared_noise" in result.stderr
     for args, message in [(["--sigma", "0.25"], "--trust-pickle"),
                           (["--trust-pickle"], "give --sigma")]:
         result = run("certify", tmp_path / "logistic.joblib", *args, *common, "--out",

@@ -126,6 +126,7 @@ def certify_radius(
     random_state=None,
     index_offset: int = 0,
     precision: str = "fp32",
+    shared_noise: bool = False,
     progress=None,
 ) -> RadiusCertificate:
     """Decide per input whether the smoothed classifier is certified at l2 radius ``radius``.
@@ -139,7 +140,7 @@ def certify_radius(
 
     Parameters
     ----------
-    module, X, sigma, n0, n, alpha, batch_size, random_state, index_offset
+    module, X, sigma, n0, n, alpha, batch_size, random_state, index_offset, precision, shared_noise
         As in :func:`smoothsk.certify`; ``n`` is the largest number of estimation draws.
     radius : float >= 0
         The l2 radius r to certify.
@@ -167,6 +168,7 @@ def certify_radius(
     (selection,) = sample_counts(
         module, X, sigma, [n0], batch_size=batch_size, random_state=seed,
         index_offset=index_offset, streams=[STREAM_SELECTION], precision=precision,
+        shared_noise=shared_noise,
     )
     top = selection.argmax(axis=1)
     count = len(top)
@@ -190,14 +192,14 @@ def certify_radius(
     upper = np.full(count, np.nan)
     certified = np.zeros(count, dtype=bool)
     device, dtype = sampling.module_device_dtype(module)
-    chunk_size = max(1, batch_size // int(sizes[0]))
+    chunk_size = sampling.noise_chunk_size(batch_size, int(sizes[0]), shared_noise)
     with sampling.evaluating(module):
         previous = 0
         for j, size in enumerate(sizes):
             if not active.any():
                 break
             sampler = NoiseSampler(
-                module, sigma, batch_size, seed, (STREAM_ADAPTIVE, j), precision
+                module, sigma, batch_size, seed, (STREAM_ADAPTIVE, j), precision, shared_noise
             )
             start = 0
             for chunk in sampling.input_chunks(X, chunk_size):

@@ -22,6 +22,7 @@ from sklearn.utils import check_random_state
 from smoothsk.certify.adapters import as_base_network
 
 NOISE_BLOCK = 1024
+SHARED_NOISE_CHUNK = 64
 
 
 def _load_malloc_trim():
@@ -46,6 +47,9 @@ def release_free_memory() -> None:
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 STREAM_SELECTION, STREAM_ESTIMATION, STREAM_PREDICTION = 0, 1, 2
+# The "index" of the noise every input shares (shared_noise=True): no input's global
+# index reaches it, so shared blocks never coincide with an input's own.
+SHARED_NOISE_INDEX = 2**63
 
 
 # --------------------------------------------------------------------------- inputs
@@ -159,9 +163,16 @@ def precision_context(precision: str, device):
 
 # --------------------------------------------------------------------------- sampling
 class NoiseSampler:
-    """Counts the base network's votes on ``x + δ`` for a chunk of inputs."""
+    """Counts the base network's votes on ``x + δ`` for a chunk of inputs.
 
-    def __init__(self, module, sigma, batch_size, base_seed, stream, precision="fp32"):
+    Noise block ``b`` of input ``i`` is seeded by ``(base_seed, i, stream, b)``; with
+    ``shared_noise`` every input uses the blocks of one index, ``SHARED_NOISE_INDEX``,
+    each drawn once per chunk and added to every input of it.
+    """
+
+    def __init__(self, module, sigma, batch_size, base_seed, stream, precision="fp32",
+                 shared_noise=False):
+        self.shared_noise = bool(shared_noise)
         self.module = module
         self.sigma = sigma
         self.batch_size = batch_size
@@ -176,6 +187,13 @@ class NoiseSampler:
         sequence = np.random.SeedSequence([self.base_seed, int(index), *stream, block])
         return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
+    def _noise(self, index: int, block: int, size: int, shape) -> torch.Tensor:
+        """``σ·N(0, I)`` draws of shape ``(size, *shape)`` for block ``block`` of ``index``."""
+        self.generator.manual_seed(self._block_seed(index, block))
+        noise = torch.randn((size, *shape), generator=self.generator, device=self.device,
+                            dtype=self.dtype)
+        return noise.mul_(self.sigma)
+
     def _votes(self, batch: torch.Tensor) -> torch.Tensor:
         with precision_context(self.precision, self.device):
             logits = self.module(batch)
@@ -186,9 +204,13 @@ class NoiseSampler:
                 f"of {len(batch)} inputs it returned {shape}."
             )
         # A flag on the device, read once per chunk: a NaN network would otherwise
-        # "vote" for class 0 on every draw and be certified at the largest radius.
-        self._finite &= torch.isfinite(logits).all()
-        return logits.argmax(dim=1), logits.shape[1]
+        # "vote" for class 0 on every draw and be certified at the largest radius.  The
+        # row maxima carry it: a NaN anywhere makes its row's max NaN, +inf is the max,
+        # an all −inf row has max −inf; a −inf elsewhere cannot change the vote.
+        top, votes = logits.max(dim=1)
+        # one reduction: a float64 sum of finite float32/bf16 values cannot overflow
+        self._finite &= torch.isfinite(top.sum(dtype=torch.float64))
+        return votes, logits.shape[1]
 
     def counts(self, chunk: torch.Tensor, first_index, num: int) -> torch.Tensor:
         """Vote counts of shape ``(len(chunk), n_classes)`` from ``num`` draws each.
@@ -218,7 +240,10 @@ class NoiseSampler:
             nonlocal pending, owners, n_pending
             if not pending or (not final and n_pending < self.batch_size):
                 return
-            rows, owner = torch.cat(pending), torch.cat(owners)
+            if len(pending) == 1:  # a single piece needs no copy
+                rows, owner = pending[0], owners[0]
+            else:
+                rows, owner = torch.cat(pending), torch.cat(owners)
             stop = len(rows) if final else len(rows) - len(rows) % self.batch_size
             for start in range(0, stop, self.batch_size):
                 end = min(start + self.batch_size, stop)
@@ -226,18 +251,41 @@ class NoiseSampler:
             pending, owners = [rows[stop:]], [owner[stop:]]
             n_pending = len(rows) - stop
 
-        for j in range(len(chunk)):
-            x = chunk[j]
-            for block, start in enumerate(range(0, num, NOISE_BLOCK)):
+        def add(rows: torch.Tensor, owner: torch.Tensor):
+            nonlocal n_pending
+            pending.append(rows)
+            owners.append(owner)
+            n_pending += len(rows)
+            drain(final=False)
+
+        blocks = list(enumerate(range(0, num, NOISE_BLOCK)))
+        shape = chunk.shape[1:]
+        if self.shared_noise:  # one draw of each block serves every input of the chunk
+            inputs = torch.arange(len(chunk), device=self.device)
+            buffer = None
+            for block, start in blocks:
                 size = min(NOISE_BLOCK, num - start)
-                self.generator.manual_seed(self._block_seed(indices[j], block))
-                noise = torch.randn(
-                    (size, *x.shape), generator=self.generator, device=self.device, dtype=self.dtype
-                )
-                pending.append(noise.mul_(self.sigma).add_(x))
-                owners.append(torch.full((size,), j, dtype=torch.int64, device=self.device))
-                n_pending += size
-                drain(final=False)
+                noise = self._noise(SHARED_NOISE_INDEX, block, size, shape)
+                # a group of inputs at a time: one broadcast add, at most a batch of rows
+                group = max(1, self.batch_size // size)
+                if buffer is None:  # group·size ≤ max(batch_size, NOISE_BLOCK) rows
+                    buffer = torch.empty((max(self.batch_size, NOISE_BLOCK), *shape),
+                                         device=self.device, dtype=self.dtype)
+                for first in range(0, len(chunk), group):
+                    xs = chunk[first : first + group]
+                    rows = buffer[: len(xs) * size]
+                    torch.add(xs.unsqueeze(1), noise.unsqueeze(0),
+                              out=rows.view(len(xs), size, *shape))
+                    owner = inputs[first : first + group].repeat_interleave(size)
+                    for lo in range(0, len(rows), self.batch_size):  # no copy into a batch
+                        run(rows[lo : lo + self.batch_size], owner[lo : lo + self.batch_size])
+        else:
+            for j in range(len(chunk)):
+                owner = torch.full((NOISE_BLOCK,), j, dtype=torch.int64, device=self.device)
+                for block, start in blocks:
+                    size = min(NOISE_BLOCK, num - start)
+                    noise = self._noise(indices[j], block, size, shape)
+                    add(noise.add_(chunk[j]), owner[:size])
         drain(final=True)
         if not bool(self._finite):
             raise FloatingPointError(
@@ -247,6 +295,20 @@ class NoiseSampler:
                 "of a sensible scale."
             )
         return counts.view(len(chunk), -1)
+
+
+def check_shared_noise(shared_noise) -> bool:
+    if not isinstance(shared_noise, (bool, np.bool_)):
+        raise ValueError(f"shared_noise must be True or False; got {shared_noise!r}.")
+    return bool(shared_noise)
+
+
+def noise_chunk_size(batch_size: int, num: int, shared_noise: bool) -> int:
+    """Inputs per chunk: about one forward batch of ``num`` draws each; with shared noise
+    at least ``SHARED_NOISE_CHUNK``, over which each noise block's cost is spread (memory
+    stays ``batch_size + NOISE_BLOCK`` noisy rows: inputs join the batch one by one)."""
+    size = max(1, batch_size // max(1, num))
+    return max(size, SHARED_NOISE_CHUNK) if shared_noise else size
 
 
 def check_index_offset(index_offset):
@@ -298,16 +360,18 @@ def chunk_indices(index_offset, seen: int, size: int):
 
 
 def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
-                  precision="fp32", progress=None):
+                  precision="fp32", progress=None, shared_noise=False):
     """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C)."""
     module, _ = as_base_network(module)
     sigma = check_sigma(sigma)
     batch_size = check_positive_int(batch_size, "batch_size")
     index_offset = check_index_offset(index_offset)
     seed = base_seed(random_state)
-    samplers = [NoiseSampler(module, sigma, batch_size, seed, s, precision) for s in streams]
+    shared_noise = check_shared_noise(shared_noise)
+    samplers = [NoiseSampler(module, sigma, batch_size, seed, s, precision, shared_noise)
+                for s in streams]
     device, dtype = samplers[0].device, samplers[0].dtype
-    chunk_size = max(1, batch_size // max(1, min(nums)))
+    chunk_size = noise_chunk_size(batch_size, min(nums), shared_noise)
     results = [[] for _ in streams]
     seen = 0
     with evaluating(module):
@@ -343,6 +407,7 @@ def class_counts(
     index_offset: int = 0,
     precision: str = "fp32",
     progress=None,
+    shared_noise: bool = False,
 ) -> np.ndarray:
     """Counts of ``argmax f(x + δ)`` over ``num`` Gaussian draws per input.
 
@@ -373,12 +438,18 @@ def class_counts(
     progress : callable or None
         Called with the number of inputs finished after each chunk (e.g. a tqdm bar's
         ``update``).
+    shared_noise : bool
+        Every input uses the same noise draws (each block drawn once per chunk of
+        inputs): each input's draws are still i.i.d. ``N(0, σ² I)``, so every per-input
+        estimate and guarantee is unchanged; only inputs' results become correlated
+        with each other (docs/certification.md).  Much faster where drawing noise costs
+        more than the network (small tabular models).
     """
     num = check_positive_int(num, "num")
     (counts,) = sample_counts(
         module, X, sigma, [num], batch_size=batch_size, random_state=random_state,
         index_offset=index_offset, streams=[STREAM_PREDICTION], precision=precision,
-        progress=progress,
+        progress=progress, shared_noise=shared_noise,
     )
     return counts
 

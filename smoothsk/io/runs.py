@@ -203,6 +203,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
     y = np.asarray(y)
     info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices),
                 precision=getattr(estimator, "precision", "fp32"),
+                shared_noise=bool(getattr(estimator, "shared_noise", False)),
                 smoothsk_version=smoothsk.__version__)
     sidecar = out.with_name(out.name + ".run.json")
     done: list[str] = []
@@ -221,6 +222,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
                 f"{sidecar} is corrupt (not a JSON object), so {out} cannot be continued; "
                 "remove both to start over, or choose another --out.")
         previous.setdefault("precision", "fp32")  # sidecars before 0.2 were all fp32
+        previous.setdefault("shared_noise", False)  # and drew independent noise
         # The number of inputs may grow (a run extended to more images): the rows already
         # written are checked against this run's indices below.
         differs = sorted(k for k in set(info) | set(previous)
