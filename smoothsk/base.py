@@ -35,7 +35,7 @@ from smoothsk.certify import bounds, core, sampling
 from smoothsk.certify.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certify.core import Certificate, _predict_from_counts, labels_or_marker
 from smoothsk.certify.sampling import first_field, precision_context
-from smoothsk.models import MLP
+from smoothsk.models import MLP, LeNet
 
 __all__ = ["SmoothedClassifier", "is_fitted_estimator", "unwrap_frozen"]
 
@@ -92,6 +92,13 @@ def _seeded_torch(random_state, device):
         yield
 
 
+def default_network_name(input_shape, module_params: dict) -> str:
+    """``"LeNet"`` for square images of side ≥ 16 (``(channels, side, side)``), else
+    ``"MLP"`` — also when ``module__hidden_units`` asks for the MLP's widths."""
+    square = len(input_shape) == 3 and input_shape[1] == input_shape[2] >= 16
+    return "LeNet" if square and "hidden_units" not in module_params else "MLP"
+
+
 def _clean_accuracy(net, X, y) -> float:
     """Accuracy of the base network's argmax on clean inputs against skorch's encoded targets.
 
@@ -123,9 +130,11 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     Parameters
     ----------
     module : torch.nn.Module class or instance, or None
-        Base network ``f`` returning logits.  ``None`` uses :class:`smoothsk.models.MLP`
-        with ``in_features`` and ``num_classes`` taken from the training data
-        (``module__hidden_units`` sets its widths).
+        Base network ``f`` returning logits.  ``None`` picks one sized from the training
+        data: :class:`smoothsk.models.LeNet` for square images of side ≥ 16 (inputs of
+        shape ``(channels, side, side)``, as Fashion-MNIST and CIFAR-10 load), else
+        :class:`smoothsk.models.MLP` (``module__hidden_units`` sets its widths, and asks
+        for it on images too); ``default_network_`` names the choice.
     sigma : float, default=0.25
         Noise level σ of ``δ ~ N(0, σ² I)`` used in training and certification.
     n0, n : int, default=100, 100_000
@@ -330,6 +339,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self._check_smoothing_params()
         self._check_cuda_available()
         X = self._validate_X(X, reset=reset)
+        if reset:  # a new fit chooses its default network from the new data
+            self.__dict__.pop("default_network_", None)
         if not isinstance(X, np.ndarray):  # a torch Dataset of (x, class index) pairs
             if reset:
                 classes = self._classes_for_fit() if classes is None else classes
@@ -476,13 +487,24 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         elif not hasattr(self, "input_shape_"):
             raise NotFittedError("The default network is built in fit, from the data's shape.")
         else:
-            in_features = int(np.prod(self.input_shape_))
-            kwargs = {"in_features": in_features, "num_classes": len(self.classes_)}
-            kwargs.update(self.get_params_for("module"))
-            self.module_ = MLP(**kwargs)
+            self.module_ = self._default_network()
         if self.channels_last:
             self.module_ = self.module_.to(memory_format=torch.channels_last)
         return self
+
+    def _default_network(self) -> torch.nn.Module:
+        """The network of ``module=None``, sized from the data; its name is kept in
+        ``default_network_`` (and in model files)."""
+        kwargs = self.get_params_for("module")
+        name = getattr(self, "default_network_", None) or default_network_name(
+            self.input_shape_, kwargs)
+        self.default_network_ = name
+        if name == "LeNet":
+            channels, side = self.input_shape_[0], self.input_shape_[1]
+            return LeNet(**{"num_classes": len(self.classes_), "in_channels": channels,
+                            "image_size": side, **kwargs})
+        return MLP(**{"in_features": int(np.prod(self.input_shape_)),
+                      "num_classes": len(self.classes_), **kwargs})
 
     # ------------------------------------------------------------------ smoothed inference
     def _check_cuda_available(self, device="unset"):

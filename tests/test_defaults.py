@@ -32,3 +32,50 @@ def test_warmups_fit_inside_the_default_epochs(cls):
     clf = cls()
     assert clf.warmup < clf.max_epochs  # the term reaches full weight, then trains at it
     assert np.isclose(smoothsk.warmup_factor(clf.warmup - 1, clf.warmup), 1.0)
+
+
+def test_the_default_network_follows_the_inputs_and_survives_the_model_file(tmp_path):
+    from smoothsk.io.model_file import load_model, save_model
+
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 1, 28, 28)).astype(np.float32)
+    y = np.arange(40) % 3
+    fast = dict(max_epochs=1, n_predict=10, random_state=0)
+    lenet = smoothsk.GaussianAugClassifier(**fast).fit(images, y)
+    assert lenet.default_network_ == "LeNet" and isinstance(lenet.module_, smoothsk.models.LeNet)
+    # small images, flat inputs and explicit MLP widths keep the MLP
+    for X, params in [(images[:, :, :8, :8], {}), (images.reshape(40, -1), {}),
+                      (images, {"module__hidden_units": (16,)})]:
+        clf = smoothsk.GaussianAugClassifier(**fast, **params).fit(X, y)
+        assert clf.default_network_ == "MLP"
+    # a new fit on other data chooses again
+    assert lenet.fit(images.reshape(40, -1), y).default_network_ == "MLP"
+    lenet.fit(images, y)
+    save_model(lenet, tmp_path / "m.smoothsk")
+    loaded = load_model(tmp_path / "m.smoothsk")
+    assert loaded.default_network_ == "LeNet"
+    np.testing.assert_array_equal(loaded.predict(images[:5]), lenet.predict(images[:5]))
+
+
+def test_model_files_from_before_the_lenet_default_still_load_their_mlp(tmp_path):
+    import json
+
+    import torch
+
+    from smoothsk.io.model_file import load_model, save_model
+
+    rng = np.random.default_rng(1)
+    images = rng.random((30, 1, 28, 28)).astype(np.float32)
+    y = np.arange(30) % 2
+    mlp = smoothsk.GaussianAugClassifier(module__hidden_units=(256, 256), max_epochs=1,
+                                         n_predict=10, random_state=0).fit(images, y)
+    save_model(mlp, tmp_path / "m.smoothsk")
+    # what an older smoothsk wrote: the default MLP on images, no network name
+    archive = torch.load(tmp_path / "m.smoothsk", weights_only=True)
+    document = json.loads(archive["document"])
+    del document["params"]["module__hidden_units"], document["fitted"]["default_network"]
+    archive["document"] = json.dumps(document)
+    torch.save(archive, tmp_path / "old.smoothsk")
+    old = load_model(tmp_path / "old.smoothsk")
+    assert old.default_network_ == "MLP"
+    np.testing.assert_array_equal(old.predict(images[:5]), mlp.predict(images[:5]))

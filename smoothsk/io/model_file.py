@@ -119,6 +119,8 @@ def _fitted_attributes(estimator) -> dict:
     }
     if hasattr(estimator, "sigma_"):  # CRTStudent: σ resolved from its teacher
         attributes["sigma_"] = float(estimator.sigma_)
+    if hasattr(estimator, "default_network_"):  # module=None: which network was built
+        attributes["default_network"] = estimator.default_network_
     return attributes
 
 
@@ -271,6 +273,9 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
         estimator.n_features_in_ = fitted["n_features_in"]
         if "sigma_" in fitted:
             estimator.sigma_ = fitted["sigma_"]
+        if estimator.module is None and not hasattr(estimator, "classifier"):
+            # files written before images got LeNet by default hold an MLP
+            estimator.default_network_ = fitted.get("default_network", "MLP")
         estimator.initialize()
         estimator.module_.load_state_dict(state)
     except (TypeError, KeyError, RuntimeError) as exc:
