@@ -34,7 +34,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     X, y = load_dataset("fashion-mnist", split="train")
     X_test, y_test = load_dataset("fashion-mnist", split="test")
-    X, y, X_test, y_test = X[: args.train], y[: args.train], X_test[: args.test], y_test[: args.test]
+    X, y = X[: args.train], y[: args.train]
+    X_test, y_test = X_test[: args.test], y_test[: args.test]
     start = time.perf_counter()
     reference = MLPClassifier(random_state=0).fit(X.reshape(len(X), -1), y)
     result = {"train": args.train, "test": args.test,
