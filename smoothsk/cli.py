@@ -334,7 +334,8 @@ def _save_trained(clf, args) -> str:
     from a trusted pickle) makes it a joblib file.  Returns a note for the summary."""
     import joblib
 
-    from smoothsk.io.runs import _atomic_write, save_model
+    from smoothsk.io.files import atomic_write
+    from smoothsk.io.runs import save_model
 
     try:
         save_model(clf, args.out)
@@ -342,7 +343,7 @@ def _save_trained(clf, args) -> str:
     except ValueError:
         if not (args.method == "denoised" and args.trust_pickle):
             raise
-    _atomic_write(Path(args.out), lambda stream: joblib.dump(clf, stream))
+    atomic_write(Path(args.out), lambda stream: joblib.dump(clf, stream))
     return (" as a joblib pickle (its scikit-learn classifier cannot be stored otherwise; "
             "certify it with --trust-pickle)")
 
@@ -529,11 +530,11 @@ def _print_runs(runs, radii) -> None:
 
 
 def _write_markdown(path, runs, radii) -> None:
+    from smoothsk.io.files import atomic_write
     from smoothsk.io.report import markdown_table
-    from smoothsk.io.runs import _atomic_write
 
     table = markdown_table(runs, radii).encode()
-    _atomic_write(Path(path), lambda stream: stream.write(table))
+    atomic_write(Path(path), lambda stream: stream.write(table))
 
 
 def run_report(args) -> int:

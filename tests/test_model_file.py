@@ -171,3 +171,27 @@ def test_load_classifier_reads_what_can_be_smoothed(tmp_path):
             load_classifier(tmp_path / f"{name}.joblib", trusted=True)
     with pytest.raises(FileNotFoundError):
         load_classifier(tmp_path / "missing.joblib", trusted=True)
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    from smoothsk.io.files import atomic_write
+
+    target = tmp_path / "out.bin"
+    atomic_write(target, lambda stream: stream.write(b"first"))
+    assert target.read_bytes() == b"first"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_current_umask())
+
+    def fails(stream):
+        stream.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fails)
+    assert target.read_bytes() == b"first"  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary left
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -69,7 +69,7 @@ class TrainingCheckpoint(Callback):
         self.fingerprint_ = run_fingerprint(net, len(X) if X is not None else 0)
 
     def on_epoch_end(self, net, **kwargs):
-        from smoothsk.io.runs import _atomic_write
+        from smoothsk.io.files import atomic_write
 
         state = {
             "format": _FORMAT,
@@ -80,7 +80,7 @@ class TrainingCheckpoint(Callback):
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        _atomic_write(Path(self.path), lambda stream: torch.save(state, stream))
+        atomic_write(Path(self.path), lambda stream: torch.save(state, stream))
 
     def on_epoch_begin(self, net, **kwargs):
         lrs = getattr(self, "resumed_lrs_", None)

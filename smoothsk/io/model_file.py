@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothsk.io.files import atomic_write
+
 __all__ = ["FORMAT_VERSION", "load_classifier", "load_model", "register_network", "save_model"]
 
 FORMAT_NAME = "smoothsk-model"
@@ -136,10 +138,8 @@ def save_model(estimator, path) -> None:
     when it is a smoothsk estimator; any other classifier (scikit-learn, skorch, a bare
     torch module) cannot be stored without pickle and is refused with what to do.
     """
-    from smoothsk.io.runs import _atomic_write
-
     archive = _archive(estimator, _allowed_classes())
-    _atomic_write(Path(path), lambda stream: torch.save(archive, stream))
+    atomic_write(Path(path), lambda stream: torch.save(archive, stream))
 
 
 def _archive(estimator, allowed: dict[str, type]) -> dict:

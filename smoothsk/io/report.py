@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothsk.io.runs import _atomic_write
+from smoothsk.io.files import atomic_write
 from smoothsk.metrics import _accuracy_curve, _mean_certified_radius
 
 __all__ = [
@@ -225,7 +225,7 @@ def plot_certified_accuracy(runs: list[CertificationRun], path, *, max_radius=No
         axes.grid(alpha=0.3, lw=0.5)
         axes.legend(frameon=False)
         try:
-            _atomic_write(path, lambda stream: figure.savefig(stream, dpi=dpi, format=fmt))
+            atomic_write(path, lambda stream: figure.savefig(stream, dpi=dpi, format=fmt))
         finally:
             plt.close(figure)
     return path

@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from joblib import effective_n_jobs
 
 from smoothsk.certify.sampling import take_rows
+from smoothsk.io.files import atomic_write
 from smoothsk.io.model_file import load_model, save_model
 
 __all__ = [
@@ -90,28 +90,6 @@ def exclusive_run(out):
             lock_path.unlink(missing_ok=True)  # still held: nobody can have it meanwhile
     finally:
         handle.close()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _file_digest(path: Path) -> str:
@@ -242,10 +220,10 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
         if [row.split("\t", 1)[0] for row in done] != expected:
             raise RunMismatchError(f"{out} has rows that this run would not write.")
         if previous.get("indices") != len(indices):
-            _atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
+            atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
     else:
-        _atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
-        _atomic_write(out, lambda s: s.write((TSV_HEADER + "\n").encode()))
+        atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
+        atomic_write(out, lambda s: s.write((TSV_HEADER + "\n").encode()))
     start = len(done)
     if progress is not None:
         progress(start)

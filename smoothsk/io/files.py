@@ -1,0 +1,38 @@
+"""Atomic files: a reader sees the old file or the complete new one, never a partial one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["atomic_write"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write: Callable) -> None:
+    """Write ``path`` atomically: ``write(stream)`` fills a temporary file in the same
+    directory (binary mode), which is fsynced and then renamed over ``path``.
+
+    A crash, a full disk or an exception in ``write`` leaves ``path`` as it was (or
+    absent) and no temporary file behind.  The new file gets the usual mode
+    (``0o666`` minus the umask), not ``mkstemp``'s 0600.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
