@@ -51,3 +51,34 @@ def points_at_radii(model, radii, rng):
 def digits():
     X, y = load_digits(return_X_y=True)
     return (X / 16.0).astype(np.float32), y
+
+
+# ------------------------------------------------- transcriptions of published losses
+def conv_net(with_batchnorm: bool, classes: int = 3) -> torch.nn.Module:
+    """A seeded 4×4-image network, with BatchNorm where the pass structure matters."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(1, 4, 3, padding=1)]
+    if with_batchnorm:
+        layers.append(torch.nn.BatchNorm2d(4))
+    layers += [torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, classes)]
+    return torch.nn.Sequential(*layers)
+
+
+def value_and_grads(net, loss_fn):
+    """Loss value and parameter gradients of ``loss_fn`` on a fresh copy in training mode
+    (a loss returned with extras, ``(loss, ...)``, is unpacked)."""
+    import copy
+
+    net = copy.deepcopy(net)
+    net.train()
+    loss = loss_fn(net)
+    loss = loss[0] if isinstance(loss, tuple) else loss
+    return loss.detach(), torch.autograd.grad(loss, list(net.parameters()))
+
+
+def assert_same_value_and_grads(ours, theirs, rtol=1e-5, atol=1e-6):
+    """Our loss equals the transcription's in value and in every parameter gradient."""
+    torch.testing.assert_close(ours[0], theirs[0], rtol=rtol, atol=atol)
+    for mine, published in zip(ours[1], theirs[1]):
+        torch.testing.assert_close(mine, published, rtol=rtol, atol=atol)
+

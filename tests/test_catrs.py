@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_same_value_and_grads, conv_net, value_and_grads
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -30,15 +31,6 @@ from smoothsk import (
 from smoothsk.io.runs import load_model, save_model
 from smoothsk.recipes import recipe, recipe_params
 from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
-
-
-def _conv_net(with_batchnorm: bool, classes: int = 3) -> torch.nn.Module:
-    torch.manual_seed(0)
-    layers = [torch.nn.Conv2d(1, 4, 3, padding=1)]
-    if with_batchnorm:
-        layers.append(torch.nn.BatchNorm2d(4))
-    layers += [torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, classes)]
-    return torch.nn.Sequential(*layers)
 
 
 @pytest.fixture
@@ -130,21 +122,11 @@ def _authors_catrs_step(model, inputs, targets, pb, noises, accept, *, num_noise
     return loss, w
 
 
-def _value_and_grads(net, loss_fn):
-    import copy
-
-    net = copy.deepcopy(net)
-    net.train()
-    loss = loss_fn(net)
-    loss = loss[0] if isinstance(loss, tuple) else loss
-    return loss.detach(), torch.autograd.grad(loss, list(net.parameters()))
-
-
 # --------------------------------------------------------------------- transcription
 @pytest.mark.parametrize("with_batchnorm", [False, True])
 def test_attack_equals_the_published_kl_pgd(batch, with_batchnorm):
     X, _, target, noises = batch
-    net = _conv_net(with_batchnorm).eval()
+    net = conv_net(with_batchnorm).eval()
     ours = kl_pgd_noise_attack(net, X, target, noises, num_steps=3, epsilon=0.7)
     theirs = torch.cat(_authors_kl_pgd(net, X, target, list(noises), 3, 0.7))
     torch.testing.assert_close(ours.flatten(0, 1), theirs, rtol=1e-5, atol=1e-6)
@@ -155,23 +137,21 @@ def test_attack_equals_the_published_kl_pgd(batch, with_batchnorm):
 @pytest.mark.parametrize("confidence_mask", [False, True])
 def test_loss_equals_the_published_loss(batch, with_batchnorm, confidence_mask):
     X, y, target, noises = batch
-    net = _conv_net(with_batchnorm)
+    net = conv_net(with_batchnorm)
     # every regime: K clamped from 0, partial, and fully accepted (the KL term counts)
     accept = torch.tensor([0, 1, 2, 3, 4, 4])
     kwargs = dict(num_steps=2, epsilon=1.0, confidence_mask=confidence_mask)
-    ours = _value_and_grads(net, lambda m: catrs_loss(
+    ours = value_and_grads(net, lambda m: catrs_loss(
         m, X, y, target, 0.5, noises=noises, accept=accept, kl_weight=1.5, **kwargs))
-    theirs = _value_and_grads(net, lambda m: _authors_catrs_step(
+    theirs = value_and_grads(net, lambda m: _authors_catrs_step(
         m, X, y, target, list(noises), accept, num_noise_vec=4, steps=2, epsilon=1.0, lbd=1.5,
         confidence_mask=confidence_mask))
-    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
-    for mine, published in zip(ours[1], theirs[1]):
-        torch.testing.assert_close(mine, published, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(ours, theirs)
 
 
 def test_confidence_is_the_published_binomial_probability(batch):
     X, y, target, noises = batch
-    net = _conv_net(False)
+    net = conv_net(False)
     for mask in (False, True):
         _, parts = catrs_loss(net, X, y, target, 0.5, noises=noises, num_steps=1,
                               confidence_mask=mask, accept=torch.full((6,), 4),
@@ -185,7 +165,7 @@ def test_confidence_is_the_published_binomial_probability(batch):
 # ------------------------------------------------------------------------ reductions
 def test_everything_accepted_without_kl_is_mean_cross_entropy(batch):
     X, y, target, noises = batch
-    net = _conv_net(False).train()
+    net = conv_net(False).train()
     loss = catrs_loss(net, X, y, target, 0.5, noises=noises, num_steps=1, kl_weight=0.0,
                       accept=torch.full((6,), 4))
     logits = net((X.unsqueeze(0) + noises).flatten(0, 1))
@@ -194,7 +174,7 @@ def test_everything_accepted_without_kl_is_mean_cross_entropy(batch):
 
 def test_one_accepted_copy_is_the_easiest_cross_entropy_over_m(batch):
     X, y, target, noises = batch
-    net = _conv_net(False).train()
+    net = conv_net(False).train()
     _, parts = catrs_loss(net, X, y, target, 0.5, noises=noises, num_steps=1,
                           accept=torch.zeros(6), return_parts=True)
     logits = net((X.unsqueeze(0) + noises).flatten(0, 1))
@@ -206,7 +186,7 @@ def test_one_accepted_copy_is_the_easiest_cross_entropy_over_m(batch):
 def test_accepted_count_follows_the_confidence(batch):
     """``K ~ Binomial(m, w)``: w = 1 accepts every copy, w = 0 is clamped to one."""
     X, y, _, noises = batch
-    net = _conv_net(False)
+    net = conv_net(False)
     sure = F.one_hot(y, 3).float()
     _, parts = catrs_loss(net, X, y, sure, 0.5, noises=noises, num_steps=1,
                           confidence_mask=True, return_parts=True)
@@ -222,7 +202,7 @@ def test_attack_restandardises_each_copy_to_its_start(batch):
     start's rms times std/rms ≤ 1 of the moved noise (the authors divide the centred
     noise by its uncentred rms)."""
     X, _, target, noises = batch
-    attacked = kl_pgd_noise_attack(_conv_net(False), X, target, noises, num_steps=4,
+    attacked = kl_pgd_noise_attack(conv_net(False), X, target, noises, num_steps=4,
                                    epsilon=1.0)
     flat, start = attacked.flatten(2), noises.flatten(2)
     torch.testing.assert_close(flat.mean(2), start.mean(2), rtol=1e-4, atol=1e-5)
@@ -231,7 +211,7 @@ def test_attack_restandardises_each_copy_to_its_start(batch):
 
 def test_attack_increases_the_kl_to_the_target(batch):
     X, _, target, noises = batch
-    net = _conv_net(False).eval()
+    net = conv_net(False).eval()
 
     def kl(n):
         logp = F.log_softmax(net((X.unsqueeze(0) + n).flatten(0, 1)), dim=1)

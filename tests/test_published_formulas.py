@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_same_value_and_grads, conv_net, value_and_grads
 from skorch.history import History
 
 from smoothsk import (
@@ -26,40 +27,10 @@ from smoothsk import (
 from smoothsk.methods.attacks import smoothed_pgd_attack
 
 
-def _conv_net(with_batchnorm: bool, classes: int = 3) -> torch.nn.Module:
-    torch.manual_seed(0)
-    layers = [torch.nn.Conv2d(1, 4, 3, padding=1)]
-    if with_batchnorm:
-        layers.append(torch.nn.BatchNorm2d(4))
-    layers += [torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, classes)]
-    return torch.nn.Sequential(*layers)
-
-
 @pytest.fixture
 def images():
     g = torch.Generator().manual_seed(3)
     return torch.rand(6, 1, 4, 4, generator=g), torch.randint(0, 3, (6,), generator=g), g
-
-
-def _value_and_grads(net, loss_fn):
-    """Loss value and parameter gradients of a fresh copy in training mode."""
-    net = _clone(net)
-    net.train()
-    loss = loss_fn(net)
-    grads = torch.autograd.grad(loss, [p for p in net.parameters()])
-    return loss.detach(), grads
-
-
-def _clone(net):
-    import copy
-
-    return copy.deepcopy(net)
-
-
-def _assert_same(ours, theirs, rtol=1e-5, atol=1e-6):
-    torch.testing.assert_close(ours[0], theirs[0], rtol=rtol, atol=atol)
-    for mine, published in zip(ours[1], theirs[1]):
-        torch.testing.assert_close(mine, published, rtol=rtol, atol=atol)
 
 
 # ------------------------------------------------------------------ Stability training
@@ -77,18 +48,18 @@ def _authors_stability(model, inputs, targets, noise, lbd):
 def test_stability_equals_the_published_loss(images, with_batchnorm):
     X, y, g = images
     noise = 0.5 * torch.randn(X.shape, generator=g)
-    net = _conv_net(with_batchnorm)
-    ours = _value_and_grads(net, lambda m: stability_loss(m, X, y, 0.5, stability_weight=2.0,
+    net = conv_net(with_batchnorm)
+    ours = value_and_grads(net, lambda m: stability_loss(m, X, y, 0.5, stability_weight=2.0,
                                                           noise=noise))
-    theirs = _value_and_grads(net, lambda m: _authors_stability(m, X, y, noise, 2.0))
-    _assert_same(ours, theirs)
+    theirs = value_and_grads(net, lambda m: _authors_stability(m, X, y, noise, 2.0))
+    assert_same_value_and_grads(ours, theirs)
 
 
 def test_stability_pass_structure_matters_with_batchnorm(images):
     """One concatenated pass (the former implementation) is a different loss under BatchNorm."""
     X, y, g = images
     noise = 0.5 * torch.randn(X.shape, generator=g)
-    net = _conv_net(True)
+    net = conv_net(True)
 
     def one_pass(m):
         logits = m(torch.cat([X, X + noise]))
@@ -96,15 +67,15 @@ def test_stability_pass_structure_matters_with_batchnorm(images):
         target = F.softmax(clean, 1)
         return F.cross_entropy(clean, y) + 2.0 * (-target * F.log_softmax(noisy, 1)).sum(1).mean()
 
-    ours = _value_and_grads(net, lambda m: stability_loss(m, X, y, 0.5, noise=noise))
-    concatenated = _value_and_grads(net, one_pass)
+    ours = value_and_grads(net, lambda m: stability_loss(m, X, y, 0.5, noise=noise))
+    concatenated = value_and_grads(net, one_pass)
     assert not torch.allclose(ours[0], concatenated[0], rtol=1e-4)
 
 
 def test_stability_term_is_kl_plus_clean_entropy(images):
     X, y, g = images
     noise = 0.3 * torch.randn(X.shape, generator=g)
-    net = _conv_net(False).eval()
+    net = conv_net(False).eval()
     with torch.no_grad():
         p, q = F.softmax(net(X), 1), F.softmax(net(X + noise), 1)
         kl = (p * (p.log() - q.log())).sum(1).mean()
@@ -155,14 +126,14 @@ def test_macer_equals_the_published_loss(images, lbd, with_batchnorm):
     k, sigma = 4, 0.5
     noise = sigma * torch.randn((len(X) * k, *X.shape[1:]), generator=g)   # example-major
     ours_noises = noise.view(len(X), k, *X.shape[1:]).transpose(0, 1)       # draw-major
-    net = _conv_net(with_batchnorm)
+    net = conv_net(with_batchnorm)
     # β = 1 keeps the tempered top-2 away from 1, so the hinge is active for some examples.
     kwargs = dict(inverse_temperature=1.0, margin=8.0, robustness_weight=lbd)
-    ours = _value_and_grads(net, lambda m: macer_loss(m, X, y, sigma, noises=ours_noises,
+    ours = value_and_grads(net, lambda m: macer_loss(m, X, y, sigma, noises=ours_noises,
                                                       **kwargs))
-    theirs = _value_and_grads(net, lambda m: _authors_macer(
+    theirs = value_and_grads(net, lambda m: _authors_macer(
         m, X, y, noise, sigma=sigma, lbd=lbd, gauss_num=k, beta=1.0, gamma=8.0, num_classes=3))
-    _assert_same(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert_same_value_and_grads(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def _with_epochs(estimator, epochs: int):
@@ -211,11 +182,11 @@ def _authors_consistency(model, inputs, targets, noises, lbd, eta):
 def test_consistency_equals_the_published_loss(images, lbd, with_batchnorm):
     X, y, g = images
     noises = 0.5 * torch.randn((2, *X.shape), generator=g)
-    net = _conv_net(with_batchnorm)
-    ours = _value_and_grads(net, lambda m: consistency_loss(
+    net = conv_net(with_batchnorm)
+    ours = value_and_grads(net, lambda m: consistency_loss(
         m, X, y, 0.5, consistency_weight=lbd, entropy_weight=0.5, noises=noises))
-    theirs = _value_and_grads(net, lambda m: _authors_consistency(m, X, y, list(noises), lbd, 0.5))
-    _assert_same(ours, theirs)
+    theirs = value_and_grads(net, lambda m: _authors_consistency(m, X, y, list(noises), lbd, 0.5))
+    assert_same_value_and_grads(ours, theirs)
 
 
 # ------------------------------------------------------------------ SmoothAdv
@@ -265,18 +236,18 @@ def test_smoothadv_equals_the_published_attack_and_loss(images, with_batchnorm):
     m, steps, epsilon, sigma = 3, 5, 255 / 256, 0.25
     noise = sigma * torch.randn((len(X) * m, *X.shape[1:]), generator=g)  # example-major
     ours_noises = noise.view(len(X), m, *X.shape[1:]).transpose(0, 1)
-    net = _conv_net(with_batchnorm)
-    ours = _value_and_grads(net, lambda mod: smoothadv_loss(
+    net = conv_net(with_batchnorm)
+    ours = value_and_grads(net, lambda mod: smoothadv_loss(
         mod, X, y, sigma, epsilon=epsilon, num_steps=steps, noises=ours_noises))
-    theirs = _value_and_grads(net, lambda mod: _authors_smoothadv(mod, X, y, noise, m, steps,
+    theirs = value_and_grads(net, lambda mod: _authors_smoothadv(mod, X, y, noise, m, steps,
                                                                   epsilon))
-    _assert_same(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert_same_value_and_grads(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_smoothadv_clips_before_projecting(images):
     """Points pushed outside [0, 1] far from x: clip-then-project stays in the ε-ball."""
     X, y, g = images
-    net = _conv_net(False)
+    net = conv_net(False)
     noises = 0.25 * torch.randn((2, *X.shape), generator=g)
     m = len(noises)
     authors_inputs = X.repeat((1, m, 1, 1)).reshape(-1, *X.shape[1:])
