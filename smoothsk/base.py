@@ -386,6 +386,23 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             )
         return np.where(known, position, -1).astype(np.int64)
 
+    def _check_read_model(self, name: str, classes, X, y, input_shape=None) -> None:
+        """A model this estimator only reads (a CRT teacher, CAT-RS's target, a classifier
+        to smooth) must take inputs of the data's shape and know every label of ``y``
+        (of the ``classes`` parameter when ``X`` is a torch Dataset)."""
+        if input_shape is not None and tuple(input_shape) != tuple(self.input_shape_):
+            raise ValueError(f"{name} takes inputs of shape {tuple(input_shape)} but X has "
+                             f"per-sample shape {tuple(self.input_shape_)}.")
+        if y is not None and not isinstance(X, torch.utils.data.Dataset):
+            labels = np.unique(np.asarray(y))
+        else:
+            labels = np.asarray([] if self.classes is None else self.classes)
+        known = np.asarray(classes).tolist()
+        unknown = sorted(set(labels.tolist()) - set(known))
+        if unknown:
+            raise ValueError(f"y has labels {name} does not know: {unknown}; its classes are "
+                             f"{known}.")
+
     def _classes_for_fit(self):
         """Labels to learn in ``fit``: the ``classes`` parameter, or None to take ``y``'s."""
         return None if self.classes is None or not len(self.classes) else self.classes

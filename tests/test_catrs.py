@@ -303,7 +303,7 @@ def test_bad_parameters_are_reported(digits, params, match):
 
 def test_target_model_must_know_the_classes_and_shape(digits, gaussian_target):
     X, y = digits
-    with pytest.raises(ValueError, match="not among target_model's classes"):
+    with pytest.raises(ValueError, match="labels target_model does not know"):
         CATRSClassifier(target_model=gaussian_target).fit(X[:40], y[:40] + 10)
     with pytest.raises(ValueError, match="takes inputs of shape"):
         CATRSClassifier(target_model=gaussian_target).fit(X[:40, :32], y[:40])

@@ -310,18 +310,8 @@ class CATRSClassifier(SmoothedClassifier):
             )
         elif not is_fitted_estimator(target):
             target = clone(target).fit(X, y)
-        if tuple(target.input_shape_) != self.input_shape_:
-            raise ValueError(
-                f"target_model takes inputs of shape {tuple(target.input_shape_)} but X has "
-                f"per-sample shape {self.input_shape_}."
-            )
-        labels = np.unique(np.asarray(y)) if y is not None and isinstance(X_checked, np.ndarray) \
-            else np.asarray(self.classes)
-        if not set(labels.tolist()) <= set(target.classes_.tolist()):
-            raise ValueError(
-                f"The data's classes {labels.tolist()} are not among target_model's classes "
-                f"{target.classes_.tolist()}."
-            )
+        self._check_read_model("target_model", target.classes_, X_checked, y,
+                               target.input_shape_)
         self.target_model_ = target
 
     def fit(self, X, y=None, **fit_params):

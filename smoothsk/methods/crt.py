@@ -173,18 +173,7 @@ class CRTStudent(SmoothedClassifier):
     def _prepare_teacher(self, X, y):
         X_checked = self._validate_X(X, reset=True)
         teacher_classes, teacher_shape = self._resolve_teacher(X, y)
-        if teacher_shape is not None and tuple(teacher_shape) != self.input_shape_:
-            raise ValueError(
-                f"The teacher takes inputs of shape {tuple(teacher_shape)} but X has per-sample "
-                f"shape {self.input_shape_}."
-            )
-        labels = np.unique(np.asarray(y)) if y is not None and isinstance(X_checked, np.ndarray) \
-            else np.asarray(self.classes)
-        if not set(labels.tolist()) <= set(np.asarray(teacher_classes).tolist()):
-            raise ValueError(
-                f"The data's classes {labels.tolist()} are not among the teacher's classes "
-                f"{np.asarray(teacher_classes).tolist()}."
-            )
+        self._check_read_model("the teacher", teacher_classes, X_checked, y, teacher_shape)
         device = torch.device(self.device)
         network = self.teacher_network_.module
         teacher_device, teacher_dtype = sampling.module_device_dtype(network)

@@ -212,14 +212,7 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
         gradients = None if isinstance(network, SklearnClassifierNetwork) \
             else self.classifier_network_
         object.__setattr__(self, "gradient_network_", gradients)
-        if y is not None:
-            unknown = sorted(set(np.unique(np.asarray(y)).tolist())
-                             - set(self.classifier_classes_.tolist()))
-            if unknown:
-                raise ValueError(
-                    f"y has labels the classifier does not know: {unknown}; its classes are "
-                    f"{self.classifier_classes_.tolist()}."
-                )
+        self._check_read_model("the classifier", self.classifier_classes_, X, y)
 
     def fit(self, X, y=None, **fit_params):
         """Check the classifier against ``(X, y)`` (with ``prefit=False``: fit it first).
