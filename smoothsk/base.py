@@ -13,12 +13,18 @@ from __future__ import annotations
 import abc
 import contextlib
 import numbers
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
+from sklearn.utils._param_validation import (  # scikit-learn's own declarative checks
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+)
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     check_consistent_length,
@@ -31,13 +37,19 @@ from skorch.callbacks import EpochScoring
 from skorch.dataset import unpack_data
 from skorch.utils import to_numpy, to_tensor
 
-from smoothsk.certify import bounds, core, sampling
+from smoothsk.certify import core, sampling
 from smoothsk.certify.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certify.core import Certificate, _predict_from_counts, labels_or_marker
 from smoothsk.certify.sampling import first_field, precision_context
 from smoothsk.models import MLP, LeNet
 
 __all__ = ["SmoothedClassifier", "is_fitted_estimator", "unwrap_frozen"]
+
+# Constraints shared by the methods' ``_parameter_constraints`` tables.
+POSITIVE_INT = [Interval(Integral, 1, None, closed="left")]
+NON_NEGATIVE_INT = [Interval(Integral, 0, None, closed="left")]
+POSITIVE = [Interval(Real, 0, None, closed="neither")]
+NON_NEGATIVE = [Interval(Real, 0, None, closed="left")]
 
 
 def is_fitted_estimator(estimator) -> bool:
@@ -233,6 +245,23 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self.shared_noise = shared_noise
         self.random_state = random_state
 
+    # What each parameter accepts, checked at fit with scikit-learn's machinery (its
+    # messages name the parameter, the allowed values and the value given); a subclass
+    # adds its own: ``{**Parent._parameter_constraints, "name": [...]}``.
+    _parameter_constraints: dict = {
+        "sigma": POSITIVE,
+        "n0": POSITIVE_INT,
+        "n": POSITIVE_INT,
+        "alpha": [Interval(Real, 0, 1, closed="neither")],
+        "n_predict": POSITIVE_INT,
+        "certify_batch_size": POSITIVE_INT,
+        "precision": [StrOptions({"fp32", "bf16", "fp16"})],
+        "channels_last": ["boolean"],
+        "shared_noise": ["boolean"],
+        "random_state": ["random_state"],
+        "max_epochs": POSITIVE_INT,
+    }
+
     _read_only_params: tuple = ()
     """Parameters holding models that are only read (a CRT teacher, CAT-RS's target
     model): ``clone`` keeps a fitted one by reference, and skorch never registers,
@@ -300,16 +329,14 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         loss.backward()
         return {"loss": loss, "y_pred": None}
 
-    def _check_sigma_param(self):
-        sampling.check_sigma(self.sigma)
-
     def _check_smoothing_params(self):
-        self._check_sigma_param()
-        bounds.check_alpha(self.alpha)
-        for name in ("n0", "n", "n_predict", "certify_batch_size", "max_epochs"):
-            sampling.check_positive_int(getattr(self, name), name)
-        sampling.check_precision(self.precision, self.device)
-        sampling.check_shared_noise(self.shared_noise)
+        """Every parameter against ``_parameter_constraints`` (scikit-learn's checks)."""
+        validate_parameter_constraints(
+            self._parameter_constraints,
+            {name: getattr(self, name) for name in self._parameter_constraints},
+            caller_name=type(self).__name__,
+        )
+        sampling.check_precision(self.precision, self.device)  # fp16 needs a CUDA device
 
     def _validate_X(self, X, *, reset: bool):
         """Arrays and tensors become float32 arrays of a fixed per-sample shape."""

@@ -206,3 +206,28 @@ def test_base_class_needs_a_training_loss():
 
     with pytest.raises(TypeError, match="training_loss"):
         SmoothedClassifier()
+
+
+def test_every_smoothsk_parameter_has_a_declared_constraint(digits):
+    import inspect
+
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    import smoothsk
+
+    skorch_owned = {"self", "module", "kwargs", "criterion", "optimizer", "lr", "batch_size",
+                    "train_split", "verbose"}
+    classes = [getattr(smoothsk, name) for name in smoothsk.__all__
+               if isinstance(getattr(smoothsk, name), type)
+               and issubclass(getattr(smoothsk, name), smoothsk.SmoothedClassifier)]
+    for cls in classes:
+        own = {name for klass in cls.__mro__ if "__init__" in vars(klass)
+               and klass.__module__.startswith("smoothsk")
+               for name in inspect.signature(klass.__init__).parameters} - skorch_owned
+        assert own <= set(cls._parameter_constraints), (cls.__name__, own
+                                                         - set(cls._parameter_constraints))
+    X, y = digits
+    with pytest.raises(InvalidParameterError, match=r"The 'sigma' parameter of "
+                       r"GaussianAugClassifier must be a float in the range \(0.0, inf\)\. "
+                       r"Got -1 instead\."):
+        _fast(sigma=-1).fit(X[:20], y[:20])

@@ -153,10 +153,11 @@ def test_macer_deferred_switches_the_hinge_on_after_the_first_lr_step():
         == 16.0
 
 
-@pytest.mark.parametrize("deferred", [-1, 2.5, True])
+@pytest.mark.parametrize("deferred", [-1, 2.5, "30"])
 def test_macer_rejects_bad_deferred(deferred):
     X = np.random.default_rng(0).random((8, 4)).astype(np.float32)
-    with pytest.raises(ValueError, match="deferred must be None or an int >= 0"):
+    with pytest.raises(ValueError, match=r"'deferred' parameter of MACERClassifier must be an "
+                       r"int in the range \[0, inf\) or None"):
         MACERClassifier(deferred=deferred, max_epochs=1).fit(X, np.arange(8) % 2)
 
 

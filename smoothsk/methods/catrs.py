@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import clone
 
-from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
+from smoothsk.base import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SmoothedClassifier,
+    is_fitted_estimator,
+    unwrap_frozen,
+)
 from smoothsk.certify import sampling
 from smoothsk.methods.attacks import draw_noises, frozen, noisy_batch
 
@@ -238,6 +246,19 @@ class CATRSClassifier(SmoothedClassifier):
 
     _read_only_params = ("target_model",)
 
+    _parameter_constraints: dict = {
+        **SmoothedClassifier._parameter_constraints,
+        "num_noise": POSITIVE_INT,
+        "num_steps": POSITIVE_INT,
+        "epsilon": POSITIVE,
+        "kl_weight": NON_NEGATIVE,
+        "epsilon_warmup": [*NON_NEGATIVE_INT, None],
+        "confidence_mask": ["boolean"],
+        "target_model": "no_validation",  # checked in fit
+        "target_sigma": POSITIVE,
+        "target_draws": POSITIVE_INT,
+    }
+
     def __init__(
         self,
         module=None,
@@ -263,24 +284,6 @@ class CATRSClassifier(SmoothedClassifier):
         self.target_model = target_model
         self.target_sigma = target_sigma
         self.target_draws = target_draws
-
-    def _check_smoothing_params(self):
-        super()._check_smoothing_params()
-        for name in ("num_noise", "num_steps", "target_draws"):
-            sampling.check_positive_int(getattr(self, name), name)
-        if not self.epsilon > 0 or not self.kl_weight >= 0:
-            raise ValueError(
-                f"Need epsilon > 0 and kl_weight >= 0; got epsilon={self.epsilon!r}, "
-                f"kl_weight={self.kl_weight!r}."
-            )
-        if self.epsilon_warmup is not None and (
-            isinstance(self.epsilon_warmup, bool) or not isinstance(self.epsilon_warmup, int)
-            or self.epsilon_warmup < 0
-        ):
-            raise ValueError(
-                f"epsilon_warmup must be None or an int >= 0; got {self.epsilon_warmup!r}."
-            )
-        sampling.check_sigma(self.target_sigma)
 
     def _fit_target_model(self, X, y):
         """The authors' preprocessing: a Gaussian model with this network and schedule."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.base import SmoothedClassifier
+from smoothsk.base import NON_NEGATIVE, POSITIVE_INT, SmoothedClassifier
 from smoothsk.methods.attacks import draw_noises, noisy_batch
 
 __all__ = ["ConsistencyClassifier", "consistency_loss"]
@@ -53,6 +53,13 @@ class ConsistencyClassifier(SmoothedClassifier):
     **kwargs
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
     """
+
+    _parameter_constraints: dict = {
+        **SmoothedClassifier._parameter_constraints,
+        "num_noise": POSITIVE_INT,
+        "consistency_weight": NON_NEGATIVE,
+        "entropy_weight": NON_NEGATIVE,
+    }
 
     def __init__(self, module=None, *, num_noise: int = 2, consistency_weight: float = 10.0,
                  entropy_weight: float = 0.5, **kwargs):

@@ -9,13 +9,20 @@ Gaussian augmentation (one extra forward pass of the teacher).
 from __future__ import annotations
 
 import copy
+from numbers import Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import clone
+from sklearn.utils._param_validation import Interval
 
-from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
+from smoothsk.base import (
+    POSITIVE,
+    SmoothedClassifier,
+    is_fitted_estimator,
+    unwrap_frozen,
+)
 from smoothsk.certify import sampling
 from smoothsk.certify.sampling import first_field
 from smoothsk.methods.attacks import frozen
@@ -99,6 +106,14 @@ class CRTStudent(SmoothedClassifier):
 
     _read_only_params = ("teacher",)
 
+    _parameter_constraints: dict = {
+        **SmoothedClassifier._parameter_constraints,
+        "sigma": [*POSITIVE, None],  # None: the teacher's σ, resolved in fit
+        "teacher": "no_validation",  # checked against the data in fit
+        "transfer_weight": [Interval(Real, 0, 1, closed="both")],
+        "allow_sigma_mismatch": ["boolean"],
+    }
+
     def __init__(
         self,
         module=None,
@@ -117,15 +132,6 @@ class CRTStudent(SmoothedClassifier):
     @property
     def noise_level_(self) -> float:
         return getattr(self, "sigma_", self.sigma)
-
-    def _check_sigma_param(self):
-        if self.sigma is not None:  # None: the teacher's σ, resolved in fit
-            super()._check_sigma_param()
-
-    def _check_smoothing_params(self):
-        super()._check_smoothing_params()
-        if not 0.0 <= self.transfer_weight <= 1.0:
-            raise ValueError(f"transfer_weight must be in [0, 1]; got {self.transfer_weight!r}.")
 
     def _resolve_teacher(self, X, y):
         """Set ``teacher_``, ``teacher_network_`` and ``sigma_``; check compatibility."""

@@ -17,8 +17,14 @@ import torch.nn.functional as F
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import StrOptions
 
-from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
+from smoothsk.base import (
+    NON_NEGATIVE_INT,
+    SmoothedClassifier,
+    is_fitted_estimator,
+    unwrap_frozen,
+)
 from smoothsk.certify.adapters import SklearnClassifierNetwork, as_base_network
 from smoothsk.methods.attacks import frozen
 from smoothsk.models import DnCNN, MLPDenoiser
@@ -154,6 +160,12 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
 
     _read_only_params = ("classifier",)
 
+    _parameter_constraints: dict = {
+        **SmoothedClassifier._parameter_constraints,
+        "classifier": "no_validation",  # checked against the data in fit
+        "prefit": ["boolean"],
+    }
+
     def __init__(self, classifier=None, *, prefit: bool = True, **kwargs):
         # skorch lists every attribute as a parameter, so clone passes module=None back
         super().__init__(kwargs.pop("module", None), **kwargs)
@@ -175,12 +187,6 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
                 )
             self.classifier.set_params(**nested)
         return self
-
-    # ------------------------------------------------------------------ set-up
-    def _check_smoothing_params(self):
-        super()._check_smoothing_params()
-        if not isinstance(self.prefit, (bool, np.bool_)):
-            raise ValueError(f"prefit must be True or False; got {self.prefit!r}.")
 
     def _resolve_classifier(self, X=None, y=None):
         """Set ``classifier_``, ``classifier_network_``, ``classifier_classes_`` and
@@ -301,6 +307,13 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
 
     _read_only_params = ("classifier", "surrogate")
 
+    _parameter_constraints: dict = {
+        **PretrainedSmoothingClassifier._parameter_constraints,
+        "objective": [StrOptions(set(OBJECTIVES))],
+        "surrogate": "no_validation",
+        "mse_epochs": [*NON_NEGATIVE_INT, None],
+    }
+
     def __init__(
         self,
         classifier=None,
@@ -315,17 +328,6 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
         self.objective = objective
         self.surrogate = surrogate
         self.mse_epochs = mse_epochs
-
-    # ------------------------------------------------------------------ set-up
-    def _check_smoothing_params(self):
-        super()._check_smoothing_params()
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}.")
-        if self.mse_epochs is not None and (
-            isinstance(self.mse_epochs, bool) or not isinstance(self.mse_epochs, int)
-            or self.mse_epochs < 0
-        ):
-            raise ValueError(f"mse_epochs must be None or an int >= 0; got {self.mse_epochs!r}.")
 
     def _resolve_classifier(self, X=None, y=None):
         super()._resolve_classifier(X, y)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
-from smoothsk.base import SmoothedClassifier
+from smoothsk.base import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SmoothedClassifier
 from smoothsk.methods.attacks import draw_noises, noisy_batch
 
 __all__ = ["MACERClassifier", "macer_loss"]
@@ -80,6 +78,15 @@ class MACERClassifier(SmoothedClassifier):
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
     """
 
+    _parameter_constraints: dict = {
+        **SmoothedClassifier._parameter_constraints,
+        "num_noise": POSITIVE_INT,
+        "inverse_temperature": POSITIVE,
+        "margin": NON_NEGATIVE,
+        "robustness_weight": NON_NEGATIVE,
+        "deferred": [*NON_NEGATIVE_INT, None],
+    }
+
     def __init__(self, module=None, *, num_noise: int = 16, inverse_temperature: float = 16.0,
                  margin: float = 8.0, robustness_weight: float = 12.0,
                  deferred: int | None = None, **kwargs):
@@ -89,13 +96,6 @@ class MACERClassifier(SmoothedClassifier):
         self.margin = margin
         self.robustness_weight = robustness_weight
         self.deferred = deferred
-
-    def _check_smoothing_params(self):
-        super()._check_smoothing_params()
-        if self.deferred is not None and (isinstance(self.deferred, bool)
-                                          or not isinstance(self.deferred, numbers.Integral)
-                                          or self.deferred < 0):
-            raise ValueError(f"deferred must be None or an int >= 0; got {self.deferred!r}.")
 
     @property
     def current_robustness_weight_(self) -> float:

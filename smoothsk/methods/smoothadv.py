@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.base import SmoothedClassifier
+from smoothsk.base import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, SmoothedClassifier
 from smoothsk.methods.attacks import draw_noises, noisy_batch, smoothed_pgd_attack
 from smoothsk.methods.smoothmix import warmup_factor
 
@@ -84,6 +84,15 @@ class SmoothAdvClassifier(SmoothedClassifier):
     not move (a measure-zero event with a trained network).
     """
 
+    _parameter_constraints: dict = {
+        **SmoothedClassifier._parameter_constraints,
+        "epsilon": NON_NEGATIVE,
+        "num_steps": NON_NEGATIVE_INT,
+        "num_noise": POSITIVE_INT,
+        "warmup": NON_NEGATIVE_INT,
+        "clip_range": [tuple, None],
+    }
+
     def __init__(self, module=None, *, epsilon: float = 255 / 256, num_steps: int = 10,
                  num_noise: int = 4, warmup: int = 5,
                  clip_range: tuple[float, float] | None = (0.0, 1.0), **kwargs):
@@ -93,15 +102,6 @@ class SmoothAdvClassifier(SmoothedClassifier):
         self.num_noise = num_noise
         self.warmup = warmup
         self.clip_range = clip_range
-
-    def _check_smoothing_params(self):
-        super()._check_smoothing_params()
-        if not self.epsilon >= 0 or self.num_steps < 0 or self.num_noise < 1 or self.warmup < 0:
-            raise ValueError(
-                "Need epsilon >= 0, num_steps >= 0, num_noise >= 1 and warmup >= 0; got "
-                f"epsilon={self.epsilon!r}, num_steps={self.num_steps!r}, "
-                f"num_noise={self.num_noise!r}, warmup={self.warmup!r}."
-            )
 
     @property
     def current_epsilon_(self) -> float:

@@ -7,10 +7,19 @@ with its adversarial point and pulls the prediction there towards uniform.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 import torch.nn.functional as F
+from sklearn.utils._param_validation import Options
 
-from smoothsk.base import SmoothedClassifier
+from smoothsk.base import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SmoothedClassifier,
+)
 from smoothsk.methods.attacks import (
     clip_to_range,
     draw_noises,
@@ -166,6 +175,19 @@ class SmoothMixClassifier(SmoothedClassifier):
     authors' updates exactly set ``batch_size = B // m`` (e.g. 64 for B = 256, m = 4).
     """
 
+    _parameter_constraints: dict = {
+        **SmoothedClassifier._parameter_constraints,
+        "num_noise": POSITIVE_INT,
+        "num_steps": NON_NEGATIVE_INT,
+        "step_size": POSITIVE,
+        "eta": NON_NEGATIVE,
+        "mix_step": [Options(Integral, {0, 1})],
+        "mix_radius": [*NON_NEGATIVE, None],
+        "attack_radius": [*NON_NEGATIVE, None],
+        "warmup": NON_NEGATIVE_INT,
+        "clip_range": [tuple, None],
+    }
+
     def __init__(
         self,
         module=None,
@@ -191,17 +213,6 @@ class SmoothMixClassifier(SmoothedClassifier):
         self.attack_radius = attack_radius
         self.warmup = warmup
         self.clip_range = clip_range
-
-    def _check_smoothing_params(self):
-        super()._check_smoothing_params()
-        if self.mix_step not in (0, 1):
-            raise ValueError(f"mix_step must be 0 or 1; got {self.mix_step!r}.")
-        if self.num_noise < 1 or self.num_steps < 0 or self.step_size <= 0 or self.eta < 0:
-            raise ValueError(
-                "Need num_noise >= 1, num_steps >= 0, step_size > 0 and eta >= 0; got "
-                f"num_noise={self.num_noise}, num_steps={self.num_steps}, "
-                f"step_size={self.step_size}, eta={self.eta}."
-            )
 
     def training_loss(self, X, y):
         return smoothmix_loss(

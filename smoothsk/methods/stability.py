@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.base import SmoothedClassifier
+from smoothsk.base import NON_NEGATIVE, SmoothedClassifier
 
 __all__ = ["StabilityClassifier", "stability_loss"]
 
@@ -48,6 +48,11 @@ class StabilityClassifier(SmoothedClassifier):
     **kwargs
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
     """
+
+    _parameter_constraints: dict = {
+        **SmoothedClassifier._parameter_constraints,
+        "stability_weight": NON_NEGATIVE,
+    }
 
     def __init__(self, module=None, *, stability_weight: float = 2.0, **kwargs):
         super().__init__(module, **kwargs)
