@@ -1,6 +1,6 @@
 """
 Certify a scikit-learn classifier you already have, and tune it for certified accuracy
-=====================================================================================
+======================================================================================
 
 Any fitted classifier can be smoothed: ``certify(clf, X, sigma)`` gives its certificates,
 and ``PretrainedSmoothingClassifier`` makes its smoothed classifier an estimator for the
