@@ -257,3 +257,29 @@ def test_free_heap_is_returned_after_every_chunk(monkeypatch):
     assert calls == [0, 0, 0]
     sampling.release_free_memory()  # callable on any platform
     assert calls == [0, 0, 0, 0]
+
+
+class _OneLogit(torch.nn.Module):
+    """Two-class logits ``(x_0, 0)`` with a third logit fixed to ``value``."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        third = torch.full((len(x), 1), self.value)
+        return torch.cat([x[:, :1] + 5.0, torch.zeros(len(x), 1), third], dim=1)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_logit_anywhere_refuses_to_certify(value):
+    # NaN in a losing class would still make the row's votes meaningless; +inf wins them
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        certify(_OneLogit(value), np.zeros((3, 2), np.float32), 0.5, n0=10, n=50,
+                random_state=0)
+
+
+def test_minus_infinity_in_a_losing_class_changes_no_vote():
+    cert = certify(_OneLogit(float("-inf")), np.zeros((3, 2), np.float32), 0.5, n0=10, n=50,
+                   random_state=0)
+    assert np.all(cert.counts[:, 2] == 0) and np.all(cert.prediction == 0)
