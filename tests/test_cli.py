@@ -324,7 +324,8 @@ def _bad_invocations(model, tmp_path):
         (train + ["--out", "/proc/smoothsk-model"], "cannot be written"),  # even for root
         (train + ["--out", "nodir/m"], "does not exist"),
         (train + ["--threads", "100000", "--out", "m"], "--threads 100000"),
-        (train + ["--set", "max_epochs=0", "--out", "m"], "max_epochs must be a positive"),
+        (train + ["--set", "max_epochs=0", "--out", "m"],
+         "'max_epochs' parameter of GaussianAugClassifier must be an int"),
         (certify + ["--device", "cuda", "--out", "r.tsv"], "no CUDA GPU"),
         (certify + ["--scheduler", "not an address", "--out", "r.tsv"], "not a Dask scheduler"),
         (["certify", model, "--dataset", "fashion-mnist", "--max", "2", "--out", "r.tsv"],
