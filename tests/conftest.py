@@ -82,3 +82,14 @@ def assert_same_value_and_grads(ours, theirs, rtol=1e-5, atol=1e-6):
     for mine, published in zip(ours[1], theirs[1]):
         torch.testing.assert_close(mine, published, rtol=rtol, atol=atol)
 
+
+@pytest.fixture
+def small_net():
+    """A seeded linear network on 3×2×2 inputs with 4 classes."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+
+
+@pytest.fixture
+def small_X():
+    return np.random.default_rng(0).uniform(size=(23, 3, 2, 2)).astype(np.float32)

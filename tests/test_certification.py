@@ -100,17 +100,6 @@ def test_certified_radius_is_close_to_true_radius_for_large_n():
 # ----------------------------------------------------------------------------- reproducibility
 
 
-@pytest.fixture
-def small_net():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
-
-
-@pytest.fixture
-def small_X():
-    return np.random.default_rng(0).uniform(size=(23, 3, 2, 2)).astype(np.float32)
-
-
 def test_certificates_do_not_depend_on_batch_size_or_chunking(small_net, small_X):
     kw = dict(n0=37, n=2500, alpha=0.01, random_state=7)
     ref = certify(small_net, small_X, 0.5, batch_size=1000, **kw)

@@ -19,17 +19,6 @@ from smoothsk import (
 from smoothsk.io.runs import RunMismatchError, certify_to_tsv
 
 
-@pytest.fixture
-def small_net():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
-
-
-@pytest.fixture
-def small_X():
-    return np.random.default_rng(0).uniform(size=(23, 3, 2, 2)).astype(np.float32)
-
-
 def test_each_input_keeps_cohens_guarantee():
     rng = np.random.default_rng(11)
     sigma, alpha, n, trials = 0.5, 0.05, 400, 1000
