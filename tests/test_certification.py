@@ -260,15 +260,34 @@ class _OneLogit(torch.nn.Module):
         return torch.cat([x[:, :1] + 5.0, torch.zeros(len(x), 1), third], dim=1)
 
 
+@pytest.mark.parametrize("shared_noise", [False, True])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_a_non_finite_logit_anywhere_refuses_to_certify(value):
+def test_a_non_finite_logit_anywhere_refuses_to_certify(value, shared_noise):
     # NaN in a losing class would still make the row's votes meaningless; +inf wins them
     with pytest.raises(FloatingPointError, match="non-finite logits"):
         certify(_OneLogit(value), np.zeros((3, 2), np.float32), 0.5, n0=10, n=50,
-                random_state=0)
+                random_state=0, shared_noise=shared_noise)
 
 
-def test_minus_infinity_in_a_losing_class_changes_no_vote():
+@pytest.mark.parametrize("shared_noise", [False, True])
+def test_minus_infinity_in_a_losing_class_changes_no_vote(shared_noise):
     cert = certify(_OneLogit(float("-inf")), np.zeros((3, 2), np.float32), 0.5, n0=10, n=50,
-                   random_state=0)
+                   random_state=0, shared_noise=shared_noise)
     assert np.all(cert.counts[:, 2] == 0) and np.all(cert.prediction == 0)
+
+
+class _GrowingOutput(torch.nn.Module):
+    """Two logits on the first call, three after: no fixed set of classes to vote for."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.zeros(len(x), 2 if self.calls == 1 else 3)
+
+
+@pytest.mark.parametrize("shared_noise", [False, True])
+def test_a_varying_number_of_classes_is_refused(shared_noise):
+    with pytest.raises(ValueError, match="varying number of classes"):
+        class_counts(_GrowingOutput(), np.zeros((4, 2), np.float32), 0.5, 100, batch_size=50,
+                     random_state=0, shared_noise=shared_noise)

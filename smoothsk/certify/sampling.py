@@ -194,7 +194,7 @@ class NoiseSampler:
                             dtype=self.dtype)
         return noise.mul_(self.sigma)
 
-    def _votes(self, batch: torch.Tensor) -> torch.Tensor:
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         with precision_context(self.precision, self.device):
             logits = self.module(batch)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(batch):
@@ -203,10 +203,10 @@ class NoiseSampler:
                 f"The network must return logits of shape (batch, n_classes); for a batch "
                 f"of {len(batch)} inputs it returned {shape}."
             )
-        # A flag on the device, read once per chunk: a NaN network would otherwise
-        # "vote" for class 0 on every draw and be certified at the largest radius.  The
-        # row maxima carry it: a NaN anywhere makes its row's max NaN, +inf is the max,
-        # an all −inf row has max −inf; a −inf elsewhere cannot change the vote.
+        return logits
+
+    def _votes(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(batch)
         top, votes = logits.max(dim=1)
         self._finite &= torch.isfinite(top).all()
         return votes, logits.shape[1]
@@ -218,6 +218,8 @@ class NoiseSampler:
         array holding every row's global index.  At most ``batch_size + NOISE_BLOCK``
         noisy rows exist at any time, whatever ``num``.
         """
+        if self.shared_noise:
+            return self._shared_counts(chunk, num)
         if np.ndim(first_index) == 0:
             indices = range(first_index, first_index + len(chunk))
         else:
@@ -257,35 +259,17 @@ class NoiseSampler:
             n_pending += len(rows)
             drain(final=False)
 
-        blocks = list(enumerate(range(0, num, NOISE_BLOCK)))
-        shape = chunk.shape[1:]
-        if self.shared_noise:  # one draw of each block serves every input of the chunk
-            inputs = torch.arange(len(chunk), device=self.device)
-            buffer = None
-            for block, start in blocks:
+        for j in range(len(chunk)):
+            owner = torch.full((NOISE_BLOCK,), j, dtype=torch.int64, device=self.device)
+            for block, start in enumerate(range(0, num, NOISE_BLOCK)):
                 size = min(NOISE_BLOCK, num - start)
-                noise = self._noise(SHARED_NOISE_INDEX, block, size, shape)
-                # a group of inputs at a time: one broadcast add, at most a batch of rows
-                group = max(1, self.batch_size // size)
-                if buffer is None:  # group·size ≤ max(batch_size, NOISE_BLOCK) rows
-                    buffer = torch.empty((max(self.batch_size, NOISE_BLOCK), *shape),
-                                         device=self.device, dtype=self.dtype)
-                for first in range(0, len(chunk), group):
-                    xs = chunk[first : first + group]
-                    rows = buffer[: len(xs) * size]
-                    torch.add(xs.unsqueeze(1), noise.unsqueeze(0),
-                              out=rows.view(len(xs), size, *shape))
-                    owner = inputs[first : first + group].repeat_interleave(size)
-                    for lo in range(0, len(rows), self.batch_size):  # no copy into a batch
-                        run(rows[lo : lo + self.batch_size], owner[lo : lo + self.batch_size])
-        else:
-            for j in range(len(chunk)):
-                owner = torch.full((NOISE_BLOCK,), j, dtype=torch.int64, device=self.device)
-                for block, start in blocks:
-                    size = min(NOISE_BLOCK, num - start)
-                    noise = self._noise(indices[j], block, size, shape)
-                    add(noise.add_(chunk[j]), owner[:size])
+                noise = self._noise(indices[j], block, size, chunk.shape[1:])
+                add(noise.add_(chunk[j]), owner[:size])
         drain(final=True)
+        self._check_finite()
+        return counts.view(len(chunk), -1)
+
+    def _check_finite(self):
         if not bool(self._finite):
             raise FloatingPointError(
                 "The network returned non-finite logits (NaN or inf) on noisy inputs, so its "
@@ -293,7 +277,60 @@ class NoiseSampler:
                 "weights (a diverged training run) and that inputs and sigma are finite and "
                 "of a sensible scale."
             )
-        return counts.view(len(chunk), -1)
+
+    def _shared_counts(self, chunk: torch.Tensor, num: int) -> torch.Tensor:
+        """:meth:`counts` with one draw of each noise block added to every input.
+
+        Row ``r`` of a block's ``len(chunk) · size`` noisy rows is input ``r // size``
+        plus draw ``r % size``; batches of ``batch_size`` consecutive rows are built in one
+        reused buffer by at most three broadcast adds (whole inputs in the middle, part
+        of one at each end), so every batch is full whatever ``size``.  Votes and row
+        maxima go into per-block buffers; counting and the finiteness check run once per
+        block, not per batch: for a small network per-batch bookkeeping costs as much as
+        its forward pass.
+        """
+        shape, n_inputs = chunk.shape[1:], len(chunk)
+        buffer = torch.empty((self.batch_size, *shape), device=self.device, dtype=self.dtype)
+        votes = torch.empty(n_inputs * min(num, NOISE_BLOCK), dtype=torch.int64,
+                            device=self.device)
+        tops = counts = None
+        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
+        for block, start in enumerate(range(0, num, NOISE_BLOCK)):
+            size = min(NOISE_BLOCK, num - start)
+            noise = self._noise(SHARED_NOISE_INDEX, block, size, shape)
+            used = n_inputs * size
+            for lo in range(0, used, self.batch_size):
+                hi = min(lo + self.batch_size, used)
+                batch = buffer[: hi - lo]
+                row = lo
+                while row < hi:
+                    i, j = divmod(row, size)
+                    whole = (hi - row) // size if j == 0 else 0
+                    if whole:
+                        torch.add(chunk[i : i + whole].unsqueeze(1), noise.unsqueeze(0),
+                                  out=batch[row - lo : row - lo + whole * size].view(
+                                      whole, size, *shape))
+                        row += whole * size
+                    else:
+                        part = min(size - j, hi - row)
+                        torch.add(chunk[i], noise[j : j + part],
+                                  out=batch[row - lo : row - lo + part])
+                        row += part
+                logits = self._logits(batch)
+                if tops is None:
+                    tops = torch.empty(len(votes), dtype=logits.dtype, device=self.device)
+                    n_classes = logits.shape[1]
+                elif logits.shape[1] != n_classes:
+                    raise ValueError("The network returned a varying number of classes.")
+                # the row maxima carry every non-finite logit that could change a vote
+                torch.max(logits, 1, out=(tops[lo:hi], votes[lo:hi]))
+            self._finite &= torch.isfinite(tops[:used]).all()
+            owner = torch.arange(n_inputs, device=self.device).repeat_interleave(size)
+            block_counts = torch.bincount(owner * n_classes + votes[:used],
+                                          minlength=n_inputs * n_classes)
+            counts = block_counts if counts is None else counts.add_(block_counts)
+        self._check_finite()
+        return counts.view(n_inputs, -1)
 
 
 def check_shared_noise(shared_noise) -> bool:
