@@ -12,9 +12,16 @@ Same network, same inputs, same n0 / n / alpha, same machine, one run; medians o
    batches): the limit certification cannot beat at fixed n.
 
 and the peak extra memory (VmHWM − VmRSS before certifying, in a fresh subprocess per
-implementation) at n = 10,000 and 100,000.
+implementation) at n = 10,000 and 100,000 (CPU only).
+
+On a GPU (``--device cuda``) every timing waits for the device before the clock stops,
+the raw rate reads nothing back per batch (one synchronisation at the end), the batch
+sizes go up to 16,000 and more inputs are certified, so that each timing lasts long
+enough to mean something.  Implementations that are not installed (ART) are reported
+as such.
 
     python benchmarks/certify_speed.py [--networks lenet,resnet20] [--repeats 3]
+                                       [--device cuda] [--out results.json]
 """
 
 from __future__ import annotations
@@ -96,19 +103,35 @@ IMPLEMENTATIONS = {"smoothsk": smoothsk_certify, "cohen": cohen_certify, "art": 
 
 
 # ----------------------------------------------------------------------------- measurements
+def _wait(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def raw_rate(model, shape, batch_size, repeats, rows=20_000):
-    """Samples/s of forward + argmax on noisy batches already in memory."""
-    batch = torch.rand(batch_size, *shape, device=next(model.parameters()).device)
+    """Samples/s of forward + argmax on noisy batches already in memory.
+
+    On a CPU each batch's votes are read (as certification must); on a GPU the votes
+    stay on the device and the clock stops after one synchronisation at the end: the
+    device's own rate, which no certification loop can beat.
+    """
+    device = next(model.parameters()).device
+    batch = torch.rand(batch_size, *shape, device=device)
+    steps = max(1, rows // batch_size)
     times = []
     model.eval()
     with torch.inference_mode():
         model(batch)
+        _wait(device)
         for _ in range(repeats):
             start = time.perf_counter()
-            for _ in range(max(1, rows // batch_size)):
-                model(batch + SIGMA * torch.randn_like(batch)).argmax(1).cpu()
+            for _ in range(steps):
+                votes = model(batch + SIGMA * torch.randn_like(batch)).argmax(1)
+                if device.type == "cpu":
+                    votes.numpy()
+            _wait(device)
             times.append(time.perf_counter() - start)
-    return max(1, rows // batch_size) * batch_size / statistics.median(times)
+    return steps * batch_size / statistics.median(times)
 
 
 def _rss_kib(field):
@@ -144,6 +167,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
@@ -151,16 +175,22 @@ def main(argv=None):
         return memory_child(implementation, network, int(n), int(batch_size))
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = {"lenet": dict(inputs=20, n=10_000), "resnet20": dict(inputs=4, n=2_000)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, sigma={SIGMA}, "
-          f"n0={N0}, alpha={ALPHA}, median of {args.repeats}\n")
-    memory_rows = []
+    gpu = torch.device(args.device).type == "cuda"
+    if gpu:
+        settings = {"lenet": dict(inputs=100, n=10_000), "resnet20": dict(inputs=20, n=10_000)}
+        batches = (100, 500, 1000, 2000, 4000, 8000, 16000)
+    else:
+        settings = {"lenet": dict(inputs=20, n=10_000), "resnet20": dict(inputs=4, n=2_000)}
+        batches = (25, 50, 100, 200, 500, 1000, 2000)
+    device_name = torch.cuda.get_device_name() if gpu else "cpu"
+    print(f"torch {torch.__version__}, {device_name}, {torch.get_num_threads()} threads, "
+          f"sigma={SIGMA}, n0={N0}, alpha={ALPHA}, median of {args.repeats}\n")
+    memory_rows, results = [], []
     for network in args.networks.split(","):
         build, shape, classes = NETWORKS[network]
         torch.manual_seed(0)
         model = build().eval().to(args.device)
-        rates = {b: raw_rate(model, shape, b, args.repeats)
-                 for b in (25, 50, 100, 200, 500, 1000, 2000)}
+        rates = {b: raw_rate(model, shape, b, args.repeats) for b in batches}
         best = max(rates, key=rates.get)
         print(f"## {network}: raw inference samples/s by batch size")
         print(" | ".join(f"{b}: {r:,.0f}" for b, r in rates.items()), f"→ best {best}\n")
@@ -168,10 +198,17 @@ def main(argv=None):
         X = np.random.default_rng(0).uniform(size=(inputs, *shape)).astype(np.float32)
         speed = {}
         for name, run in IMPLEMENTATIONS.items():
+            try:
+                run(model, X[:1], classes, 10, 200, ALPHA, best)  # warm-up
+            except ImportError as error:
+                print(f"{name}: not installed ({error})")
+                continue
             times = []
             for _ in range(args.repeats):
+                _wait(args.device)
                 start = time.perf_counter()
                 run(model, X, classes, N0, n, ALPHA, best)
+                _wait(args.device)
                 times.append(time.perf_counter() - start)
             speed[name] = inputs * (N0 + n) / statistics.median(times)
         print(f"{inputs} inputs, n={n:,}, batch {best}\n")
@@ -180,17 +217,28 @@ def main(argv=None):
         for name, rate in [*speed.items(), ("raw inference (best batch)", rates[best])]:
             print(f"| {name} | {rate:,.0f} | {speed['smoothsk'] / rate:.2f} |")
         print(f"\nsmoothsk / best raw inference rate: {speed['smoothsk'] / rates[best]:.3f}\n")
-        if network == "lenet" and args.device == "cpu":
+        results.append(dict(network=network, inputs=inputs, n=n, batch=best,
+                            raw_rate_by_batch=rates, samples_per_s=speed,
+                            smoothsk_over_raw=speed["smoothsk"] / rates[best],
+                            smoothsk_over_cohen=(speed["smoothsk"] / speed["cohen"]
+                                                 if "cohen" in speed else None)))
+        if network == "lenet" and not gpu:
             for n_mem in (10_000, 100_000):
                 memory_rows.append((network, n_mem, {name: peak_memory(name, network, n_mem, best)
-                                                     for name in IMPLEMENTATIONS}))
+                                                     for name in speed}))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as stream:
+            json.dump({"torch": torch.__version__, "device": device_name,
+                       "threads": torch.get_num_threads(), "repeats": args.repeats,
+                       "networks": results}, stream, indent=1)
     if memory_rows:
         print("## peak extra memory (MiB) while certifying one input, batch size as above")
-        print("| network | n | " + " | ".join(IMPLEMENTATIONS) + " |")
-        print("|---|---|" + "---|" * len(IMPLEMENTATIONS))
+        names = list(memory_rows[0][2])
+        print("| network | n | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
         for network, n_mem, peaks in memory_rows:
             print(f"| {network} | {n_mem:,} | " +
-                  " | ".join(f"{peaks[name]:.1f}" for name in IMPLEMENTATIONS) + " |")
+                  " | ".join(f"{peaks[name]:.1f}" for name in names) + " |")
 
 
 if __name__ == "__main__":

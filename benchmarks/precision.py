@@ -10,7 +10,10 @@ ratios to the fp32 raw forward rate (the limit of fp32 certification at fixed n)
   bf16 (same data, same seed);
 - agreement of the votes of the same trained model certified at fp32 and bf16.
 
+On a GPU (``--device cuda``) fp16 joins bf16, and timings wait for the device.
+
     python benchmarks/precision.py [--networks lenet,resnet20] [--repeats 3] [--threads N]
+                                   [--device cuda]
 """
 
 from __future__ import annotations
@@ -32,18 +35,29 @@ NETWORKS = {
 }
 
 
+def _wait():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _median_seconds(run, repeats):
     run()  # warm-up: first calls pay for allocation and kernel selection
     times = []
     for _ in range(repeats):
+        _wait()
         start = time.perf_counter()
         run()
+        _wait()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
+def _reduced_precisions(device):
+    return ("bf16", "fp16") if torch.device(device).type == "cuda" else ("bf16",)
+
+
 def raw_forward_rate(net, shape, batch, repeats, rows=4000):
-    x = torch.rand(batch, *shape)
+    x = torch.rand(batch, *shape, device=next(net.parameters()).device)
     steps = max(1, rows // batch)
 
     def run():
@@ -66,19 +80,23 @@ def certification(args):
     rows = []
     for name in args.networks.split(","):
         build, shape, batch = NETWORKS[name]
+        if torch.device(args.device).type == "cuda":
+            batch *= 20  # a GPU needs far larger batches to be busy
         torch.manual_seed(0)
-        net = build().eval()
+        net = build().eval().to(args.device)
         X = np.random.default_rng(0).random((args.inputs, *shape)).astype(np.float32)
-        limit = raw_forward_rate(net, shape, batch, args.repeats)
-        fp32 = certify_rate(net, X, batch, args.repeats, args.n, "fp32")
-        bf16 = certify_rate(net, X, batch, args.repeats, args.n, "bf16")
-        last = build().eval()
+        limit = raw_forward_rate(net, shape, batch, args.repeats, rows=max(4000, 20 * batch))
+        row = dict(network=name, batch=batch, fp32_raw_forward=limit,
+                   certify_fp32=certify_rate(net, X, batch, args.repeats, args.n, "fp32") / limit)
+        last = build().eval().to(args.device)
         last.load_state_dict(net.state_dict())
         last = last.to(memory_format=torch.channels_last)
-        bf16_last = certify_rate(last, X, batch, args.repeats, args.n, "bf16")
-        rows.append(dict(network=name, batch=batch, fp32_raw_forward=limit,
-                         certify_fp32=fp32 / limit, certify_bf16=bf16 / limit,
-                         certify_bf16_channels_last=bf16_last / limit))
+        for precision in _reduced_precisions(args.device):
+            row[f"certify_{precision}"] = certify_rate(
+                net, X, batch, args.repeats, args.n, precision) / limit
+            row[f"certify_{precision}_channels_last"] = certify_rate(
+                last, X, batch, args.repeats, args.n, precision) / limit
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -88,19 +106,23 @@ def training(args):
     X = rng.random((args.train, 1, 28, 28)).astype(np.float32)
     y = (X[:, 0, 14, :14].mean(1) > X[:, 0, 14, 14:].mean(1)).astype(int)
     rows = []
+    settings = [("fp32", False)] + [(p, last) for p in _reduced_precisions(args.device)
+                                    for last in (False, True)]
     for cls, extra in ((GaussianAugClassifier, {}),
                        (SmoothMixClassifier, dict(num_noise=2, num_steps=2, warmup=1))):
         seconds = {}
-        for precision, last in (("fp32", False), ("bf16", False), ("bf16", True)):
+        for precision, last in settings:
             clf = cls(module=LeNet, module__num_classes=2, sigma=0.5, max_epochs=1,
                       batch_size=128, precision=precision, channels_last=last,
-                      random_state=0, **extra)
+                      device=args.device, random_state=0, **extra)
             seconds[precision, last] = _median_seconds(lambda clf=clf: clf.fit(X, y),
                                                        args.repeats)
         base = seconds["fp32", False]
-        rows.append(dict(method=cls.__name__, fp32_seconds_per_epoch=base,
-                         bf16_speedup=base / seconds["bf16", False],
-                         bf16_channels_last_speedup=base / seconds["bf16", True]))
+        row = dict(method=cls.__name__, fp32_seconds_per_epoch=base)
+        for precision, last in settings[1:]:
+            key = f"{precision}{'_channels_last' if last else ''}_speedup"
+            row[key] = base / seconds[precision, last]
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -110,14 +132,18 @@ def agreement(args):
     X = rng.random((600, 1, 28, 28)).astype(np.float32)
     y = (X[:, 0, 14, :14].mean(1) > X[:, 0, 14, 14:].mean(1)).astype(int)
     clf = GaussianAugClassifier(module=LeNet, module__num_classes=2, sigma=0.25,
-                                max_epochs=3, random_state=0).fit(X[:400], y[:400])
+                                max_epochs=3, device=args.device,
+                                random_state=0).fit(X[:400], y[:400])
     fp32 = certify(clf.module_, X[400:], 0.25, n0=100, n=args.n, random_state=0)
-    bf16 = certify(clf.module_, X[400:], 0.25, n0=100, n=args.n, random_state=0,
-                   precision="bf16")
     correct = lambda c: np.where(c.prediction == y[400:], c.radius, 0.0)  # noqa: E731
-    row = dict(inputs=200, same_prediction=float((fp32.prediction == bf16.prediction).mean()),
-               acr_fp32=float(correct(fp32).mean()), acr_bf16=float(correct(bf16).mean()),
-               acr_difference_se=float(np.std(correct(fp32) - correct(bf16)) / np.sqrt(200)))
+    row = dict(inputs=200, acr_fp32=float(correct(fp32).mean()))
+    for precision in _reduced_precisions(args.device):
+        other = certify(clf.module_, X[400:], 0.25, n0=100, n=args.n, random_state=0,
+                        precision=precision)
+        row[f"same_prediction_{precision}"] = float((fp32.prediction == other.prediction).mean())
+        row[f"acr_{precision}"] = float(correct(other).mean())
+        row[f"acr_difference_se_{precision}"] = float(
+            np.std(correct(fp32) - correct(other)) / np.sqrt(200))
     print(json.dumps(row), flush=True)
     return row
 
@@ -130,11 +156,15 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    device_name = (torch.cuda.get_device_name() if torch.device(args.device).type == "cuda"
+                   else "cpu")
+    results = {"torch": torch.__version__, "device": device_name,
+               "threads": torch.get_num_threads(),
                "certification": certification(args), "training": training(args),
                "agreement": agreement(args)}
     if args.out:

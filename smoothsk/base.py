@@ -326,8 +326,41 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 f"The training loss is {loss.item()} at epoch {self.epoch_index_ + 1}: training "
                 "diverged. Lower the learning rate (lr) or sigma, or check the inputs."
             )
-        loss.backward()
+        scaler = self._loss_scaler()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         return {"loss": loss, "y_pred": None}
+
+    def _loss_scaler(self):
+        """torch.amp's ``GradScaler`` for fp16 training, else None.
+
+        fp16 gradients underflow to zero without loss scaling (torch's mixed-precision
+        recipe: scale the loss, unscale the gradients, skip steps whose gradients
+        overflow); bf16 has fp32's exponent range and needs none.
+        """
+        if self.precision != "fp16":
+            return None
+        if getattr(self, "grad_scaler_", None) is None:
+            self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type)
+        return self.grad_scaler_
+
+    def _step_optimizer(self, step_fn):
+        scaler = self._loss_scaler()
+        if scaler is None:
+            return super()._step_optimizer(step_fn)
+        step_fn()  # the scaled backward pass; GradScaler.step takes no closure
+        for name in self._optimizers:
+            scaler.step(getattr(self, name + "_"))
+        scaler.update()
+        return None
+
+    def initialize_optimizer(self, *args, **kwargs):
+        self.grad_scaler_ = None  # a new run starts from the default loss scale
+        return super().initialize_optimizer(*args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("grad_scaler_", None)  # device state, rebuilt when training continues
+        return state
 
     def _check_smoothing_params(self):
         """Every parameter against ``_parameter_constraints`` (scikit-learn's checks)."""

@@ -135,3 +135,31 @@ def test_delete_when_done(tmp_path, digits):
     GaussianAugClassifier(max_epochs=1, random_state=0, callbacks=[
         ("checkpoint", TrainingCheckpoint(path, delete_when_done=True))]).fit(X[:100], y[:100])
     assert not path.exists()
+
+
+def test_fp16_training_scales_the_loss_and_resumes_with_its_scale(tmp_path, monkeypatch):
+    # fp16 is refused on a CPU (it is a CUDA format); the loss-scaling logic does not
+    # depend on the device, and torch's CPU autocast and GradScaler take fp16, so it is
+    # exercised here with the device check lifted.  tests/test_gpu.py trains fp16 on CUDA.
+    from smoothsk.certify import sampling
+
+    monkeypatch.setattr(sampling, "check_precision", lambda precision, device=None: precision)
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 16)).astype(np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+
+    def make(*callbacks):
+        return GaussianAugClassifier(sigma=0.5, precision="fp16", max_epochs=4, batch_size=20,
+                                     random_state=0, module__hidden_units=(16,),
+                                     callbacks=list(callbacks))
+
+    straight = make().fit(X, y)
+    # 4 epochs of 10 steps, none overflowing: the scaler counted 40 good steps towards
+    # its next growth; a resumed run that rebuilt it would have counted 20.
+    assert straight.grad_scaler_.state_dict()["_growth_tracker"] == 40
+    path = tmp_path / "run.ckpt"
+    make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(2))).fit(X, y)
+    resumed = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(99))).fit(X, y)
+    assert resumed.grad_scaler_.state_dict() == straight.grad_scaler_.state_dict()
+    for name, value in straight.module_.state_dict().items():
+        torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)

@@ -325,10 +325,11 @@ class NoiseSampler:
                 # the row maxima carry every non-finite logit that could change a vote
                 torch.max(logits, 1, out=(tops[lo:hi], votes[lo:hi]))
             self._finite &= torch.isfinite(tops[:used]).all()
+            if counts is None:
+                counts = torch.zeros(n_inputs * n_classes, dtype=torch.int64, device=self.device)
+            # (not bincount: on a GPU it reads the largest vote back to the host)
             owner = torch.arange(n_inputs, device=self.device).repeat_interleave(size)
-            block_counts = torch.bincount(owner * n_classes + votes[:used],
-                                          minlength=n_inputs * n_classes)
-            counts = block_counts if counts is None else counts.add_(block_counts)
+            counts.index_add_(0, owner * n_classes + votes[:used], torch.ones_like(owner))
         self._check_finite()
         return counts.view(n_inputs, -1)
 

@@ -71,6 +71,7 @@ class TrainingCheckpoint(Callback):
     def on_epoch_end(self, net, **kwargs):
         from smoothsk.io.files import atomic_write
 
+        scaler = getattr(net, "grad_scaler_", None)
         state = {
             "format": _FORMAT,
             "fingerprint": self.fingerprint_,
@@ -79,6 +80,8 @@ class TrainingCheckpoint(Callback):
             "history": json.dumps(net.history.to_list(), default=_jsonable),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # fp16's loss scale: a resumed run must scale (and skip steps) as this one would
+            "grad_scaler": json.dumps(scaler.state_dict() if scaler is not None else {}),
         }
         atomic_write(Path(self.path), lambda stream: torch.save(state, stream))
 
@@ -129,6 +132,9 @@ class TrainingCheckpoint(Callback):
         net.optimizer_.load_state_dict(state["optimizer"])
         self.resumed_lrs_ = [group["lr"] for group in net.optimizer_.param_groups]
         net.history = History(json.loads(state["history"]))
+        scaler_state = json.loads(state.get("grad_scaler", "{}"))
+        if scaler_state and net._loss_scaler() is not None:
+            net._loss_scaler().load_state_dict(scaler_state)
         torch.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
