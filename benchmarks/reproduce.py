@@ -102,8 +102,10 @@ def main(argv=None):
     parser.add_argument("--max-test", type=int, default=500)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--large-n", type=int, default=100_000,
-                        help="also certify Gaussian and SmoothMix at σ=0.5 with this n (0: skip)")
-    parser.add_argument("--large-max-test", type=int, default=300,
+                        help="also certify every σ=0.5 model with this n (0: skip)")
+    parser.add_argument("--large-methods", default=None,
+                        help="comma-separated methods to certify at --large-n (default: all)")
+    parser.add_argument("--large-max-test", type=int, default=200,
                         help="certify only the first this many of the images at --large-n")
     parser.add_argument("--certify-batch", type=int, default=200,
                         help="noisy samples per forward pass when certifying (results do not "
@@ -136,7 +138,8 @@ def main(argv=None):
         for method in methods:
             clf, _ = train(method, sigma, args, X, y, out)
             runs = [args.n]
-            if sigma == 0.5 and method in ("gaussian", "smoothmix") and args.large_n:
+            large = args.large_methods.split(",") if args.large_methods else methods
+            if sigma == 0.5 and method in large and args.large_n:
                 runs.append(args.large_n)
             for n in runs:
                 tsv = out / f"{method}-sigma{sigma:g}-n{n}.tsv"
