@@ -33,7 +33,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 from skorch import NeuralNetClassifier
-from skorch.callbacks import EpochScoring
+from skorch.callbacks import EpochScoring, LRScheduler
 from skorch.dataset import unpack_data
 from skorch.utils import to_numpy, to_tensor
 
@@ -186,6 +186,12 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         batch_size=64``, which train a useful model on small data with nothing but σ
         given (``MLPClassifier``'s optimizer; measured in docs/estimators.md).  The
         papers' SGD schedules are one argument away: :mod:`smoothsk.recipes`.
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        The learning rate's course over ``max_epochs`` when ``callbacks`` holds no
+        skorch ``LRScheduler`` of its own (one there, as the recipes and the CLI's
+        ``--lr-step`` add, replaces it): ``"cosine"`` anneals it from ``lr`` to 0
+        (``CosineAnnealingLR`` with ``T_max=max_epochs``, stepped per epoch), so that
+        every seed ends at a settled model; ``"constant"`` keeps ``lr``.
 
     Attributes
     ----------
@@ -218,6 +224,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         lr: float = 1e-3,
         max_epochs: int = 20,
         batch_size: int = 64,
+        lr_schedule: str = "cosine",
         train_split=None,
         verbose: int = 0,
         **kwargs,
@@ -244,6 +251,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self.channels_last = channels_last
         self.shared_noise = shared_noise
         self.random_state = random_state
+        self.lr_schedule = lr_schedule
 
     # What each parameter accepts, checked at fit with scikit-learn's machinery (its
     # messages name the parameter, the allowed values and the value given); a subclass
@@ -260,6 +268,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         "shared_noise": ["boolean"],
         "random_state": ["random_state"],
         "max_epochs": POSITIVE_INT,
+        "lr_schedule": [StrOptions({"cosine", "constant"})],
     }
 
     _read_only_params: tuple = ()
@@ -297,7 +306,22 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         callbacks = dict(super()._default_callbacks)
         callbacks["valid_acc"] = EpochScoring(_clean_accuracy, name="valid_acc",
                                               lower_is_better=False)
+        if isinstance(self.lr_schedule, str) and self.lr_schedule == "cosine" \
+                and not self._has_own_lr_scheduler():
+            # Adam's last iterates at a constant rate wander: on 5,000 Fashion-MNIST
+            # images the smoothed accuracy of 4 seeds spread over 2.2 points; decaying
+            # the rate to 0 over max_epochs ends every run at a settled model.
+            callbacks["lr_schedule"] = LRScheduler(
+                policy=torch.optim.lr_scheduler.CosineAnnealingLR, T_max=self.max_epochs)
         return list(callbacks.items())
+
+    def _has_own_lr_scheduler(self) -> bool:
+        """Whether ``callbacks`` holds a learning-rate scheduler (it replaces ours)."""
+        if not isinstance(self.callbacks, (list, tuple)):
+            return False
+        return any(isinstance(cb, LRScheduler) or cb is LRScheduler
+                   for cb in (item[1] if isinstance(item, tuple) else item
+                              for item in self.callbacks))
 
     # ------------------------------------------------------------------ training
     @abc.abstractmethod

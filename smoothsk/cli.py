@@ -255,6 +255,11 @@ def build_estimator(args, dataset_train_size: int | None = None):
     params.update(module=module, device=args.device, random_state=args.seed, **module_params)
     if args.precision is not None:
         params["precision"] = args.precision
+    if args.lr_schedule is not None:
+        if args.recipe or args.lr_step is not None:
+            raise CommandError("--lr-schedule applies without --recipe and --lr-step, which "
+                               "set the schedule themselves; drop one.")
+        params["lr_schedule"] = args.lr_schedule
     if args.channels_last:
         params["channels_last"] = True
     if args.dataset in ("cifar10", "imagenet"):  # torch Datasets: fit needs the classes
@@ -686,8 +691,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive_float, default=None,
                        help="default: the estimators' 1e-3 (Adam), or the recipe's")
     train.add_argument("--lr-step", type=_positive_int, default=None, metavar="EPOCHS",
-                       help="multiply the learning rate by --lr-gamma every EPOCHS epochs")
+                       help="multiply the learning rate by --lr-gamma every EPOCHS epochs "
+                            "(replaces the cosine schedule)")
     train.add_argument("--lr-gamma", type=_positive_float, default=0.1)
+    train.add_argument("--lr-schedule", choices=["cosine", "constant"], default=None,
+                       help="without --lr-step or --recipe: the estimators' cosine annealing "
+                            "to 0 over the epochs (default), or a constant rate")
     train.add_argument("--momentum", type=float, default=None,
                        help="SGD momentum (with --optimizer sgd)")
     train.add_argument("--weight-decay", type=float, default=None,

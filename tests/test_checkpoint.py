@@ -163,3 +163,21 @@ def test_fp16_training_scales_the_loss_and_resumes_with_its_scale(tmp_path, monk
     assert resumed.grad_scaler_.state_dict() == straight.grad_scaler_.state_dict()
     for name, value in straight.module_.state_dict().items():
         torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_resume_under_the_default_cosine_schedule_equals_the_uninterrupted_run(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 16)).astype(np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+
+    def make(*callbacks):
+        return GaussianAugClassifier(sigma=0.5, max_epochs=5, batch_size=50, random_state=0,
+                                     module__hidden_units=(16,), callbacks=list(callbacks))
+
+    straight = make().fit(X, y)
+    path = tmp_path / "run.ckpt"
+    make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(2))).fit(X, y)
+    resumed = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(99))).fit(X, y)
+    assert resumed.history[:, "event_lr"] == straight.history[:, "event_lr"]
+    for name, value in straight.module_.state_dict().items():
+        torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)

@@ -91,11 +91,23 @@ def test_cli_recipe_sets_the_published_settings_and_explicit_options_win():
     # without --recipe: the estimators' own defaults, one set for the CLI and Python
     plain = build_estimator(_train_args("--method", "consistency", "--sigma", "0.5"))
     default = smoothsk.ConsistencyClassifier()
-    assert (plain.max_epochs, plain.batch_size, plain.lr, plain.optimizer) == \
-        (default.max_epochs, default.batch_size, default.lr, default.optimizer)
+    assert (plain.max_epochs, plain.batch_size, plain.lr, plain.optimizer,
+            plain.lr_schedule) == (default.max_epochs, default.batch_size, default.lr,
+                                   default.optimizer, default.lr_schedule)
+    constant = build_estimator(_train_args("--method", "gaussian", "--lr-schedule", "constant"))
+    assert constant.lr_schedule == "constant"
     sgd = build_estimator(_train_args("--method", "gaussian", "--optimizer", "sgd",
                                       "--momentum", "0.5"))
     assert sgd.optimizer is torch.optim.SGD and sgd.optimizer__momentum == 0.5
+
+
+def test_cli_lr_schedule_needs_no_other_schedule():
+    from smoothsk.cli import CommandError
+
+    for other in (["--recipe", "--sigma", "0.5"], ["--lr-step", "5"]):
+        with pytest.raises(CommandError, match="--lr-schedule applies without"):
+            build_estimator(_train_args("--method", "gaussian", "--lr-schedule", "cosine",
+                                        *other))
 
 
 def test_cli_momentum_needs_sgd():
