@@ -244,7 +244,7 @@ def _by_sigma(item):
 
 # (method, the method its published claim compares it with)
 COMPARISONS = tuple((m, "gaussian") for m in ORDER if m not in ("gaussian", "crt")) + (
-    ("catrs", "smoothmix"),)
+    ("catrs", "smoothmix"), ("smoothadv", "smoothmix"))
 
 
 def _paired_text(base, other) -> str:
