@@ -207,6 +207,10 @@ class NoiseSampler:
 
     def _votes(self, batch: torch.Tensor) -> torch.Tensor:
         logits = self._logits(batch)
+        # A flag on the device, read once per chunk: a NaN network would otherwise
+        # "vote" for class 0 on every draw and be certified at the largest radius.  The
+        # row maxima carry it: a NaN anywhere makes its row's max NaN, +inf is the max,
+        # an all −inf row has max −inf; a −inf elsewhere cannot change the vote.
         top, votes = logits.max(dim=1)
         self._finite &= torch.isfinite(top).all()
         return votes, logits.shape[1]
@@ -323,6 +327,7 @@ class NoiseSampler:
                 elif logits.shape[1] != n_classes:
                     raise ValueError("The network returned a varying number of classes.")
                 # the row maxima carry every non-finite logit that could change a vote
+                # (as in _votes)
                 torch.max(logits, 1, out=(tops[lo:hi], votes[lo:hi]))
             self._finite &= torch.isfinite(tops[:used]).all()
             if counts is None:
