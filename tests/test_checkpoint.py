@@ -86,6 +86,20 @@ class _StopAfter(Callback):
             raise KeyboardInterrupt  # skorch ends fit quietly, as on Ctrl-C
 
 
+def _straight_and_resumed(make, X, y, path, stop):
+    """An uninterrupted fit, and one stopped after ``stop`` epochs then resumed from ``path``."""
+    straight = make().fit(X, y)
+    first = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(stop))).fit(X, y)
+    assert len(first.history) == stop
+    resumed = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(99))).fit(X, y)
+    return straight, resumed
+
+
+def _assert_same_weights(resumed, straight):
+    for name, value in straight.module_.state_dict().items():
+        torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("stop", [1, 2, 3, 4])  # 2 and 4 are learning-rate milestones
 def test_resume_after_any_epoch_equals_the_uninterrupted_run(tmp_path, stop):
     from smoothsk import SmoothMixClassifier
@@ -101,15 +115,10 @@ def test_resume_after_any_epoch_equals_the_uninterrupted_run(tmp_path, stop):
         params.update(num_steps=2, batch_size=50, random_state=0, module__hidden_units=(16,))
         return SmoothMixClassifier(**params)
 
-    straight = make().fit(X, y)
-    path = tmp_path / "run.ckpt"
-    first = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(stop))).fit(X, y)
-    assert len(first.history) == stop
-    resumed = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(99))).fit(X, y)
+    straight, resumed = _straight_and_resumed(make, X, y, tmp_path / "run.ckpt", stop)
     assert resumed.history[:, "event_lr"] == straight.history[:, "event_lr"]
     assert resumed.history[:, "train_loss"] == straight.history[:, "train_loss"]
-    for name, value in straight.module_.state_dict().items():
-        torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)
+    _assert_same_weights(resumed, straight)
 
 
 def test_checkpoint_of_other_settings_is_refused(tmp_path, digits):
@@ -153,16 +162,12 @@ def test_fp16_training_scales_the_loss_and_resumes_with_its_scale(tmp_path, monk
                                      random_state=0, module__hidden_units=(16,),
                                      callbacks=list(callbacks))
 
-    straight = make().fit(X, y)
+    straight, resumed = _straight_and_resumed(make, X, y, tmp_path / "run.ckpt", 2)
     # 4 epochs of 10 steps, none overflowing: the scaler counted 40 good steps towards
     # its next growth; a resumed run that rebuilt it would have counted 20.
     assert straight.grad_scaler_.state_dict()["_growth_tracker"] == 40
-    path = tmp_path / "run.ckpt"
-    make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(2))).fit(X, y)
-    resumed = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(99))).fit(X, y)
     assert resumed.grad_scaler_.state_dict() == straight.grad_scaler_.state_dict()
-    for name, value in straight.module_.state_dict().items():
-        torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)
+    _assert_same_weights(resumed, straight)
 
 
 def test_resume_under_the_default_cosine_schedule_equals_the_uninterrupted_run(tmp_path):
@@ -174,10 +179,6 @@ def test_resume_under_the_default_cosine_schedule_equals_the_uninterrupted_run(t
         return GaussianAugClassifier(sigma=0.5, max_epochs=5, batch_size=50, random_state=0,
                                      module__hidden_units=(16,), callbacks=list(callbacks))
 
-    straight = make().fit(X, y)
-    path = tmp_path / "run.ckpt"
-    make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(2))).fit(X, y)
-    resumed = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(99))).fit(X, y)
+    straight, resumed = _straight_and_resumed(make, X, y, tmp_path / "run.ckpt", 2)
     assert resumed.history[:, "event_lr"] == straight.history[:, "event_lr"]
-    for name, value in straight.module_.state_dict().items():
-        torch.testing.assert_close(resumed.module_.state_dict()[name], value, rtol=0, atol=0)
+    _assert_same_weights(resumed, straight)
