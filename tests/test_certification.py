@@ -291,3 +291,28 @@ def test_a_varying_number_of_classes_is_refused(shared_noise):
     with pytest.raises(ValueError, match="varying number of classes"):
         class_counts(_GrowingOutput(), np.zeros((4, 2), np.float32), 0.5, 100, batch_size=50,
                      random_state=0, shared_noise=shared_noise)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_sees_every_kind_of_non_finite_value(dtype):
+    from smoothsk.certify.sampling import all_finite
+
+    values = torch.arange(12, dtype=torch.float32).to(dtype)
+    assert bool(all_finite(values)) and bool(all_finite(values[:0]))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for where in (0, 5, 11):  # first, middle, last: one pass must miss none
+            broken = values.clone()
+            broken[where] = bad
+            assert not bool(all_finite(broken)), (bad, where)
+
+
+@pytest.mark.parametrize("shared_noise", [False, True])
+def test_a_row_of_minus_infinity_refuses_to_certify(shared_noise):
+    # every logit −inf: the row's max is −inf and its "vote" (class 0) means nothing
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 3))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.fill_(float("-inf"))
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        certify(net, np.zeros((3, 2), np.float32), 0.5, n0=10, n=50, random_state=0,
+                shared_noise=shared_noise)

@@ -212,7 +212,7 @@ class NoiseSampler:
         # row maxima carry it: a NaN anywhere makes its row's max NaN, +inf is the max,
         # an all −inf row has max −inf; a −inf elsewhere cannot change the vote.
         top, votes = logits.max(dim=1)
-        self._finite &= torch.isfinite(top).all()
+        self._finite &= all_finite(top)
         return votes, logits.shape[1]
 
     def counts(self, chunk: torch.Tensor, first_index, num: int) -> torch.Tensor:
@@ -298,6 +298,8 @@ class NoiseSampler:
         votes = torch.empty(n_inputs * min(num, NOISE_BLOCK), dtype=torch.int64,
                             device=self.device)
         tops = counts = None
+        ones = torch.ones_like(votes)
+        offsets = {}  # block size -> (row's input) · n_classes, the same for every full block
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         for block, start in enumerate(range(0, num, NOISE_BLOCK)):
             size = min(NOISE_BLOCK, num - start)
@@ -329,14 +331,26 @@ class NoiseSampler:
                 # the row maxima carry every non-finite logit that could change a vote
                 # (as in _votes)
                 torch.max(logits, 1, out=(tops[lo:hi], votes[lo:hi]))
-            self._finite &= torch.isfinite(tops[:used]).all()
+            self._finite &= all_finite(tops[:used])
             if counts is None:
                 counts = torch.zeros(n_inputs * n_classes, dtype=torch.int64, device=self.device)
+            if size not in offsets:
+                offsets[size] = torch.arange(0, n_inputs * n_classes, n_classes,
+                                             device=self.device).repeat_interleave(size)
             # (not bincount: on a GPU it reads the largest vote back to the host)
-            owner = torch.arange(n_inputs, device=self.device).repeat_interleave(size)
-            counts.index_add_(0, owner * n_classes + votes[:used], torch.ones_like(owner))
+            counts.index_add_(0, votes[:used].add_(offsets[size]), ones[:used])
         self._check_finite()
         return counts.view(n_inputs, -1)
+
+
+def all_finite(values: torch.Tensor) -> torch.Tensor:
+    """A device bool: no NaN or ±inf in ``values``.  One reduction pass (``aminmax``
+    propagates NaN, and ±inf shows in the max or the min) where ``isfinite(...).all()``
+    makes several: for a small network that check cost as much as a layer."""
+    if values.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=values.device)
+    low, high = torch.aminmax(values)
+    return torch.isfinite(low) & torch.isfinite(high)
 
 
 def check_shared_noise(shared_noise) -> bool:
@@ -419,7 +433,7 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
     with evaluating(module):
         for chunk in input_chunks(X, chunk_size):
             chunk = chunk.to(device=device, dtype=dtype)
-            if not torch.isfinite(chunk).all():
+            if not all_finite(chunk):
                 raise ValueError("X contains NaN or infinity; certify needs finite inputs.")
             for sampler, num, out in zip(samplers, nums, results):
                 first = chunk_indices(index_offset, seen, len(chunk))
