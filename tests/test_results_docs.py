@@ -1,0 +1,86 @@
+"""The full-scale tables of docs/results.md are written by hand from committed TSVs; every
+table marked ``<!-- checked: <results dir> sigma=<σ> -->`` is recomputed here from those
+files, cell by cell, so a mistyped or stale number fails the suite."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smoothsk.io.report import read_certification_tsv
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MARKER = re.compile(r"<!-- checked: (\S+) sigma=([0-9.]+) -->")
+METHODS = {"gaussian": "gaussian", "stability": "stability", "consistency": "consistency",
+           "smoothmix": "smoothmix", "macer": "macer", "crt": "crt", "cat-rs": "catrs",
+           "smoothadv": "smoothadv"}
+
+
+def _checked_tables(text: str):
+    """``(directory, sigma, header, rows)`` for every marked table."""
+    lines = text.splitlines()
+    for at, line in enumerate(lines):
+        match = MARKER.search(line)
+        if not match:
+            continue
+        table = []
+        for row in lines[at + 1:]:
+            if not row.startswith("|"):
+                break
+            table.append([cell.strip() for cell in row.strip("|").split("|")])
+        assert len(table) > 2, f"no table after the marker on line {at + 1}"
+        yield match.group(1), float(match.group(2)), table[0], table[2:]
+
+
+def _number(cell: str) -> str:
+    return re.match(r"[\d,.]+", cell.replace("*", "")).group(0).replace(",", "")
+
+
+def _expected(directory: Path, method: str, sigma: float, column: str) -> str | None:
+    """The cell ``column`` of ``method``'s row as the committed files give it."""
+    def run(n):
+        return read_certification_tsv(directory / f"{method}-sigma{sigma:g}-n{n}.tsv")
+
+    if column == "training":
+        train = json.loads((directory / f"train-{method}-sigma{sigma:g}.json").read_text())
+        return str(round(train["seconds"]))
+    if column == "ACR":
+        return f"{run(10000).average_certified_radius:.3f}"
+    if column == "ACR at n = 100,000":
+        return f"{run(100000).average_certified_radius:.3f}"
+    if column == "same images at n = 10,000":  # paired with the n = 100,000 images
+        small, large = run(10000), run(100000)
+        keep = np.isin(small.idx, large.idx)
+        assert keep.sum() == len(large.idx)
+        radius = np.where(small.correct[keep], small.radius[keep], 0.0)
+        return f"{radius.mean():.3f}"
+    radius = re.fullmatch(r"(?:r=)?([0-9.]+)", column)
+    if radius:
+        return f"{100 * run(10000).certified_accuracy([float(radius.group(1))])[0]:.1f}"
+    return None  # a derived column (differences, gains), stated in the text beside it
+
+
+def test_every_checked_table_matches_its_files():
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    tables = list(_checked_tables(text))
+    assert len(tables) >= 4
+    checked = 0
+    for directory, sigma, header, rows in tables:
+        for row in rows:
+            method = METHODS[row[0].split()[0].lower()]
+            for column, cell in zip(header[1:], row[1:]):
+                expected = _expected(RESULTS / directory, method, sigma, column)
+                if expected is None:
+                    continue
+                assert _number(cell) == expected, (directory, sigma, row[0], column)
+                checked += 1
+    assert checked >= 100  # the tables as committed hold 100 such cells
+
+
+@pytest.mark.parametrize("cell, number", [("**1.112**", "1.112"), ("4,442 s (+ target)", "4442"),
+                                          ("82.0", "82.0")])
+def test_cells_are_read_as_numbers(cell, number):
+    assert _number(cell) == number
