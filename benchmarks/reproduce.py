@@ -270,7 +270,7 @@ def claims(found: dict, n: int) -> list[str]:
             continue
         teacher, teacher_seconds = found[("smoothmix", sigma, size)]
         gain, se, _ = paired_gain(teacher, run)
-        lines.append(f"- σ = {sigma:g}: CRT student / SmoothMix teacher ACR = "
+        lines.append(f"- σ = {sigma:g}, n = {size:,}: CRT student / SmoothMix teacher ACR = "
                      f"{run.average_certified_radius / teacher.average_certified_radius:.3f} "
                      f"(difference {gain:+.3f} ± {se:.3f}); training wall time "
                      f"{seconds:.0f} / {teacher_seconds:.0f} s = {seconds / teacher_seconds:.3f} "

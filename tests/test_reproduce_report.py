@@ -70,7 +70,7 @@ def test_report_tables_and_claims(reproduce, study):
     assert (f"σ = 0.5, n = 100,000: SmoothMix − Gaussian ACR = {gain:+.3f} ± {se:.3f} "
             f"({gain / se:+.1f} SE, 4 images)") in text
     ratio = runs["crt"].mean() / runs["smoothmix"].mean()
-    assert f"CRT student / SmoothMix teacher ACR = {ratio:.3f}" in text
+    assert f"σ = 0.5, n = 10,000: CRT student / SmoothMix teacher ACR = {ratio:.3f}" in text
     assert "training wall time 5 / 100 s = 0.050 (20× less)" in text
 
     # The n = 100,000 run covers 4 images: the table puts the n = 10,000 run restricted to
