@@ -349,7 +349,7 @@ class NoiseSampler:
 def all_finite(values: torch.Tensor) -> torch.Tensor:
     """A device bool: no NaN or ±inf in ``values``.  One reduction pass (``aminmax``
     propagates NaN, and ±inf shows in the max or the min) where ``isfinite(...).all()``
-    makes four over the whole tensor."""
+    makes several over the whole tensor."""
     if values.numel() == 0:
         return torch.ones((), dtype=torch.bool, device=values.device)
     low, high = torch.aminmax(values)
