@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smoothsk.io.report import read_certification_tsv
+from smoothsk.io.report import CertificationRun, read_certification_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,8 +55,8 @@ def _expected(directory: Path, method: str, sigma: float, column: str) -> str | 
         small, large = run(10000), run(100000)
         keep = np.isin(small.idx, large.idx)
         assert keep.sum() == len(large.idx)
-        radius = np.where(small.correct[keep], small.radius[keep], 0.0)
-        return f"{radius.mean():.3f}"
+        same = CertificationRun(method, small.idx[keep], small.radius[keep], small.correct[keep])
+        return f"{same.average_certified_radius:.3f}"
     radius = re.fullmatch(r"(?:r=)?([0-9.]+)", column)
     if radius:
         return f"{100 * run(10000).certified_accuracy([float(radius.group(1))])[0]:.1f}"
