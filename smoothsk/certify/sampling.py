@@ -52,7 +52,8 @@ def release_free_memory() -> None:
     ones; glibc then keeps the freed space, and a long call's resident memory grows with
     every input (measured: +0.6 GB per 1,000 LeNet inputs at 200 draws each, 23 GB over
     60,000).  :func:`sample_counts` trims once per ``TRIM_EVERY_BYTES`` of noisy inputs
-    and at the end of the call, which keeps it flat (+0.1 GB at most, same LeNet).
+    and at the end of the call, which keeps it flat (+0.14 GB over 5,000 inputs of a
+    bf16 channels-last LeNet at 200 draws each, against +4 GB untrimmed).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
@@ -74,12 +75,13 @@ def raise_heap_thresholds() -> None:
     mmaps, and gives the heap's top back to the OS once twice that threshold is free
     there; both thresholds rise only when a larger mmapped block is freed (mallopt(3)).
     Until then a network's per-batch activations, megabytes each, are page-faulted in
-    anew on every batch: 3,400 faults per 200-image batch of a bf16 channels-last LeNet,
-    which certified 1.8× slower in a fresh process than after any large allocation
-    (ResNet-20 at fp32: 1.2×).  Freeing one mmapped block of ``HEAP_THRESHOLD_BYTES``
-    raises the thresholds as such a block would, without a setting of our own: glibc
-    keeps adjusting them, and ``malloc_trim`` (:func:`release_free_memory`) still returns
-    the free heap.  Nothing is touched, so nothing is faulted in; elsewhere a no-op.
+    anew on every batch: 2,400–3,000 faults per 200-image batch of a bf16 channels-last
+    LeNet, which certified 1.6–1.7× slower in a fresh process than after any large
+    allocation (ResNet-20 at fp32: 1.25×; ``benchmarks/heap.py``).  Freeing one mmapped
+    block of ``HEAP_THRESHOLD_BYTES`` raises the thresholds as such a block would, without
+    a setting of our own: glibc keeps adjusting them, and ``malloc_trim``
+    (:func:`release_free_memory`) still returns the free heap.  Nothing is touched, so
+    nothing is faulted in; elsewhere a no-op.
     """
     if _GLIBC is not None:
         _, malloc, free = _GLIBC
