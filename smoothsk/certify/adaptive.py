@@ -193,6 +193,7 @@ def certify_radius(
     certified = np.zeros(count, dtype=bool)
     device, dtype = sampling.module_device_dtype(module)
     chunk_size = sampling.noise_chunk_size(batch_size, int(sizes[0]), shared_noise)
+    trimmer = sampling.HeapTrimmer()  # (the selection's sample_counts raised the thresholds)
     with sampling.evaluating(module):
         previous = 0
         for j, size in enumerate(sizes):
@@ -206,11 +207,11 @@ def certify_radius(
                 local = np.flatnonzero(active[start : start + len(chunk)])
                 if len(local):
                     rows = start + local
-                    votes = sampler.counts(
-                        chunk[torch.as_tensor(local)].to(device=device, dtype=dtype),
-                        global_index[rows], int(size - previous),
-                    ).cpu().numpy()
+                    inputs = chunk[torch.as_tensor(local)].to(device=device, dtype=dtype)
+                    votes = sampler.counts(inputs, global_index[rows],
+                                           int(size - previous)).cpu().numpy()
                     hits[rows] += votes[np.arange(len(rows)), top[rows]]
+                    trimmer.evaluated(inputs, int(size - previous))
                 start += len(chunk)
             idx = np.flatnonzero(active)
             drawn[idx], rounds[idx] = size, j + 1
@@ -222,6 +223,7 @@ def certify_radius(
             active[idx[done]] = False
             report(int(done.sum()))
             previous = size
+    sampling.release_free_memory()
     return RadiusCertificate(
         prediction=top, certified=certified, samples=drawn, rounds=rounds,
         pa_lower=lower, pa_upper=upper, radius=float(radius), threshold=threshold,

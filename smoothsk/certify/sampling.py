@@ -64,6 +64,21 @@ def release_free_memory() -> None:
 # bytes of noisy inputs evaluated, and at the end of a call.
 TRIM_EVERY_BYTES = 64 * 2**20
 
+
+class HeapTrimmer:
+    """Calls :func:`release_free_memory` once per ``TRIM_EVERY_BYTES`` of noisy inputs."""
+
+    def __init__(self):
+        self.untrimmed = 0
+
+    def evaluated(self, chunk: torch.Tensor, draws: int) -> None:
+        """``draws`` noisy copies of every input of ``chunk`` went through the network."""
+        self.untrimmed += chunk.numel() * chunk.element_size() * draws
+        if self.untrimmed >= TRIM_EVERY_BYTES:
+            release_free_memory()
+            self.untrimmed = 0
+
+
 # Under glibc's 32 MiB cap on its dynamic mmap threshold (mallopt(3)).
 HEAP_THRESHOLD_BYTES = 31 * 2**20
 
@@ -472,7 +487,7 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
     chunk_size = noise_chunk_size(batch_size, min(nums), shared_noise)
     raise_heap_thresholds()
     results = [[] for _ in streams]
-    seen = untrimmed = 0
+    seen, trimmer = 0, HeapTrimmer()
     with evaluating(module):
         for chunk in input_chunks(X, chunk_size):
             chunk = chunk.to(device=device, dtype=dtype)
@@ -482,10 +497,7 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
                 first = chunk_indices(index_offset, seen, len(chunk))
                 out.append(sampler.counts(chunk, first, num).cpu().numpy())
             seen += len(chunk)
-            untrimmed += chunk.numel() * chunk.element_size() * sum(nums)
-            if untrimmed >= TRIM_EVERY_BYTES:
-                release_free_memory()
-                untrimmed = 0
+            trimmer.evaluated(chunk, sum(nums))
             if progress is not None:
                 progress(len(chunk))
     release_free_memory()
