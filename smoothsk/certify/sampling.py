@@ -59,9 +59,9 @@ def release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-# Trimming costs the batches after it their page faults again (after every input of a
-# 64-feature MLP: a quarter of its speed), so the heap is trimmed once per this many
-# bytes of noisy inputs evaluated, and at the end of a call.
+# Trimming costs the batches after it their page faults again (and at large n a chunk is
+# one input), so the heap is trimmed once per this many bytes of noisy inputs evaluated,
+# and at the end of a call.
 TRIM_EVERY_BYTES = 64 * 2**20
 
 
