@@ -375,3 +375,29 @@ def test_report_figure_for_a_paper(model, tmp_path):
     assert "certified accuracy (%)" in svg and "max at n (σ=0.25)" in svg
     result = run("report", out, "--plot", tmp_path / "curves.jpg", check=False)
     assert result.returncode == 2 and "must end in one of .pdf, .svg, .png" in result.stderr
+
+
+def test_compile_on_the_command_line(model, tmp_path):
+    from smoothsk.datasets import load_dataset
+    from smoothsk.io.model_file import load_model
+
+    common = ["--dataset", "digits", "--max", "6", "--n", "300", "--threads", "1", "--quiet"]
+    run("certify", model, *common, "--out", tmp_path / "eager.tsv")
+    run("certify", model, *common, "--compile", "--out", tmp_path / "compiled.tsv")
+    # the trained weights survive compilation: the same votes, so the same rows
+    assert rows_without_time(tmp_path / "compiled.tsv")[1:] == \
+        rows_without_time(tmp_path / "eager.tsv")[1:]
+    # train --compile is kept in the model file, and the file loads compiled
+    run("train", "--dataset", "digits", "--method", "gaussian", "--sigma", "0.25",
+        "--epochs", "1", "--compile", "--threads", "1", "--quiet",
+        "--out", tmp_path / "compiled.smoothsk")
+    loaded = load_model(tmp_path / "compiled.smoothsk")
+    assert loaded.compile is True and type(loaded.module_).__name__ == "OptimizedModule"
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_dataset("digits", split="train", flat=True)
+    joblib.dump(LogisticRegression(max_iter=300).fit(X, y), tmp_path / "logistic.joblib")
+    result = run("certify", tmp_path / "logistic.joblib", "--trust-pickle", "--sigma", "0.25",
+                 "--compile", *common, "--out", tmp_path / "x.tsv", check=False)
+    assert result.returncode == 2 and "--compile applies to smoothsk models" in result.stderr
