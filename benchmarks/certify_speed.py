@@ -63,6 +63,8 @@ SETTINGS = {  # name: (precision, channels-last, torch.compile options or None)
     "fp16-cl-compile": ("fp16", True, {}),
     # inductor's freezing: weights as constants, batch norm folded into the convolutions
     "fp16-cl-compile-frozen": ("fp16", True, {"freezing": True}),
+    # and inductor's autotuning of convolution and matrix kernels (minutes to compile)
+    "fp16-cl-autotune-frozen": ("fp16", True, {"freezing": True, "max_autotune": True}),
 }
 
 
@@ -257,6 +259,9 @@ def main(argv=None):
     parser.add_argument("--settings", default=None,
                         help="comma-separated faster settings for smoothsk: "
                              f"{', '.join(SETTINGS)} (default: all on a GPU, none on a CPU)")
+    parser.add_argument("--fast-batches", default=None,
+                        help="comma-separated batch sizes tried for --settings "
+                             "(default: 4000,16000,32000 on a GPU, 200,1000 on a CPU)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its algorithms per shape, for every "
                              "implementation (torch.backends.cudnn.benchmark)")
@@ -284,6 +289,8 @@ def main(argv=None):
         sizes = {"lenet": dict(inputs=20, n=10_000), "resnet20": dict(inputs=4, n=2_000)}
         batches = (25, 50, 100, 200, 500, 1000, 2000)
         fast_batches = (200, 1000)
+    if args.fast_batches:
+        fast_batches = tuple(int(b) for b in args.fast_batches.split(","))
     device_name = torch.cuda.get_device_name() if gpu else "cpu"
     print(f"torch {torch.__version__}, {device_name}, {torch.get_num_threads()} threads, "
           f"sigma={SIGMA}, n0={N0}, alpha={ALPHA}, median of {args.repeats}, "

@@ -444,7 +444,7 @@ def run_certify(args) -> int:
         if plain:
             raise CommandError("--compile applies to smoothsk models; a plain classifier's "
                                "network is certified as it is.")
-        _compile_fitted(clf)
+        _compile_fitted(clf, args.compile)
     args.model = getattr(clf, "training_info_", {}).get("model", "auto")
     # scikit-learn classifiers take flat inputs
     flat = True if plain and hasattr(clf.classifier, "n_features_in_") else None
@@ -488,16 +488,26 @@ def run_certify(args) -> int:
     return 0
 
 
-def _compile_fitted(clf) -> None:
+# inductor options of `certify --compile max-autotune`: kernels chosen by timing them, and
+# the weights frozen into the compiled graph (batch norm folded) -- sound for a run that
+# never changes them, wrong for training, so `train --compile` takes no mode.
+MAX_AUTOTUNE_OPTIONS = {"max_autotune": True, "freezing": True}
+
+
+def _compile_fitted(clf, mode: str = "default") -> None:
     """Compile a fitted estimator's network (skorch's ``compile=True``), weights kept.
 
-    skorch re-initializes the network when ``compile`` changes, so the trained weights
-    are put back into the fresh module that the compiled wrapper holds.
+    skorch re-initializes the network when ``compile`` or its options change, so the
+    trained weights are put back into the fresh module that the compiled wrapper holds.
+    ``mode="max-autotune"`` adds ``MAX_AUTOTUNE_OPTIONS`` (docs/benchmarks.md: 1.4x the
+    default compilation for ResNet-20 on a GPU).
     """
-    if clf.compile:
-        return
-    state = clf.module_.state_dict()
-    clf.set_params(compile=True)
+    network = getattr(clf.module_, "_orig_mod", clf.module_)
+    state = network.state_dict()
+    params = {"compile": True}
+    if mode == "max-autotune":
+        params["compile__options"] = dict(MAX_AUTOTUNE_OPTIONS)
+    clf.set_params(**params)
     getattr(clf.module_, "_orig_mod", clf.module_).load_state_dict(state)
 
 
@@ -646,11 +656,19 @@ def _add_precision(parser, default_text: str):
                              f"(docs/certification.md); default: {default_text}")
 
 
-def _add_compile(parser, scope: str):
-    parser.add_argument("--compile", action="store_true",
-                        help=f"compile the network with torch.compile ({scope}): 1.4-1.6x "
-                             "faster certification on a GPU, slower than bf16 with "
-                             "--channels-last on a CPU (docs/benchmarks.md)")
+def _add_compile(parser, scope: str, modes: bool):
+    if not modes:
+        parser.add_argument("--compile", action="store_true",
+                            help=f"compile the network with torch.compile ({scope}): faster "
+                                 "on a GPU, slower than bf16 with --channels-last on a CPU "
+                                 "(docs/benchmarks.md)")
+        return
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=["default", "max-autotune"],
+                        help=f"compile the network with torch.compile ({scope}); "
+                             "max-autotune also times kernels and freezes the weights into "
+                             "the graph (a minute to compile; on a GPU 1.4x the default: "
+                             "docs/benchmarks.md)")
 
 
 def _add_common(parser, *, batch_default: int):
@@ -759,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--channels-last", action="store_true",
                        help="channels-last memory format for convolutional networks (with "
                             "--precision bf16 the fastest on CPUs; kept in the model)")
-    _add_compile(train, "kept in the model")
+    _add_compile(train, "kept in the model", modes=False)
     _add_common(train, batch_default=None)
     train.set_defaults(func=run_train)
 
@@ -794,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="every input uses the same noise draws: the same per-input "
                               "guarantee, much faster for small tabular models (recorded; a "
                               "resumed run refuses a change)")
-    _add_compile(certify, "for this run")
+    _add_compile(certify, "for this run", modes=True)
     _add_common(certify, batch_default=1000)
     certify.set_defaults(func=run_certify)
 

@@ -401,3 +401,22 @@ def test_compile_on_the_command_line(model, tmp_path):
     result = run("certify", tmp_path / "logistic.joblib", "--trust-pickle", "--sigma", "0.25",
                  "--compile", *common, "--out", tmp_path / "x.tsv", check=False)
     assert result.returncode == 2 and "--compile applies to smoothsk models" in result.stderr
+
+
+def test_certify_compile_max_autotune_passes_inductor_options(model, monkeypatch):
+    from smoothsk.cli import MAX_AUTOTUNE_OPTIONS, _compile_fitted
+    from smoothsk.io.model_file import load_model
+
+    calls = []
+
+    def fake_compile(module, **kwargs):  # records what skorch asks torch for
+        calls.append(kwargs)
+        return module
+
+    clf = load_model(model)
+    weights = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    _compile_fitted(clf, "max-autotune")
+    assert {"options": MAX_AUTOTUNE_OPTIONS} in calls
+    for name, value in clf.module_.state_dict().items():  # the trained weights, not fresh
+        assert torch.equal(value, weights[name])
