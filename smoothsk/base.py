@@ -41,7 +41,7 @@ from smoothsk.certify import core, sampling
 from smoothsk.certify.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certify.core import Certificate, _predict_from_counts, labels_or_marker
 from smoothsk.certify.sampling import first_field, precision_context
-from smoothsk.models import MLP, LeNet
+from smoothsk.models import MLP, LeNet, uses_channels_last
 
 __all__ = ["SmoothedClassifier", "is_fitted_estimator", "unwrap_frozen"]
 
@@ -164,11 +164,14 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         the network computed at this precision, so it is part of the model: saved with
         it, recorded in certificates and TSV sidecars.  bf16 runs 1.4–1.9× faster on
         CPUs with AVX-512 BF16 (docs/benchmarks.md).
-    channels_last : bool, default=False
+    channels_last : bool or "auto", default="auto"
         Keep the network's 4-d weights in channels-last memory format, the fast layout
         of convolutions on CPUs and GPUs (with bf16: 2.6–3.0× the fp32 forward rate of
         LeNet and ResNet-20 here).  Values are unchanged; only the order of floating-point
-        sums inside convolutions may differ.
+        sums inside convolutions may differ.  ``"auto"`` chooses it for a network with
+        2-d convolutions on a CPU, or at reduced precision on any device: where it was
+        measured faster (:func:`smoothsk.models.uses_channels_last`,
+        docs/benchmarks.md).
     shared_noise : bool, default=False
         Certification and prediction give every input the same noise draws (one draw of
         each noise block per chunk of inputs; :func:`smoothsk.certify`): per-input
@@ -216,7 +219,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         n_predict: int = 1000,
         certify_batch_size: int = 1000,
         precision: str = "fp32",
-        channels_last: bool = False,
+        channels_last: bool | str = "auto",
         shared_noise: bool = False,
         random_state=None,
         criterion=torch.nn.CrossEntropyLoss,
@@ -264,7 +267,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         "n_predict": POSITIVE_INT,
         "certify_batch_size": POSITIVE_INT,
         "precision": [StrOptions({"fp32", "bf16", "fp16"})],
-        "channels_last": ["boolean"],
+        "channels_last": ["boolean", StrOptions({"auto"})],
         "shared_noise": ["boolean"],
         "random_state": ["random_state"],
         "max_epochs": POSITIVE_INT,
@@ -589,7 +592,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             raise NotFittedError("The default network is built in fit, from the data's shape.")
         else:
             self.module_ = self._default_network()
-        if self.channels_last:
+        if uses_channels_last(self.module_, self.channels_last, self.device, self.precision):
             self.module_ = self.module_.to(memory_format=torch.channels_last)
         return self
 

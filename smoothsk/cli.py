@@ -260,8 +260,8 @@ def build_estimator(args, dataset_train_size: int | None = None):
             raise CommandError("--lr-schedule applies without --recipe and --lr-step, which "
                                "set the schedule themselves; drop one.")
         params["lr_schedule"] = args.lr_schedule
-    if args.channels_last:
-        params["channels_last"] = True
+    if args.channels_last is not None:
+        params["channels_last"] = args.channels_last
     if args.compile:
         params["compile"] = True
     if args.dataset in ("cifar10", "imagenet"):  # torch Datasets: fit needs the classes
@@ -774,9 +774,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True,
                        help="model file to write (safe format: weights and a JSON document)")
     _add_precision(train, "fp32")
-    train.add_argument("--channels-last", action="store_true",
-                       help="channels-last memory format for convolutional networks (with "
-                            "--precision bf16 the fastest on CPUs; kept in the model)")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                       default=None,
+                       help="channels-last memory format (kept in the model); default: "
+                            "on for convolutional networks on a CPU or at reduced "
+                            "precision, where it is faster (docs/benchmarks.md)")
     _add_compile(train, "kept in the model", modes=False)
     _add_common(train, batch_default=None)
     train.set_defaults(func=run_train)

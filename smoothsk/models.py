@@ -25,6 +25,7 @@ __all__ = [
     "MLP",
     "Normalize",
     "count_parameters",
+    "uses_channels_last",
 ]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -36,6 +37,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def uses_channels_last(module: nn.Module, channels_last, device="cpu",
+                       precision: str = "fp32") -> bool:
+    """Whether an estimator keeps ``module`` in channels-last memory format.
+
+    ``channels_last`` True or False is obeyed.  ``"auto"`` says yes for a network with
+    4-d weights (2-d convolutions) where channels-last was measured faster: on a CPU at
+    any precision (oneDNN's convolutions: LeNet's fp32 training and certification
+    1.5–2×, docs/benchmarks.md), and on a GPU at reduced precision (the tensor cores'
+    layout: ResNet-20 at bf16 1.16 → 1.60× the fp32 raw rate); not for fp32 on a GPU,
+    where it was not measured faster.  A layout never changes a value, only the order
+    of sums inside a convolution.
+    """
+    if channels_last != "auto":
+        return bool(channels_last)
+    convolutional = any(p.dim() == 4 for p in module.parameters())
+    return convolutional and (torch.device(device).type == "cpu" or precision != "fp32")
 
 
 class Normalize(nn.Module):

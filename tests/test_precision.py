@@ -98,3 +98,28 @@ def test_channels_last_is_saved_and_changes_only_the_layout(digits, tmp_path):
     loaded = load_model(tmp_path / "m")
     assert loaded.channels_last and loaded.module_.features[0].weight.is_contiguous(
         memory_format=torch.channels_last)
+
+
+def test_channels_last_auto_where_it_was_measured_faster():
+    from smoothsk.models import MLP, LeNet, uses_channels_last
+
+    lenet, mlp = LeNet(), MLP(64, 10)
+    assert uses_channels_last(lenet, "auto", "cpu", "fp32")  # oneDNN: 1.4-2.1x at fp32
+    assert uses_channels_last(lenet, "auto", "cuda", "bf16")  # tensor cores' layout
+    assert not uses_channels_last(lenet, "auto", "cuda", "fp32")  # not measured faster
+    assert not uses_channels_last(mlp, "auto", "cpu", "bf16")  # no 4-d weights
+    assert uses_channels_last(mlp, True) and not uses_channels_last(lenet, False)
+
+
+def test_default_channels_last_for_images_only_and_validated(digits):
+    X, y = digits
+    images = np.pad(X.reshape(-1, 1, 8, 8), ((0, 0), (0, 0), (10, 10), (10, 10)))
+    clf = GaussianAugClassifier(sigma=0.25, max_epochs=1, random_state=0).fit(images[:200],
+                                                                            y[:200])
+    assert clf.channels_last == "auto" and clf.default_network_ == "LeNet"
+    assert clf.module_.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    flat = GaussianAugClassifier(sigma=0.25, max_epochs=1, random_state=0).fit(X[:200],
+                                                                             y[:200])
+    assert all(p.is_contiguous() for p in flat.module_.parameters())
+    with pytest.raises(ValueError, match="channels_last"):
+        GaussianAugClassifier(sigma=0.25, channels_last="yes").fit(X[:50], y[:50])
