@@ -11,6 +11,14 @@ and as ratios to the network's raw forward rate on ready-made noisy batches (the
   distinct inputs reads);
 - ``torch.randn`` alone for the same rows (what bounds the independent path);
 - ``certify`` with independent noise (the default) and with shared noise;
+- with ``--jobs J``, ``certify`` with shared noise in J worker processes of one thread
+  each (``n_jobs=J, threads_per_worker=1``) on 8× the inputs at n = 10,000, so that the
+  workers' start-up (paid in a warm-up call) and per-call costs are amortised as in a
+  long run: the way to use several cores for a network too small to split its batches
+  across threads well; set against the better of two forward limits on those cores:
+  one process at ``--threads`` threads (as above), and J one-thread processes running
+  the raw forward pass at the same time (their rates summed; the best of each worker's
+  repeats, so the limit errs high);
 
 and what sharing does to the spread of certified accuracy over seeds: a model trained on
 digits, certified with ``--seeds`` seeds in both modes (the mean is the same; shared noise
@@ -63,6 +71,22 @@ def raw_forward_rate(net, batch: int, repeats: int, rows: int = 200_000,
     return (rows // batch) * batch / _best_seconds(run, repeats)
 
 
+def _forward_worker(hidden_units: tuple, batch: int, repeats: int, rows: int) -> float:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = MLP(FEATURES, CLASSES, hidden_units=hidden_units).eval()
+    return raw_forward_rate(net, batch, repeats, rows=rows)
+
+
+def parallel_forward_rate(hidden_units: tuple, batch: int, repeats: int, jobs: int) -> float:
+    """Summed raw forward rate of ``jobs`` one-thread processes running at once."""
+    from joblib import Parallel, delayed
+
+    rates = Parallel(n_jobs=jobs, backend="loky")(
+        delayed(_forward_worker)(hidden_units, batch, repeats, 2_000_000) for _ in range(jobs))
+    return sum(rates)
+
+
 def randn_rate(batch: int, repeats: int, rows: int = 200_000) -> float:
     generator = torch.Generator()
 
@@ -73,10 +97,10 @@ def randn_rate(batch: int, repeats: int, rows: int = 200_000) -> float:
     return (rows // batch) * batch / _best_seconds(run, repeats)
 
 
-def certify_rate(net, X, batch: int, n: int, repeats: int, shared: bool) -> float:
+def certify_rate(net, X, batch: int, n: int, repeats: int, shared: bool, **parallel) -> float:
     def run():
         certify(net, X, SIGMA, n0=100, n=n, batch_size=batch, random_state=0,
-                shared_noise=shared)
+                shared_noise=shared, **parallel)
 
     return len(X) * (n + 100) / _best_seconds(run, repeats)
 
@@ -116,6 +140,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--spread-n", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="also certify with shared noise in this many one-thread workers")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -133,6 +159,17 @@ def main(argv=None):
         distinct = raw_forward_rate(net, batch, args.repeats, distinct=True)
         independent = certify_rate(net, X, batch, args.n, args.repeats, shared=False)
         shared = certify_rate(net, X, batch, args.n, args.repeats, shared=True)
+        extra = {}
+        if args.jobs:
+            many = np.random.default_rng(1).random((8 * args.inputs, FEATURES)).astype(np.float32)
+            jobs = certify_rate(net, many, batch, 10_000, args.repeats, shared=True,
+                                n_jobs=args.jobs, threads_per_worker=1)
+            processes = parallel_forward_rate(units, batch, args.repeats, args.jobs)
+            extra = dict(jobs=args.jobs, certify_shared_jobs_per_s=round(jobs),
+                         raw_forward_processes_per_s=round(processes),
+                         shared_jobs_over_forward=round(jobs / limit, 3),
+                         shared_jobs_over_best_forward=round(jobs / max(limit, processes), 3),
+                         shared_jobs_over_distinct_forward=round(jobs / distinct, 3))
         rows.append(dict(
             hidden_units=list(units), batch=batch, raw_forward_per_s=round(limit),
             raw_forward_distinct_per_s=round(distinct),
@@ -143,6 +180,7 @@ def main(argv=None):
             shared_over_forward=round(shared / limit, 3),
             shared_over_distinct_forward=round(shared / distinct, 3),
             shared_over_independent=round(shared / independent, 2),
+            **extra,
         ))
         print(json.dumps(rows[-1]), flush=True)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
