@@ -592,9 +592,16 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             raise NotFittedError("The default network is built in fit, from the data's shape.")
         else:
             self.module_ = self._default_network()
-        if uses_channels_last(self.module_, self.channels_last, self.device, self.precision):
-            self.module_ = self.module_.to(memory_format=torch.channels_last)
+        self._apply_memory_format()
         return self
+
+    def _apply_memory_format(self) -> None:
+        """The network's layout as ``channels_last`` asks for the current device and
+        precision (a layout changes no value, so a fitted network may switch)."""
+        wanted = uses_channels_last(self.module_, self.channels_last, self.device,
+                                    self.precision)
+        self.module_ = self.module_.to(
+            memory_format=torch.channels_last if wanted else torch.contiguous_format)
 
     def _default_network(self) -> torch.nn.Module:
         """The network of ``module=None``, sized from the data; its name is kept in
@@ -621,12 +628,16 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             )
 
     def set_params(self, **params):
-        """As skorch's; a new ``device`` after ``fit`` also moves the fitted network."""
+        """As skorch's; a new ``device`` after ``fit`` also moves the fitted network, and a
+        new ``device``, ``precision`` or ``channels_last`` sets its memory layout again."""
         if "device" in params:
             self._check_cuda_available(params["device"])
         super().set_params(**params)
-        if "device" in params and getattr(self, "initialized_", False):
-            self.module_.to(self.device)
+        if getattr(self, "initialized_", False):
+            if "device" in params:
+                self.module_.to(self.device)
+            if {"device", "precision", "channels_last"} & set(params):
+                self._apply_memory_format()
         return self
 
     @contextlib.contextmanager

@@ -87,16 +87,17 @@ def test_channels_last_is_saved_and_changes_only_the_layout(digits, tmp_path):
     # LeNet's two 5×5 convolutions and pools need 28×28 inputs: pad the 8×8 digits
     images = np.pad(X.reshape(-1, 1, 8, 8), ((0, 0), (0, 0), (10, 10), (10, 10)))
     params = dict(module=LeNet, sigma=0.25, max_epochs=2, random_state=0)
-    plain = GaussianAugClassifier(**params).fit(images[:300], y[:300])
+    plain = GaussianAugClassifier(channels_last=False, **params).fit(images[:300], y[:300])
     last = GaussianAugClassifier(channels_last=True, **params).fit(images[:300], y[:300])
-    conv = last.module_.features[0].weight
+    conv = last.module_.features[3].weight  # 20 input channels: the layouts differ
     assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert plain.module_.features[3].weight.is_contiguous()
     # same seed, same data: the same training up to the order of sums in convolutions
     agree = (plain.predict(images[300:400]) == last.predict(images[300:400])).mean()
     assert agree >= 0.95
     save_model(last, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
-    assert loaded.channels_last and loaded.module_.features[0].weight.is_contiguous(
+    assert loaded.channels_last and loaded.module_.features[3].weight.is_contiguous(
         memory_format=torch.channels_last)
 
 
@@ -117,9 +118,27 @@ def test_default_channels_last_for_images_only_and_validated(digits):
     clf = GaussianAugClassifier(sigma=0.25, max_epochs=1, random_state=0).fit(images[:200],
                                                                             y[:200])
     assert clf.channels_last == "auto" and clf.default_network_ == "LeNet"
-    assert clf.module_.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    weight = clf.module_.features[3].weight  # 20 input channels: the layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()
     flat = GaussianAugClassifier(sigma=0.25, max_epochs=1, random_state=0).fit(X[:200],
                                                                              y[:200])
     assert all(p.is_contiguous() for p in flat.module_.parameters())
     with pytest.raises(ValueError, match="channels_last"):
         GaussianAugClassifier(sigma=0.25, channels_last="yes").fit(X[:50], y[:50])
+
+
+def test_set_params_sets_the_layout_of_a_fitted_network_again(digits):
+    X, y = digits
+    images = np.pad(X.reshape(-1, 1, 8, 8), ((0, 0), (0, 0), (10, 10), (10, 10)))
+    clf = GaussianAugClassifier(sigma=0.25, max_epochs=1, random_state=0).fit(images[:200],
+                                                                            y[:200])
+    conv = clf.module_.features[3]  # 20 input channels: the two layouts differ
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    before = clf.predict_proba(images[200:230])
+    clf.set_params(channels_last=False)
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    np.testing.assert_allclose(clf.predict_proba(images[200:230]), before)  # same weights
+    clf.set_params(precision="bf16", channels_last="auto")  # auto: channels-last again
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)

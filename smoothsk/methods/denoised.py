@@ -27,7 +27,7 @@ from smoothsk.base import (
 )
 from smoothsk.certify.adapters import SklearnClassifierNetwork, as_base_network
 from smoothsk.methods.attacks import frozen
-from smoothsk.models import DnCNN, MLPDenoiser, uses_channels_last
+from smoothsk.models import DnCNN, MLPDenoiser
 
 __all__ = [
     "DenoisedNetwork",
@@ -374,8 +374,7 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
             denoiser = MLPDenoiser(int(np.prod(self.input_shape_)),
                                    **self.get_params_for("module"))
         self.module_ = DenoisedNetwork(denoiser.to(self.device), self.classifier_network_)
-        if uses_channels_last(self.module_, self.channels_last, self.device, self.precision):
-            self.module_ = self.module_.to(memory_format=torch.channels_last)
+        self._apply_memory_format()
         return self
 
     def get_all_learnable_params(self):
