@@ -430,8 +430,7 @@ def run_certify(args) -> int:
             f"--sigma applies to a plain classifier; a smoothsk model keeps the sigma it was "
             f"trained with ({clf.noise_level_:g}).")
     elif args.device != "cpu" or str(clf.device) != "cpu":
-        clf.module_.to(args.device)
-        clf.device = args.device
+        clf.set_params(device=args.device)  # moves the network and sets its layout
     if args.precision is not None:
         try:
             clf.set_params(precision=args.precision)
