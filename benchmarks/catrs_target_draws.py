@@ -8,13 +8,13 @@ true-class entry and the KL term's target entropy.  Writes a JSON next to the mo
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from smoothsk import smoothed_targets
 from smoothsk.datasets import load_fashion_mnist
+from smoothsk.io.files import atomic_write_text
 from smoothsk.io.runs import load_model
 
 
@@ -43,7 +43,7 @@ def main(argv=None):
             "same_argmax": float(np.mean(probs.argmax(1) == reference.argmax(1))),
         }
         print(draws, result["compared"][draws], flush=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    atomic_write_text(args.out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

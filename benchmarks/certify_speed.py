@@ -47,6 +47,7 @@ import torch
 
 from smoothsk import certify
 from smoothsk.certify.sampling import precision_context
+from smoothsk.io.files import atomic_write_text
 from smoothsk.models import CIFARResNet, LeNet
 
 NETWORKS = {
@@ -345,11 +346,10 @@ def main(argv=None):
                                                settings, args.repeats, args.device, cohen)
         results.append(result)
         if args.out:  # after every network, so that a run cut short keeps what it measured
-            with open(args.out, "w", encoding="utf-8") as stream:
-                json.dump({"torch": torch.__version__, "device": device_name,
-                           "cudnn_benchmark": args.cudnn_benchmark,
-                           "threads": torch.get_num_threads(), "repeats": args.repeats,
-                           "networks": results}, stream, indent=1)
+            atomic_write_text(args.out, json.dumps(
+                {"torch": torch.__version__, "device": device_name,
+                 "cudnn_benchmark": args.cudnn_benchmark, "threads": torch.get_num_threads(),
+                 "repeats": args.repeats, "networks": results}, indent=1))
         if network == "lenet" and not gpu:
             for n_mem in (10_000, 100_000):
                 memory_rows.append((network, n_mem, {name: peak_memory(name, network, n_mem, best)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from smoothsk import GaussianAugClassifier, certify
+from smoothsk.io.files import atomic_write_text
 from smoothsk.models import CIFARResNet, LeNet
 
 
@@ -89,8 +90,7 @@ def main(argv=None):
     }
     print(json.dumps(result, indent=1))
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=1)
+        atomic_write_text(args.out, json.dumps(result, indent=1))
     return result
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from smoothsk import certify
+from smoothsk.io.files import atomic_write_text
 from smoothsk.models import LeNet
 
 
@@ -76,8 +77,7 @@ def main(argv=None):
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "inputs": args.inputs, "n": args.n, "batch": args.batch, "rows": rows}
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=1)
+        atomic_write_text(args.out, json.dumps(result, indent=1))
     return result
 
 

@@ -20,6 +20,7 @@ from sklearn.neural_network import MLPClassifier
 
 from smoothsk import GaussianAugClassifier
 from smoothsk.datasets import load_dataset
+from smoothsk.io.files import atomic_write_text
 
 
 def main(argv=None):
@@ -52,8 +53,7 @@ def main(argv=None):
         result["gaussian"].append(row)
         print(json.dumps(row), flush=True)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=1)
+        atomic_write_text(args.out, json.dumps(result, indent=1))
     return result
 
 

@@ -22,6 +22,7 @@ from skorch import NeuralNetClassifier
 
 from smoothsk import DenoisedSmoothingClassifier, GaussianAugClassifier, certify
 from smoothsk.datasets import load_fashion_mnist
+from smoothsk.io.files import atomic_write_text
 from smoothsk.models import LeNet
 
 RADII = (0.0, 0.25, 0.5)
@@ -76,7 +77,7 @@ def main(argv=None):
             cert, y_test), "train_seconds": seconds, "note": note}
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        atomic_write_text(out / "results.json", json.dumps(results, indent=1))
 
     for sigma in (0.25, 0.5):
         kw = dict(n0=100, n=args.n, random_state=0, batch_size=500)
@@ -110,7 +111,7 @@ def write_markdown(out: Path, results: dict):
         accs = " | ".join(f"{100 * a:.1f}" for a in row["certified_accuracy"])
         seconds = f"{row['train_seconds']:.0f} ({row['note']})" if row["note"] else "–"
         lines.append(f"| {row['sigma']:g} | {row['model']} | {accs} | {seconds} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -128,8 +128,9 @@ def main(argv=None):
               "memory_case": f"lenet-bf16-cl-n200, {args.memory_inputs} inputs",
               "rows": rows, "memory": memory}
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=1)
+        from smoothsk.io.files import atomic_write_text  # here: the children start bare
+
+        atomic_write_text(args.out, json.dumps(result, indent=1))
     return result
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from smoothsk import GaussianAugClassifier, certify
+from smoothsk.io.files import atomic_write_text
 from smoothsk.metrics import certified_accuracy
 from smoothsk.models import MLP
 
@@ -187,8 +188,7 @@ def main(argv=None):
               "inputs": args.inputs, "n0": 100, "n": args.n, "rows": rows,
               "spread": spread_over_seeds(args.seeds, args.spread_n)}
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=1)
+        atomic_write_text(args.out, json.dumps(result, indent=1))
     return result
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from smoothsk import GaussianAugClassifier, SmoothMixClassifier, certify
+from smoothsk.io.files import atomic_write_text
 from smoothsk.models import CIFARResNet, LeNet
 
 NETWORKS = {
@@ -168,8 +169,7 @@ def main(argv=None):
                "certification": certification(args), "training": training(args),
                "agreement": agreement(args)}
     if args.out:
-        with open(args.out, "w") as stream:
-            json.dump(results, stream, indent=1)
+        atomic_write_text(args.out, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

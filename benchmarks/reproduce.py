@@ -22,6 +22,7 @@ import torch
 
 from smoothsk.datasets import load_fashion_mnist
 from smoothsk.io.checkpoint import TrainingCheckpoint
+from smoothsk.io.files import atomic_write_text
 from smoothsk.io.report import (
     CertificationRun,
     markdown_table,
@@ -82,7 +83,7 @@ def train(method, sigma, args, X, y, out: Path):
             "channels_last": args.channels_last}
     model_path.parent.mkdir(parents=True, exist_ok=True)
     save_model(clf, model_path)
-    info_path.write_text(json.dumps(info, indent=1))
+    atomic_write_text(info_path, json.dumps(info, indent=1))
     checkpoint.unlink(missing_ok=True)
     print(f"trained {method} σ={sigma}: {info['seconds']:.0f} s", flush=True)
     return clf, info
@@ -206,10 +207,10 @@ def write_report(out: Path, args):
         plot_certified_accuracy(curves, png, title=f"Fashion-MNIST, LeNet, σ = {sigma:g}")
         lines.append(f"![σ = {sigma:g}]({png.name})\n")
     lines += claims(found, args.n)
-    (out / "results.md").write_text("\n".join(lines))
+    atomic_write_text(out / "results.md", "\n".join(lines))
     summary = {f"{m}|{s:g}|{n}": (run.average_certified_radius, seconds)
                for (m, s, n), (run, seconds) in found.items()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     print("\n".join(lines))
 
 

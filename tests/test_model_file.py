@@ -191,6 +191,16 @@ def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary left
 
 
+def test_atomic_write_text_writes_utf8_and_replaces_whole(tmp_path):
+    from smoothsk.io.files import atomic_write_text
+
+    target = tmp_path / "results.md"
+    atomic_write_text(target, "σ = 0.5: ACR 1.105 ± 0.008\n")
+    atomic_write_text(target, "σ = 1.0\n")  # a shorter text leaves nothing of the longer
+    assert target.read_bytes() == "σ = 1.0\n".encode()
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -24,7 +24,7 @@ import numpy as np
 from joblib import effective_n_jobs
 
 from smoothsk.certify.sampling import take_rows
-from smoothsk.io.files import atomic_write
+from smoothsk.io.files import atomic_write_text
 from smoothsk.io.model_file import load_model, save_model
 
 __all__ = [
@@ -220,10 +220,10 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
         if [row.split("\t", 1)[0] for row in done] != expected:
             raise RunMismatchError(f"{out} has rows that this run would not write.")
         if previous.get("indices") != len(indices):
-            atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
+            atomic_write_text(sidecar, json.dumps(info, indent=1))
     else:
-        atomic_write(sidecar, lambda s: s.write(json.dumps(info, indent=1).encode()))
-        atomic_write(out, lambda s: s.write((TSV_HEADER + "\n").encode()))
+        atomic_write_text(sidecar, json.dumps(info, indent=1))
+        atomic_write_text(out, TSV_HEADER + "\n")
     start = len(done)
     if progress is not None:
         progress(start)
