@@ -53,6 +53,8 @@ def uses_channels_last(module: nn.Module, channels_last, device="cpu",
     """
     if channels_last != "auto":
         return bool(channels_last)
+    if device is None:  # skorch's "leave the network where it is"
+        device = next((p.device for p in module.parameters()), "cpu")
     convolutional = any(p.dim() == 4 for p in module.parameters())
     return convolutional and (torch.device(device).type == "cpu" or precision != "fp32")
 

@@ -110,6 +110,7 @@ def test_channels_last_auto_where_it_was_measured_faster():
     assert not uses_channels_last(lenet, "auto", "cuda", "fp32")  # not measured faster
     assert not uses_channels_last(mlp, "auto", "cpu", "bf16")  # no 4-d weights
     assert uses_channels_last(mlp, True) and not uses_channels_last(lenet, False)
+    assert uses_channels_last(lenet, "auto", None)  # device=None: where the network is
 
 
 def test_default_channels_last_for_images_only_and_validated(digits):
