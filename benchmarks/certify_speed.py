@@ -20,12 +20,12 @@ sizes go up to 16,000 and more inputs are certified, so that each timing lasts l
 enough to mean something.  Implementations that are not installed (ART) are reported
 as such.
 
-``--settings`` adds smoothsk at faster sound settings (``fp32``, ``bf16-cl``, ``fp16-cl``,
-``bf16-cl-compile``: reduced-precision autocast, the network in channels-last memory
-format, ``torch.compile``), each at its own best raw batch, against its own raw rate at
-that setting, against Cohen's loop at fp32 at the same best fp32 batch as above, and
-against Cohen's loop as its script ships (fp32, ``--batch 1000``).  The default on a GPU
-is all four; on a CPU none.
+``--settings`` adds smoothsk at faster sound settings (names of ``SETTINGS``: reduced-
+precision autocast, the network in channels-last memory format, ``torch.compile`` with
+inductor's options), each at its own best raw batch (``--fast-batches``), against its own
+raw rate at that setting, against Cohen's loop at fp32 at the same best fp32 batch as
+above, and against Cohen's loop as its script ships (fp32, ``--batch 1000``).  The
+default on a GPU is ``GPU_SETTINGS`` (the settings that compile in seconds); on a CPU none.
 
     python benchmarks/certify_speed.py [--networks lenet,resnet20] [--repeats 3]
                                        [--device cuda] [--settings bf16-cl,...]
@@ -67,6 +67,7 @@ SETTINGS = {  # name: (precision, channels-last, torch.compile options or None)
     # and inductor's autotuning of convolution and matrix kernels (minutes to compile)
     "fp16-cl-autotune-frozen": ("fp16", True, {"freezing": True, "max_autotune": True}),
 }
+GPU_SETTINGS = ("fp32", "bf16-cl", "fp16-cl", "bf16-cl-compile", "fp16-cl-compile")
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -276,9 +277,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     gpu = torch.device(args.device).type == "cuda"
-    settings = ([] if args.settings == "" else args.settings.split(",") if args.settings
-                else ["fp32", "bf16-cl", "fp16-cl", "bf16-cl-compile", "fp16-cl-compile"]
-                if gpu else [])
+    if args.settings is None:
+        settings = list(GPU_SETTINGS) if gpu else []
+    else:
+        settings = [name for name in args.settings.split(",") if name]
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         parser.error(f"--settings must name some of {', '.join(SETTINGS)}; got {unknown}")
@@ -314,14 +316,9 @@ def main(argv=None):
             except ImportError as error:
                 print(f"{name}: not installed ({error})")
                 continue
-            times = []
-            for _ in range(args.repeats):
-                _wait(args.device)
-                start = time.perf_counter()
-                run(model, X, classes, N0, n, ALPHA, best)
-                _wait(args.device)
-                times.append(time.perf_counter() - start)
-            speed[name] = inputs * (N0 + n) / statistics.median(times)
+            speed[name] = _median_rate(
+                functools.partial(run, model, X, classes, N0, n, ALPHA, best),
+                inputs * (N0 + n), args.repeats, args.device)
         print(f"{inputs} inputs, n={n:,}, batch {best}\n")
         print("| implementation | samples/s | smoothsk / it |")
         print("|---|---|---|")
