@@ -16,6 +16,7 @@ from smoothsk import (
     class_counts,
     predict,
 )
+from smoothsk.certify import sampling
 from smoothsk.io.runs import RunMismatchError, certify_to_tsv
 
 
@@ -78,6 +79,25 @@ def test_shared_certificates_do_not_depend_on_batching_chunking_or_workers(small
         predict(small_net, small_X, 0.5, n=500, random_state=0, shared_noise=True),
         predict(small_net, small_X, 0.5, n=500, random_state=0, shared_noise=True,
                 batch_size=50))
+
+
+@pytest.mark.parametrize("tile_bytes", [1, 7 * 48, 2**40])
+def test_the_order_of_rows_within_a_block_changes_no_count(monkeypatch, small_net, small_X,
+                                                           tile_bytes):
+    # Rows of 12 float32 (48 bytes): tiles of 1 draw, of 7 (not dividing a block), of a
+    # whole block (input-major), against the default (341 draws, last tile of one)
+    kw = dict(n0=37, n=2500, random_state=7, shared_noise=True, batch_size=250)
+    ref = certify(small_net, small_X, 0.5, **kw)
+    monkeypatch.setattr(sampling, "SHARED_NOISE_TILE_BYTES", tile_bytes)
+    other = certify(small_net, small_X, 0.5, **kw)
+    np.testing.assert_array_equal(other.counts, ref.counts)
+    np.testing.assert_array_equal(other.selection_counts, ref.selection_counts)
+
+
+def test_shared_noise_tiles_fit_the_budget():
+    assert sampling.shared_noise_tile(256) == sampling.SHARED_NOISE_TILE_BYTES // 256
+    assert sampling.shared_noise_tile(10**9) == 1  # a row larger than the budget
+    assert sampling.shared_noise_tile(1) == sampling.NOISE_BLOCK
 
 
 def test_memory_stays_bounded_by_the_batch():
