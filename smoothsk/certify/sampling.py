@@ -346,11 +346,12 @@ class NoiseSampler:
         A block's ``len(chunk) · size`` noisy rows are taken tile by tile: tile ``t``
         holds draws ``t·w … t·w + w − 1`` (:func:`shared_noise_tile`) for every input,
         input by input, so its row ``r`` is input ``r // w`` plus draw ``t·w + r % w``.
-        Batches of ``batch_size`` consecutive rows are built in one reused buffer by
-        broadcast adds (whole inputs in the middle, part of one at each end of a tile),
-        so every batch is full whatever ``size``.  Tiles keep the noise a batch reads
-        small enough to stay in the core's L1 cache: for a 64-feature MLP the input-major
-        order (one tile per block) certified 5 % slower.  The order changes no count.
+        Batches are built in one reused buffer by broadcast adds: ``batch_size`` rows
+        rounded down to a multiple of the tile's width, so a batch is one add of whole
+        inputs (two where it crosses into the next tile; the last, narrower tile may
+        need a part of an input at each end).  Tiles keep the noise a batch reads small
+        enough to stay in the core's L1 cache: for a 64-feature MLP the input-major order
+        (one tile per block) certified 5 % slower.  The order changes no count.
         Votes and row maxima go into per-block buffers; counting and the finiteness
         check run once per block, not per batch: for a small network per-batch
         bookkeeping costs as much as its forward pass.
@@ -363,13 +364,17 @@ class NoiseSampler:
         # one 1 seen len(votes) times: index_add_ needs no filled tensor of them
         ones = torch.ones((), dtype=torch.int64, device=self.device).expand(len(votes))
         width = shared_noise_tile(buffer[0].numel() * buffer.element_size())
+        # batches of whole tile rows (a multiple of the tile's width) are one broadcast add
+        # each, two where they cross into the next tile
+        step = self.batch_size - self.batch_size % width if self.batch_size > width else \
+            self.batch_size
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         for block, start in enumerate(range(0, num, NOISE_BLOCK)):
             size = min(NOISE_BLOCK, num - start)
             noise = self._noise(SHARED_NOISE_INDEX, block, size, shape)
             used, tile_rows = n_inputs * size, n_inputs * width
-            for lo in range(0, used, self.batch_size):
-                hi = min(lo + self.batch_size, used)
+            for lo in range(0, used, step):
+                hi = min(lo + step, used)
                 batch = buffer[: hi - lo]
                 row = lo
                 while row < hi:
