@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import time
 
 import numpy as np
@@ -43,6 +45,18 @@ from smoothsk.metrics import certified_accuracy
 from smoothsk.models import MLP
 
 FEATURES, CLASSES, SIGMA = 64, 10, 0.25
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for the record."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _best_seconds(function, repeats: int) -> float:
@@ -184,7 +198,8 @@ def main(argv=None):
             **extra,
         ))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"torch": torch.__version__, "cpu": cpu_name(), "cores": os.cpu_count(),
+              "threads": torch.get_num_threads(),
               "inputs": args.inputs, "n0": 100, "n": args.n, "rows": rows,
               "spread": spread_over_seeds(args.seeds, args.spread_n)}
     if args.out:
