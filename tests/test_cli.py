@@ -1,5 +1,7 @@
 """The ``smoothsk`` command line, end to end through the installed entry point."""
 
+import contextlib
+import io
 import os
 import signal
 import struct
@@ -24,6 +26,27 @@ def run(*args, check=True, cwd=None):
     if check and result.returncode != 0:
         raise AssertionError(f"smoothsk {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
+
+
+def run_here(*args, cwd=None):
+    """``smoothsk ARGS`` through ``smoothsk.cli.main`` in this process, for invocations
+    refused before any work: each spares a 4-second interpreter start (torch, scikit-learn).
+    The installed entry point itself runs as a subprocess in every other test."""
+    from smoothsk.cli import main
+
+    threads, here = torch.get_num_threads(), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.chdir(cwd or here)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as exc:  # argparse's own refusals
+                code = exc.code
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def rows_without_time(path):
@@ -174,7 +197,7 @@ def test_a_classifier_you_already_have_certified_and_denoised(model, tmp_path):
 ])
 def test_clear_errors(args, message, tmp_path):
     (tmp_path / "x.tsv").write_text("idx\tlabel\n0\t1\n")
-    result = run(*args, check=False, cwd=tmp_path)
+    result = run_here(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -182,21 +205,21 @@ def test_clear_errors(args, message, tmp_path):
 def test_certify_rejects_bad_options_corrupt_models_and_foreign_outputs(model, tmp_path):
     base = ["--dataset", "digits", "--max", "2", "--n", "100", "--quiet"]
     for bad, message in [(["--alpha", "2"], "open interval"), (["--n0", "0"], "positive")]:
-        result = run("certify", model, *base, *bad, "--out", tmp_path / "a.tsv", check=False)
+        result = run_here("certify", model, *base, *bad, "--out", tmp_path / "a.tsv")
         assert result.returncode == 2 and message in result.stderr
     corrupt = tmp_path / "corrupt.pkl"
     corrupt.write_bytes(model.read_bytes()[:1000])
-    result = run("certify", corrupt, *base, "--out", tmp_path / "b.tsv", check=False)
+    result = run_here("certify", corrupt, *base, "--out", tmp_path / "b.tsv")
     assert result.returncode == 2 and "not a readable model file" in result.stderr
     foreign = tmp_path / "foreign.tsv"
     foreign.write_text("my own notes\n")
-    result = run("certify", model, *base, "--out", foreign, check=False)
+    result = run_here("certify", model, *base, "--out", foreign)
     assert result.returncode == 2 and "not written by a smoothsk" in result.stderr
     assert foreign.read_text() == "my own notes\n"  # never appended to
     out = tmp_path / "c.tsv"
     run("certify", model, *base, "--out", out)
     for changed in (["--seed", "3"], ["--alpha", "0.01"], ["--skip", "2"]):
-        result = run("certify", model, *base, *changed, "--out", out, check=False)
+        result = run_here("certify", model, *base, *changed, "--out", out)
         assert result.returncode == 2 and "different run" in result.stderr
 
 
@@ -348,7 +371,7 @@ def test_every_bad_invocation_is_one_clean_line_and_leaves_nothing(model, tmp_pa
         if "fashion-mnist" in args and not Path(
                 "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists():
             continue  # needs `make data`, which CI runs
-        result = run(*args, check=False, cwd=tmp_path)
+        result = run_here(*args, cwd=tmp_path)
         command = args[0]
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (args, result.stderr)
