@@ -351,7 +351,7 @@ class NoiseSampler:
         inputs (two where it crosses into the next tile; the last, narrower tile may
         need a part of an input at each end).  Tiles keep the noise a batch reads small
         enough to stay in the core's L1 cache: for a 64-feature MLP the input-major order
-        (one tile per block) certified 5 % slower.  The order changes no count.
+        (one tile per block) ran 3–6 % slower in the loop alone.  The order changes no count.
         Votes and row maxima go into per-block buffers; counting and the finiteness
         check run once per block, not per batch: for a small network per-batch
         bookkeeping costs as much as its forward pass.
@@ -364,10 +364,9 @@ class NoiseSampler:
         # one 1 seen len(votes) times: index_add_ needs no filled tensor of them
         ones = torch.ones((), dtype=torch.int64, device=self.device).expand(len(votes))
         width = shared_noise_tile(buffer[0].numel() * buffer.element_size())
-        # batches of whole tile rows (a multiple of the tile's width) are one broadcast add
-        # each, two where they cross into the next tile
-        step = self.batch_size - self.batch_size % width if self.batch_size > width else \
-            self.batch_size
+        step = self.batch_size
+        if step > width:  # whole tile rows: one broadcast add a batch, two across tiles
+            step -= step % width
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         for block, start in enumerate(range(0, num, NOISE_BLOCK)):
             size = min(NOISE_BLOCK, num - start)
@@ -426,8 +425,9 @@ class NoiseSampler:
 
 
 # Noise one tile of shared draws may hold: small enough for a core's L1 data cache (32–48
-# KiB) next to the rows being written.  For a 64-feature MLP, tiles of 32–64 draws (8–16
-# KiB) certified 5–6 % faster than 16 or 256 and than whole blocks (benchmarks/noise_path.py).
+# KiB) next to the rows being written.  For a 64-feature MLP the loop ran 3–6 % faster with
+# tiles of 32–64 draws (8–16 KiB) than with whole blocks, 1–3 % faster than with 16 or 256
+# (one core, interleaved; docs/benchmarks.md).
 SHARED_NOISE_TILE_BYTES = 16 * 2**10
 
 
