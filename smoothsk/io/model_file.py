@@ -7,8 +7,17 @@ version.  :func:`load_model` reads it with ``torch.load(weights_only=True)``, wh
 unpickler refuses every object but tensors and built-in containers, and rebuilds the
 estimator and its network from an allow-list: smoothsk's estimators and networks,
 torch's optimizers and losses, and network classes registered with
-:func:`register_network`.  A file someone else made can therefore give wrong weights,
-never run code.
+:func:`register_network`.
+
+The parameters pass an allow-list of *values* too (:func:`check_stored_param`), on save
+and on load: a class may appear only where the estimator takes one, and only of the
+kind that parameter takes (a network for ``module``, a loss for ``criterion``...);
+``torch.compile`` is recorded as on/off with a mode and backend from fixed sets, never
+with inductor options (which name compiler commands and output directories);
+callbacks' arguments, ``torch_load_kwargs``, dataset arguments and every DataLoader
+option that takes a function, a process start method or a device are refused; devices
+are plain device names.  A file someone else made can therefore give wrong weights,
+never choose code, a command or a path.
 
 Pickle-based files (smoothsk 0.1's ``joblib`` format, or any pickle) can run arbitrary
 code when loaded; :func:`load_model` reads them only with ``trusted=True``.
@@ -25,7 +34,8 @@ import torch
 
 from smoothsk.io.files import atomic_write
 
-__all__ = ["FORMAT_VERSION", "load_classifier", "load_model", "register_network", "save_model"]
+__all__ = ["FORMAT_VERSION", "check_stored_param", "load_classifier", "load_model",
+           "register_network", "save_model"]
 
 FORMAT_NAME = "smoothsk-model"
 FORMAT_VERSION = 1
@@ -77,6 +87,114 @@ def _allowed_classes() -> dict[str, type]:
 
 # Parameters that are never saved: training-time objects, not part of the smoothed model.
 _NOT_SAVED = {"callbacks", "teacher", "target_model", "surrogate"}
+_NOT_SAVED_PREFIXES = ("callbacks__",)  # arguments of the (unsaved) callbacks
+
+# The parameters that may hold a class, and the kind of class each takes; a class
+# anywhere else (a DataLoader's collate_fn, a network argument) is refused.
+_CLASS_PARAMS = {
+    "module": torch.nn.Module,
+    "criterion": torch.nn.modules.loss._Loss,
+    "optimizer": torch.optim.Optimizer,
+    "iterator_train": torch.utils.data.DataLoader,
+    "iterator_valid": torch.utils.data.DataLoader,
+    "dataset": torch.utils.data.Dataset,
+    "train_split": object,  # skorch's ValidSplit, the only splitter in the allow-list
+}
+# torch.compile: on/off, and only these arguments with these values.  Inductor's
+# ``options`` are never accepted: keys such as ``cpp.cxx`` name the compiler command it
+# runs and ``trace.debug_dir`` a directory it writes.
+_COMPILE_ARGUMENTS = {
+    "compile__mode": {"default", "reduce-overhead", "max-autotune",
+                      "max-autotune-no-cudagraphs"},
+    "compile__backend": {"inductor", "eager", "aot_eager"},
+    "compile__fullgraph": {True, False},
+    "compile__dynamic": {True, False, None},
+}
+# DataLoader options that take plain numbers or flags (not collate_fn, worker_init_fn,
+# sampler, generator, multiprocessing_context or pin_memory_device).
+_LOADER_OPTIONS = {"shuffle", "num_workers", "pin_memory", "drop_last", "timeout",
+                   "prefetch_factor", "persistent_workers", "in_order"}
+_DEVICE_TYPES = {"cpu", "cuda", "mps", "xpu"}
+
+
+def check_stored_param(name: str, value) -> str | None:
+    """Why a model file may not hold ``name=value`` (``None`` if it may).
+
+    ``value`` is in the document's JSON form: plain values, lists, ``{"tuple": [...]}``,
+    ``{"class": "module.Name"}`` and ``{"model": key}`` (a nested model).  The rules are
+    the format's trust boundary (module docstring): a value is refused when it could
+    choose code to run, a command, or a path, whatever the estimator would do with it.
+
+    Parameters
+    ----------
+    name : str
+        The estimator parameter, as ``get_params`` names it.
+    value : object
+        Its encoded value.
+
+    Returns
+    -------
+    str or None
+        The reason, in a few words, or ``None`` when the value is allowed.
+    """
+    if name == "callbacks" or name.startswith(_NOT_SAVED_PREFIXES):
+        return "callbacks and their arguments are training-time objects, never stored"
+    if name == "torch_load_kwargs":
+        return None if value is None else "it sets how torch unpickles files"
+    if name == "compile":
+        return None if isinstance(value, bool) else "compile is True or False"
+    if name.startswith("compile__"):
+        options = _COMPILE_ARGUMENTS.get(name)
+        if options is None:
+            return ("only compile__mode, compile__backend, compile__fullgraph and "
+                    "compile__dynamic are stored (inductor options can name programs "
+                    "and paths)")
+        if not isinstance(value, (bool, str, type(None))) or value not in options:
+            return f"{name} is one of {sorted(options, key=str)}"
+        return None
+    if name.startswith(("iterator_train__", "iterator_valid__")):
+        if name.split("__", 1)[1] not in _LOADER_OPTIONS:
+            return f"the DataLoader options stored are {sorted(_LOADER_OPTIONS)}"
+        return None if _is_number_or_flag(value) else "it must be a number or a flag"
+    if name.startswith("dataset__"):
+        return "the dataset takes no stored arguments"
+    if name == "device":
+        return _check_device_name(value)
+    if name == "predict_nonlinearity":
+        return None if value in ("auto", None) else "it must be 'auto' or None"
+    if isinstance(value, dict) and set(value) == {"class"}:
+        if name not in _CLASS_PARAMS:
+            return "a class may only be given as " + ", ".join(sorted(_CLASS_PARAMS))
+        return None if isinstance(value["class"], str) else "a class is named by a string"
+    if isinstance(value, dict) and set(value) == {"model"}:
+        return None if name == "classifier" else "only the classifier is a nested model"
+    return None if _is_plain(value) else "it must be a plain value (number, string, list)"
+
+
+def _is_number_or_flag(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def _is_plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, dict) and set(value) == {"tuple"}:
+        value = value["tuple"]
+    return isinstance(value, list) and all(_is_plain(v) for v in value)
+
+
+def _check_device_name(value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 32:
+        return "a device is a name such as 'cpu' or 'cuda:0'"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        return "a device is a name such as 'cpu' or 'cuda:0'"
+    if device.type not in _DEVICE_TYPES:
+        return f"the device is one of the types {sorted(_DEVICE_TYPES)}"
+    return None
 
 
 def _encode(name: str, value, allowed_names: dict[type, str]):
@@ -154,7 +272,14 @@ def _archive(estimator, allowed: dict[str, type]) -> dict:
         raise ValueError(f"{type(estimator).__name__} is not a smoothsk estimator.")
     params = {name: _encode(name, value, allowed_names)
               for name, value in estimator.get_params(deep=False).items()
-              if name not in _NOT_SAVED | {"classifier"}}
+              if name not in _NOT_SAVED | {"classifier"}
+              and not name.startswith(_NOT_SAVED_PREFIXES)}
+    for name, value in params.items():
+        reason = check_stored_param(name, value)
+        if reason is not None:
+            raise ValueError(
+                f"Parameter {name}={value!r} cannot be stored in a safe model file: {reason}. "
+                f"Set it to its default (set_params({name}=...)) before saving.")
     models = {}
     if hasattr(estimator, "classifier_"):  # the smoothed classifier, stored nested
         inner = unwrap_frozen(estimator.classifier_)
@@ -253,11 +378,40 @@ def _load_archive(archive, path: Path):
     return _rebuild(document, archive.get("state_dict"), models, path)
 
 
+def _checked_params(params, allowed: dict[str, type], path: Path) -> dict:
+    """The document's parameters decoded, each checked by :func:`check_stored_param`."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{path} has a corrupt parameter table.")
+    decoded = {}
+    for name, value in params.items():
+        reason = check_stored_param(name, value)
+        if reason is None:
+            decoded[name] = _decode(value, allowed)
+            kind = _CLASS_PARAMS.get(name)
+            if isinstance(decoded[name], type) and not issubclass(decoded[name], kind):
+                reason = f"{name} takes a {kind.__name__} class"
+        if reason is not None:
+            raise ValueError(
+                f"{path} sets {name}={_shorten(value)}, which a model file may not choose: "
+                f"{reason}. Nothing from the file was run; load only files saved by "
+                "save_model from a source you trust.")
+    return decoded
+
+
+def _shorten(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _rebuild(document: dict, state: dict, models: dict, path: Path):
+    from smoothsk.base import SmoothedClassifier
+
     allowed = _allowed_classes()
+    params = _checked_params(document.get("params"), allowed, path)
     try:
         cls = _decode({"class": document["estimator"]}, allowed)
-        params = {name: _decode(value, allowed) for name, value in document["params"].items()}
+        if not issubclass(cls, SmoothedClassifier):
+            raise TypeError(f"{document['estimator']!r} is not a smoothsk estimator")
         fitted = document["fitted"]
         for name, value in params.items():  # a nested model: {"model": key in models}
             if isinstance(value, dict) and set(value) == {"model"}:
@@ -280,7 +434,7 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
         estimator.module_.load_state_dict(state)
     except (TypeError, KeyError, RuntimeError) as exc:
         raise ValueError(f"{path} does not describe a loadable estimator ({exc}).") from exc
-    if document.get("training_info") is not None:
+    if isinstance(document.get("training_info"), dict):  # anything else is not ours
         estimator.training_info_ = document["training_info"]
     estimator.smoothsk_version_ = document.get("smoothsk_version")
     return estimator
