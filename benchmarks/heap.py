@@ -49,7 +49,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     from smoothsk import certify
-    from smoothsk.certify import sampling
+    from smoothsk.certification import sampling
     from smoothsk.models import MLP, CIFARResNet, LeNet
 
     torch.set_num_threads(spec["threads"])

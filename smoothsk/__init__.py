@@ -2,10 +2,10 @@
 
 from smoothsk._version import __version__ as __version__
 from smoothsk.base import SmoothedClassifier
-from smoothsk.certify.adaptive import RadiusCertificate, certify_radius, round_sizes
-from smoothsk.certify.bounds import lower_confidence_bound, upper_confidence_bound
-from smoothsk.certify.core import ABSTAIN, Certificate, certify, predict
-from smoothsk.certify.sampling import class_counts
+from smoothsk.certification.adaptive import RadiusCertificate, certify_radius, round_sizes
+from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
+from smoothsk.certification.core import ABSTAIN, Certificate, certify, predict
+from smoothsk.certification.sampling import class_counts
 from smoothsk.methods.attacks import (
     SmoothedAttackResult,
     smoothed_attack_objective,

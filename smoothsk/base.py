@@ -37,10 +37,10 @@ from skorch.callbacks import EpochScoring, LRScheduler
 from skorch.dataset import unpack_data
 from skorch.utils import to_numpy, to_tensor
 
-from smoothsk.certify import core, sampling
-from smoothsk.certify.adaptive import RadiusCertificate, certify_radius
-from smoothsk.certify.core import Certificate, _predict_from_counts, labels_or_marker
-from smoothsk.certify.sampling import first_field, precision_context
+from smoothsk.certification import core, sampling
+from smoothsk.certification.adaptive import RadiusCertificate, certify_radius
+from smoothsk.certification.core import Certificate, _predict_from_counts, labels_or_marker
+from smoothsk.certification.sampling import first_field, precision_context
 from smoothsk.models import MLP, LeNet, uses_channels_last
 
 __all__ = ["SmoothedClassifier", "is_fitted_estimator", "unwrap_frozen"]
@@ -705,7 +705,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         Returns labels from ``classes_`` with ``abstain_label`` where the two-sided
         binomial test between the top two classes is not significant at ``alpha``.
         The returned label differs from ``g(x)`` with probability at most ``alpha``.
-        ``abstain_label=None`` uses :func:`smoothsk.certify.core.default_abstain_label`
+        ``abstain_label=None`` uses :func:`smoothsk.certification.core.default_abstain_label`
         (−1 for integer labels, ``"abstain"`` for strings): a marker of the labels'
         dtype, which scikit-learn's metrics accept (abstentions count as wrong).
         """

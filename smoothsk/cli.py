@@ -356,7 +356,7 @@ def _save_trained(clf, args) -> str:
 
 
 def run_train(args) -> int:
-    from smoothsk.certify.sampling import take_rows
+    from smoothsk.certification.sampling import take_rows
     from smoothsk.io.checkpoint import TrainingCheckpoint
     from smoothsk.io.runs import RunLockedError, exclusive_run
 
@@ -405,7 +405,7 @@ def run_train(args) -> int:
 # --------------------------------------------------------------------------- certify
 def run_certify(args) -> int:
     from smoothsk import PretrainedSmoothingClassifier, SmoothedClassifier
-    from smoothsk.certify.sampling import check_precision, take_rows
+    from smoothsk.certification.sampling import check_precision, take_rows
     from smoothsk.io.model_file import load_classifier
     from smoothsk.io.runs import RunLockedError, RunMismatchError, _file_digest, certify_to_tsv
 
@@ -511,7 +511,7 @@ def _compile_fitted(clf, mode: str = "default") -> None:
 
 
 def _check_model_fits_data(clf, X, args):
-    from smoothsk.certify.sampling import first_field
+    from smoothsk.certification.sampling import first_field
 
     sample = X[0] if not isinstance(X, np.ndarray) else X[:1][0]
     shape = tuple(np.shape(first_field(sample)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smoothsk.certify.core import Certificate
+from smoothsk.certification.core import Certificate
 
 __all__ = [
     "average_certified_radius",

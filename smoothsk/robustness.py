@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smoothsk.certify import bounds, core, sampling
-from smoothsk.certify.core import ABSTAIN
+from smoothsk.certification import bounds, core, sampling
+from smoothsk.certification.core import ABSTAIN
 from smoothsk.methods.attacks import smoothed_pgd_attack
 from smoothsk.metrics import _smoothed_step
 from smoothsk.progress import progress_bar

@@ -137,7 +137,7 @@ def test_adaptive_rounds_return_the_free_heap_once_per_trim_interval(linear, mon
     """The rounds trim glibc's heap like CERTIFY does (oneDNN's buffers otherwise grow the
     resident memory with every input): once per ``TRIM_EVERY_BYTES`` of noisy inputs, and
     once more when the call ends."""
-    from smoothsk.certify import sampling
+    from smoothsk.certification import sampling
 
     calls = []
     monkeypatch.setattr(sampling, "_MALLOC_TRIM", lambda pad: calls.append(pad))

@@ -12,7 +12,7 @@ from smoothsk import (
     predict,
     upper_confidence_bound,
 )
-from smoothsk.certify import sampling
+from smoothsk.certification import sampling
 
 # ----------------------------------------------------------------------------- bounds
 
@@ -237,7 +237,7 @@ def test_free_heap_is_returned_once_per_trim_interval_and_at_the_end(monkeypatch
     """Long calls trim glibc's heap (oneDNN convolutions otherwise fragment it and resident
     memory grows with every input), but once per ``TRIM_EVERY_BYTES`` of noisy inputs, not
     after every chunk: each trim costs the next batches their page faults again."""
-    from smoothsk.certify import sampling
+    from smoothsk.certification import sampling
 
     calls = []
     monkeypatch.setattr(sampling, "_MALLOC_TRIM", lambda pad: calls.append(pad))
@@ -262,7 +262,7 @@ def test_free_heap_is_returned_once_per_trim_interval_and_at_the_end(monkeypatch
 
 _HEAP_SCRIPT = """
 import ctypes, resource, sys
-from smoothsk.certify import sampling
+from smoothsk.certification import sampling
 if sys.argv[1] == "raise":
     sampling.raise_heap_thresholds()
 _, malloc, free = sampling._GLIBC
@@ -350,7 +350,7 @@ def test_a_varying_number_of_classes_is_refused(shared_noise):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_all_finite_sees_every_kind_of_non_finite_value(dtype):
-    from smoothsk.certify.sampling import all_finite
+    from smoothsk.certification.sampling import all_finite
 
     values = torch.arange(12, dtype=torch.float32).to(dtype)
     assert bool(all_finite(values)) and bool(all_finite(values[:0]))
@@ -371,3 +371,14 @@ def test_a_row_of_minus_infinity_refuses_to_certify(shared_noise):
     with pytest.raises(FloatingPointError, match="non-finite logits"):
         certify(net, np.zeros((3, 2), np.float32), 0.5, n0=10, n=50, random_state=0,
                 shared_noise=shared_noise)
+
+
+def test_the_certification_modules_and_the_certify_function_both_import():
+    import importlib
+
+    import smoothsk
+
+    core = importlib.import_module("smoothsk.certification.core")
+    assert smoothsk.certify is core.certify and callable(smoothsk.certify)
+    for name in ("bounds", "sampling", "parallel", "adaptive", "adapters"):
+        importlib.import_module(f"smoothsk.certification.{name}")

@@ -26,7 +26,7 @@ from smoothsk import (
     class_counts,
     denoiser_loss,
 )
-from smoothsk.certify.adapters import SklearnClassifierNetwork, as_base_network
+from smoothsk.certification.adapters import SklearnClassifierNetwork, as_base_network
 from smoothsk.io.model_file import load_model, save_model
 from smoothsk.models import MLP, DnCNN, MLPDenoiser
 from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params

@@ -6,7 +6,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from smoothsk import GaussianAugClassifier, empirical_robustness
-from smoothsk.certify.core import ABSTAIN
+from smoothsk.certification.core import ABSTAIN
 
 SIGMA, N_PREDICT, ALPHA = 0.25, 2000, 0.001
 RADII = [0.0, 0.25, 0.5, 1.0]

@@ -16,7 +16,7 @@ from smoothsk import (
     class_counts,
     predict,
 )
-from smoothsk.certify import sampling
+from smoothsk.certification import sampling
 from smoothsk.io.runs import RunMismatchError, certify_to_tsv
 
 

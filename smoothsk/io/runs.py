@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from joblib import effective_n_jobs
 
-from smoothsk.certify.sampling import take_rows
+from smoothsk.certification.sampling import take_rows
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.model_file import load_model, save_model
 

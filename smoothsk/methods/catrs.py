@@ -26,7 +26,7 @@ from smoothsk.base import (
     is_fitted_estimator,
     unwrap_frozen,
 )
-from smoothsk.certify import sampling
+from smoothsk.certification import sampling
 from smoothsk.methods.attacks import draw_noises, frozen, noisy_batch
 
 __all__ = ["CATRSClassifier", "catrs_loss", "kl_pgd_noise_attack", "smoothed_targets"]

@@ -23,8 +23,8 @@ from smoothsk.base import (
     is_fitted_estimator,
     unwrap_frozen,
 )
-from smoothsk.certify import sampling
-from smoothsk.certify.sampling import first_field
+from smoothsk.certification import sampling
+from smoothsk.certification.sampling import first_field
 from smoothsk.methods.attacks import frozen
 
 __all__ = ["CRTStudent", "crt_loss"]

@@ -25,7 +25,7 @@ from smoothsk.base import (
     is_fitted_estimator,
     unwrap_frozen,
 )
-from smoothsk.certify.adapters import SklearnClassifierNetwork, as_base_network
+from smoothsk.certification.adapters import SklearnClassifierNetwork, as_base_network
 from smoothsk.methods.attacks import frozen
 from smoothsk.models import DnCNN, MLPDenoiser
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from smoothsk.certify.adapters import as_base_network
+from smoothsk.certification.adapters import as_base_network
 
 NOISE_BLOCK = 1024
 # Inputs that share each noise block.  Per-chunk costs (drawing the blocks, the heap trim,
@@ -571,7 +571,7 @@ def class_counts(
     ----------
     module : torch.nn.Module or fitted classifier
         Base network returning logits of shape ``(batch, n_classes)``, or any fitted
-        classifier (:func:`smoothsk.certify.adapters.as_base_network`).
+        classifier (:func:`smoothsk.certification.adapters.as_base_network`).
     X : array, tensor, Dataset or DataLoader
         Inputs of shape ``(N, ...)``; Dataset items may be ``(x, y)`` pairs.
     sigma : float > 0

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from smoothsk.certify import bounds, sampling
-from smoothsk.certify.adapters import as_base_network
-from smoothsk.certify.bounds import lower_confidence_bound, upper_confidence_bound
-from smoothsk.certify.sampling import STREAM_SELECTION, NoiseSampler, sample_counts
+from smoothsk.certification import bounds, sampling
+from smoothsk.certification.adapters import as_base_network
+from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
+from smoothsk.certification.sampling import STREAM_SELECTION, NoiseSampler, sample_counts
 
 __all__ = ["RadiusCertificate", "certify_radius", "round_sizes"]
 

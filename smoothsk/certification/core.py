@@ -20,10 +20,10 @@ import torch
 from scipy.stats import binomtest, norm
 
 from smoothsk._version import __version__
-from smoothsk.certify.adapters import as_base_network
-from smoothsk.certify.bounds import check_alpha, lower_confidence_bound
-from smoothsk.certify.parallel import map_input_chunks
-from smoothsk.certify.sampling import (
+from smoothsk.certification.adapters import as_base_network
+from smoothsk.certification.bounds import check_alpha, lower_confidence_bound
+from smoothsk.certification.parallel import map_input_chunks
+from smoothsk.certification.sampling import (
     STREAM_ESTIMATION,
     STREAM_SELECTION,
     check_positive_int,
@@ -210,7 +210,7 @@ def certify(
     selection and estimation) and ``alpha`` (failure probability per input).
     ``n_jobs`` (with ``chunk_size`` and ``threads_per_worker``) spreads the inputs over
     joblib workers, local or on a Dask / Ray cluster (see
-    :func:`smoothsk.certify.parallel.map_input_chunks`); the result equals the serial one.
+    :func:`smoothsk.certification.parallel.map_input_chunks`); the result equals the serial one.
     ``precision`` ("fp32", "bf16", "fp16") is the arithmetic of the network's forward
     pass; noise is drawn and added in fp32, and the guarantee is about the smoothed
     classifier of the network computed at that precision (docs/certification.md).
@@ -224,7 +224,7 @@ def certify(
 
     ``module`` may also be any fitted classifier: a skorch or smoothsk estimator (its
     network), or a scikit-learn classifier or Pipeline, whose ``predict`` then votes on
-    batches of noisy inputs (:func:`smoothsk.certify.adapters.as_base_network`); the
+    batches of noisy inputs (:func:`smoothsk.certification.adapters.as_base_network`); the
     certificate's ``classes`` are then the classifier's, so ``labels()`` and
     ``is_correct(y)`` take labels.
     """
