@@ -274,24 +274,33 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         "lr_schedule": [StrOptions({"cosine", "constant"})],
     }
 
-    _read_only_params: tuple = ()
+    # The hooks a method author sets (docs/architecture.md); the registry
+    # (:mod:`smoothsk.methods.registry`) reads them.
+    method_name: str | None = None
+    """The method's name in ``smoothsk train --method``, recipes and certification
+    sidecars (``None`` for a class outside :data:`smoothsk.methods.registry.METHODS`)."""
+
+    display_name: str = ""
+    """How tables and plots name the method (``"SmoothMix"``)."""
+
+    side_model_params: tuple = ()
     """Parameters holding models that are only read (a CRT teacher, CAT-RS's target
     model): ``clone`` keeps a fitted one by reference, and skorch never registers,
     moves or re-initialises them."""
 
     def __setattr__(self, name, value):
-        if name in self._read_only_params:
+        if name in self.side_model_params:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
 
     def __sklearn_clone__(self):
-        if not self._read_only_params:
+        if not self.side_model_params:
             return super().__sklearn_clone__()
         params = self.get_params(deep=False)
         for key, value in params.items():
             inner = unwrap_frozen(value)
-            keep = key in self._read_only_params and (
+            keep = key in self.side_model_params and (
                 isinstance(value, torch.nn.Module) or inner is not value
                 or _is_fitted(value))
             params[key] = value if keep else clone(value, safe=False)

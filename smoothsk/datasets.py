@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "FASHION_MNIST_DIR",
     "DATASETS",
+    "NUM_CLASSES",
     "cifar10_transform",
     "imagenet_transform",
     "load_cifar10",
@@ -214,6 +215,10 @@ def load_imagenet(root: str | os.PathLike, *, split: str = "train",
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "imagenet")
 """Names :func:`load_dataset` accepts."""
+
+NUM_CLASSES = {"digits": 10, "fashion-mnist": 10, "mnist": 10, "cifar10": 10,
+               "imagenet": 1000}
+"""Classes of each data set of :data:`DATASETS` (labels ``0 … C-1``)."""
 
 
 def load_dataset(name: str, *, split: str = "train", root=None, flat: bool = False):

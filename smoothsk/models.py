@@ -22,9 +22,13 @@ __all__ = [
     "IMAGENET_STD",
     "ImageNetResNet50",
     "LeNet",
+    "MAX_AUTOTUNE_OPTIONS",
     "MLP",
+    "NETWORK_NAMES",
     "Normalize",
+    "compile_fitted",
     "count_parameters",
+    "network_for_dataset",
     "uses_channels_last",
 ]
 
@@ -32,6 +36,97 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+NETWORK_NAMES = ("auto", "mlp", "lenet", "resnet20", "resnet110", "resnet50")
+"""The networks :func:`network_for_dataset` builds (``smoothsk train --model``)."""
+
+# image side of each data set of smoothsk.datasets (None: flat vectors)
+_IMAGE_SIDES = {"digits": None, "fashion-mnist": 28, "mnist": 28, "cifar10": 32,
+                "imagenet": 224}
+_DEFAULT_NETWORKS = {"digits": "mlp", "fashion-mnist": "lenet", "mnist": "lenet",
+                     "cifar10": "resnet110", "imagenet": "resnet50"}
+
+
+def network_for_dataset(dataset: str, network: str = "auto") -> tuple[str, type | None, dict]:
+    """The network of a :data:`smoothsk.datasets.DATASETS` data set, as estimator parameters.
+
+    Parameters
+    ----------
+    dataset : str
+        A name of :data:`smoothsk.datasets.DATASETS`.
+    network : str, default="auto"
+        One of :data:`NETWORK_NAMES`; ``"auto"`` is the data set's usual network: MLP for
+        digits, LeNet for (Fashion-)MNIST, ResNet-110 for CIFAR-10, ResNet-50 for ImageNet.
+
+    Returns
+    -------
+    name : str
+        The network chosen (``"auto"`` resolved).
+    module : type or None
+        The class for the estimator's ``module`` (None: its default MLP, sized from
+        the data).
+    params : dict
+        Its ``module__*`` arguments (classes, image size, depth); empty for the MLP.
+
+    Raises
+    ------
+    ValueError
+        For a network that does not fit the data set's inputs, saying which one does.
+    """
+    from smoothsk.datasets import NUM_CLASSES
+
+    if dataset not in _IMAGE_SIDES:
+        raise ValueError(f"dataset must be one of {sorted(_IMAGE_SIDES)}; got {dataset!r}.")
+    if network not in NETWORK_NAMES:
+        raise ValueError(f"network must be one of {NETWORK_NAMES}; got {network!r}.")
+    name = _DEFAULT_NETWORKS[dataset] if network == "auto" else network
+    num_classes, side = NUM_CLASSES[dataset], _IMAGE_SIDES[dataset]
+    if name == "mlp":
+        return name, None, {}
+    if name == "lenet":
+        if side is None:
+            raise ValueError("--model lenet needs 28×28 images; use --model mlp for digits.")
+        return name, LeNet, {"module__num_classes": num_classes, "module__image_size": side}
+    if name in ("resnet20", "resnet110"):
+        if dataset != "cifar10":
+            raise ValueError(f"--model {name} is the CIFAR-10 network; use --dataset cifar10.")
+        return name, CIFARResNet, {"module__depth": int(name[6:]),
+                                   "module__num_classes": num_classes}
+    if dataset != "imagenet":
+        raise ValueError("--model resnet50 is the ImageNet network; use --dataset imagenet.")
+    return name, ImageNetResNet50, {"module__num_classes": num_classes}
+
+
+MAX_AUTOTUNE_OPTIONS = {"max_autotune": True, "freezing": True}
+"""Inductor options of :func:`compile_fitted`'s ``"max-autotune"``: kernels chosen by
+timing them, and the weights frozen into the compiled graph (batch norm folded) --
+sound for a network that is only evaluated, wrong for training."""
+
+
+def compile_fitted(estimator, mode: str = "default") -> None:
+    """Compile a fitted estimator's network with ``torch.compile``, its weights kept.
+
+    skorch re-initializes the network when ``compile`` or its options change, so the
+    trained weights are put back into the fresh module that the compiled wrapper holds.
+
+    Parameters
+    ----------
+    estimator : SmoothedClassifier
+        Fitted; changed in place (``compile=True``).
+    mode : {"default", "max-autotune"}, default="default"
+        ``"max-autotune"`` adds :data:`MAX_AUTOTUNE_OPTIONS` (its speed is in
+        docs/benchmarks.md); for certification, never for further training.
+    """
+    if mode not in ("default", "max-autotune"):
+        raise ValueError(f"mode must be 'default' or 'max-autotune'; got {mode!r}.")
+    network = getattr(estimator.module_, "_orig_mod", estimator.module_)
+    state = network.state_dict()
+    params = {"compile": True}
+    if mode == "max-autotune":
+        params["compile__options"] = dict(MAX_AUTOTUNE_OPTIONS)
+    estimator.set_params(**params)
+    getattr(estimator.module_, "_orig_mod", estimator.module_).load_state_dict(state)
 
 
 def count_parameters(module: nn.Module) -> int:

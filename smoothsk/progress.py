@@ -12,7 +12,9 @@ from __future__ import annotations
 import sys
 import time
 
-__all__ = ["LogProgress", "progress_bar"]
+from skorch.callbacks import Callback
+
+__all__ = ["EpochProgress", "LogProgress", "progress_bar"]
 
 
 class LogProgress:
@@ -72,3 +74,22 @@ def _in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class EpochProgress(Callback):
+    """A skorch callback that advances ``bar`` by one per epoch, showing the loss.
+
+    Parameters
+    ----------
+    bar : object
+        What :func:`progress_bar` returns (anything with ``update`` and
+        ``set_postfix``).  The callback holds a terminal bar, so remove it before
+        pickling the estimator.
+    """
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def on_epoch_end(self, net, **kwargs):
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{net.history[-1, 'train_loss']:.4f}")

@@ -187,16 +187,10 @@ def recipe_params(item: Recipe, *, epochs: int | None = None) -> dict:
 
 
 def estimator_class(method: str):
-    """The estimator class of a method name (``smoothsk train --method`` names)."""
-    import smoothsk
+    """The estimator class of a method name (``smoothsk train --method`` names).
 
-    classes = {
-        "gaussian": smoothsk.GaussianAugClassifier, "smoothmix": smoothsk.SmoothMixClassifier,
-        "crt": smoothsk.CRTStudent, "smoothadv": smoothsk.SmoothAdvClassifier,
-        "macer": smoothsk.MACERClassifier, "consistency": smoothsk.ConsistencyClassifier,
-        "stability": smoothsk.StabilityClassifier, "catrs": smoothsk.CATRSClassifier,
-        "denoised": smoothsk.DenoisedSmoothingClassifier,
-    }
-    if method not in classes:
-        raise ValueError(f"method must be one of {sorted(classes)}; got {method!r}.")
-    return classes[method]
+    :func:`smoothsk.methods.registry.method_class`, kept under the recipes' name.
+    """
+    from smoothsk.methods.registry import method_class
+
+    return method_class(method)

@@ -427,8 +427,8 @@ def test_compile_on_the_command_line(model, tmp_path):
 
 
 def test_certify_compile_max_autotune_passes_inductor_options(model, monkeypatch):
-    from smoothsk.cli import MAX_AUTOTUNE_OPTIONS, _compile_fitted
     from smoothsk.io.model_file import load_model
+    from smoothsk.models import MAX_AUTOTUNE_OPTIONS, compile_fitted
 
     calls = []
 
@@ -439,7 +439,7 @@ def test_certify_compile_max_autotune_passes_inductor_options(model, monkeypatch
     clf = load_model(model)
     weights = {k: v.clone() for k, v in clf.module_.state_dict().items()}
     monkeypatch.setattr(torch, "compile", fake_compile)
-    _compile_fitted(clf, "max-autotune")
+    compile_fitted(clf, "max-autotune")
     assert {"options": MAX_AUTOTUNE_OPTIONS} in calls
     for name, value in clf.module_.state_dict().items():  # the trained weights, not fresh
         assert torch.equal(value, weights[name])

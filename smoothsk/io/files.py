@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "file_digest"]
 
 
 def _umask() -> int:
@@ -41,3 +42,18 @@ def atomic_write(path, write: Callable) -> None:
 def atomic_write_text(path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write` does."""
     atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def file_digest(path) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks).
+
+    Parameters
+    ----------
+    path : path
+        The file.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -26,9 +26,7 @@ __all__ = [
 ]
 
 
-METHOD_NAMES = {"gaussian": "Gaussian", "smoothmix": "SmoothMix", "crt": "CRT",
-                "smoothadv": "SmoothAdv", "macer": "MACER", "consistency": "Consistency",
-                "stability": "Stability"}
+
 
 
 @dataclass
@@ -53,7 +51,9 @@ class CertificationRun:
         method, sigma = self.setting("method"), self.setting("sigma")
         if method is None or sigma is None or self.name_given:
             return self.name
-        return f"{METHOD_NAMES.get(method, method)}, σ = {float(sigma):g}"
+        from smoothsk.methods.registry import display_name
+
+        return f"{display_name(method)}, σ = {float(sigma):g}"
 
     def certified_accuracy(self, radii) -> np.ndarray:
         """``CA(r)`` = fraction of inputs that are correct with radius ≥ r."""

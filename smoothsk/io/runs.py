@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -90,14 +89,6 @@ def exclusive_run(out):
             lock_path.unlink(missing_ok=True)  # still held: nobody can have it meanwhile
     finally:
         handle.close()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _complete_rows(out: Path) -> list[str]:

@@ -244,7 +244,10 @@ class CATRSClassifier(SmoothedClassifier):
     ``target_model`` by reference: it is only read.
     """
 
-    _read_only_params = ("target_model",)
+    method_name = "catrs"
+    display_name = "CAT-RS"
+
+    side_model_params = ("target_model",)
 
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,

@@ -54,6 +54,9 @@ class ConsistencyClassifier(SmoothedClassifier):
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
     """
 
+    method_name = "consistency"
+    display_name = "Consistency"
+
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
         "num_noise": POSITIVE_INT,

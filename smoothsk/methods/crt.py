@@ -104,7 +104,10 @@ class CRTStudent(SmoothedClassifier):
     is cloned like any other parameter and fitted in each ``fit``.
     """
 
-    _read_only_params = ("teacher",)
+    method_name = "crt"
+    display_name = "CRT"
+
+    side_model_params = ("teacher",)
 
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,

@@ -158,7 +158,10 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
         Its labels, in the order of its outputs.
     """
 
-    _read_only_params = ("classifier",)
+    method_name = "pretrained"
+    display_name = "Pretrained"
+
+    side_model_params = ("classifier",)
 
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
@@ -305,7 +308,10 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
     ``m``-fold passes of training a robust classifier.
     """
 
-    _read_only_params = ("classifier", "surrogate")
+    method_name = "denoised"
+    display_name = "Denoised"
+
+    side_model_params = ("classifier", "surrogate")
 
     _parameter_constraints: dict = {
         **PretrainedSmoothingClassifier._parameter_constraints,

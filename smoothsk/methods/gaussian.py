@@ -33,5 +33,8 @@ class GaussianAugClassifier(SmoothedClassifier):
     >>> cert.radius[cert.is_correct(y_test)].mean()     # doctest: +SKIP
     """
 
+    method_name = "gaussian"
+    display_name = "Gaussian"
+
     def training_loss(self, X, y):
         return gaussian_augmentation_loss(self.module_, X, y, self.noise_level_)

@@ -78,6 +78,9 @@ class MACERClassifier(SmoothedClassifier):
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
     """
 
+    method_name = "macer"
+    display_name = "MACER"
+
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
         "num_noise": POSITIVE_INT,

@@ -84,6 +84,9 @@ class SmoothAdvClassifier(SmoothedClassifier):
     not move (a measure-zero event with a trained network).
     """
 
+    method_name = "smoothadv"
+    display_name = "SmoothAdv"
+
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
         "epsilon": NON_NEGATIVE,

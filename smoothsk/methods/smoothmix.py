@@ -175,6 +175,9 @@ class SmoothMixClassifier(SmoothedClassifier):
     authors' updates exactly set ``batch_size = B // m`` (e.g. 64 for B = 256, m = 4).
     """
 
+    method_name = "smoothmix"
+    display_name = "SmoothMix"
+
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
         "num_noise": POSITIVE_INT,

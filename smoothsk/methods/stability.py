@@ -49,6 +49,9 @@ class StabilityClassifier(SmoothedClassifier):
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
     """
 
+    method_name = "stability"
+    display_name = "Stability"
+
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
         "stability_weight": NON_NEGATIVE,
