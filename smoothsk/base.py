@@ -751,16 +751,18 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         return result
 
     def certify_radius(
-        self, X, radius: float, *, y=None, n0=None, n=None, alpha=None, first_round: int = 64,
-        growth: float = 2.0, batch_size=None, random_state=None, index_offset: int = 0,
+        self, X, radius: float, *, y=None, n0=None, n=None, alpha=None, test: str = "rounds",
+        first_round: int = 64, growth: float | None = None, batch_size=None,
+        random_state=None, index_offset: int = 0,
     ) -> RadiusCertificate:
         """Adaptive fixed-radius certification (see :func:`smoothsk.certify_radius`).
 
         Decides per input whether the smoothed classifier is certified at ``radius``,
         stopping each input's sampling as soon as the answer is known; ``n`` is the
         largest number of estimation draws.  With ``y`` (labels), inputs whose
-        selected class is not their label draw no estimation samples.  Defaults come
-        from the estimator as in :meth:`certify`.
+        selected class is not their label draw no estimation samples.  ``test`` picks
+        the sequential test (``"rounds"`` or ``"betting"``).  Defaults come from the
+        estimator as in :meth:`certify`.
         """
         X = self._check_fitted_X(X)
         y_index = None
@@ -775,7 +777,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 n0=self.n0 if n0 is None else n0,
                 n=self.n if n is None else n,
                 alpha=self.alpha if alpha is None else alpha,
-                first_round=first_round, growth=growth,
+                test=test, first_round=first_round, growth=growth,
                 batch_size=self.certify_batch_size if batch_size is None else batch_size,
                 random_state=self.random_state if random_state is None else random_state,
                 index_offset=index_offset, precision=self.precision, progress=bar.update,

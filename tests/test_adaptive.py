@@ -42,7 +42,7 @@ def test_never_certifies_below_the_threshold_beyond_the_alpha_rate(linear, sigma
     trials, alpha = 1500, 0.05
     X = points_at_radii(linear, np.full(trials, 0.97 * radius), rng)
     result = certify_radius(linear, X, sigma, radius, n0=50, n=4000, alpha=alpha,
-                            random_state=2)
+                            random_state=2, test="rounds")
     selected_true = result.prediction == linear.true_class(X)
     false_claims = int((result.certified & selected_true).sum())
     assert false_claims <= binom.ppf(1 - 1e-4, trials, alpha)
@@ -59,7 +59,7 @@ def test_agrees_with_fixed_n_certify_on_clear_cut_inputs_with_far_fewer_samples(
     X = points_at_radii(linear, true_radii, rng)
     fixed = certify(linear, X, sigma, n0=100, n=n, alpha=0.001, random_state=4)
     adaptive = certify_radius(linear, X, sigma, radius, n0=100, n=n, alpha=0.001,
-                              random_state=4)
+                              random_state=4, test="rounds")
     # Same selection noise as CERTIFY for the same seed
     np.testing.assert_array_equal(adaptive.selection_counts, fixed.selection_counts)
     np.testing.assert_array_equal(adaptive.certified, (fixed.prediction >= 0) &
@@ -144,9 +144,10 @@ def test_adaptive_rounds_return_the_free_heap_once_per_trim_interval(linear, mon
     # p_A = Φ(0.1 / 0.5) is the threshold of r = 0.1 itself: inputs stay undecided for rounds
     X = np.zeros((4, 3), np.float32)
     kwargs = dict(n0=10, n=400, first_round=50, growth=2.0, random_state=0, batch_size=1000)
-    certify_radius(linear, X, 0.5, 0.1, **kwargs)
-    baseline = len(calls)  # the selection's final trim and the rounds' final trim
-    assert baseline == 2
+    first = certify_radius(linear, X, 0.5, 0.1, **kwargs)
+    # the selection's final trim and each round's final trim (one sampling loop per round)
+    baseline = len(calls)
+    assert baseline == 1 + first.rounds.max()
     calls.clear()
     # each input is 12 bytes; with a 1-byte interval every evaluated chunk of a round is due
     monkeypatch.setattr(sampling, "TRIM_EVERY_BYTES", 1)

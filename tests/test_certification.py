@@ -382,3 +382,62 @@ def test_the_certification_modules_and_the_certify_function_both_import():
     assert smoothsk.certify is core.certify and callable(smoothsk.certify)
     for name in ("bounds", "sampling", "parallel", "adaptive", "adapters"):
         importlib.import_module(f"smoothsk.certification.{name}")
+
+
+def _fixed_networks():
+    """Two networks with weights from a seeded numpy generator (not torch's init, which
+    may change between versions) and 24 inputs."""
+    rng = np.random.default_rng(2024)
+    linear = torch.nn.Linear(6, 3)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    for net in (linear, mlp):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape)).astype(np.float32)))
+    X = rng.uniform(0, 1, size=(24, 6)).astype(np.float32)
+    return {"linear": linear, "mlp": mlp}, X
+
+
+def test_counts_are_bit_identical_to_the_committed_ones_of_0_2_before_the_redesign():
+    """``tests/data/certificates-b5d89c5.json`` holds what commit b5d89c5 computed for
+    these networks and seeds (CERTIFY's selection and estimation counts, ``class_counts``,
+    the rounds test's decisions and draws, with and without shared noise); a change in
+    how noise is drawn or votes are counted shows here."""
+    import json
+    from pathlib import Path
+
+    from smoothsk import certify_radius, class_counts
+
+    expected = json.loads((Path(__file__).parent / "data" / "certificates-b5d89c5.json")
+                          .read_text())
+    networks, X = _fixed_networks()
+    for name, net in networks.items():
+        for shared in (False, True):
+            want = expected[f"{name}-shared" if shared else name]
+            cert = certify(net, X, 0.5, n0=50, n=700, alpha=0.01, random_state=11,
+                           batch_size=97, shared_noise=shared)
+            np.testing.assert_array_equal(cert.selection_counts, want["selection"])
+            np.testing.assert_array_equal(cert.counts, want["estimation"])
+            np.testing.assert_array_equal(cert.radius, want["radius"])
+            counts = class_counts(net, X, 0.5, 300, random_state=12, shared_noise=shared)
+            np.testing.assert_array_equal(counts, want["class_counts"])
+            adaptive = certify_radius(net, X, 0.5, 0.2, n0=40, n=3000, alpha=0.01,
+                                      random_state=13, shared_noise=shared)
+            np.testing.assert_array_equal(adaptive.certified, want["adaptive_certified"])
+            np.testing.assert_array_equal(adaptive.samples, want["adaptive_samples"])
+
+
+@pytest.mark.parametrize("kind", ["array", "dataset", "loader"])
+def test_an_active_mask_counts_those_inputs_alone_with_their_own_noise(kind):
+    networks, X = _fixed_networks()
+    net = networks["mlp"]
+    active = np.zeros(len(X), bool)
+    active[[1, 2, 7, 20]] = True
+    data = {"array": X, "dataset": torch.utils.data.TensorDataset(torch.from_numpy(X)),
+            "loader": torch.utils.data.DataLoader(torch.from_numpy(X), batch_size=5)}[kind]
+    kwargs = dict(batch_size=64, random_state=3, index_offset=10, streams=[1, (3, 2)])
+    full = sampling.sample_counts(net, X, 0.5, [40, 25], **kwargs)
+    masked = sampling.sample_counts(net, data, 0.5, [40, 25], active=active, **kwargs)
+    for whole, part in zip(full, masked):
+        np.testing.assert_array_equal(part[active], whole[active])
+        assert not part[~active].any()

@@ -1,5 +1,11 @@
 """Adaptive fixed-radius certification: is ``g`` certified at radius ``r``?
 
+Two sequential tests share the selection draw and the sampling loop:
+``test="rounds"`` (the default), Clopper–Pearson bounds over K fixed rounds with a union
+bound, described and proved below, and ``test="betting"``, a confidence sequence valid
+at every number of draws (:class:`~smoothsk.certification.sequential.BettingTest`,
+whose docstring has its proof).  docs/benchmarks.md compares their draws.
+
 CERTIFY spends ``n`` draws on every input even where a few hundred settle the
 question.  When only "radius ≥ r" matters (certified accuracy at one radius, the
 quantity model selection optimises) a sequential test can stop early with the same
@@ -34,11 +40,17 @@ from scipy.stats import norm
 from smoothsk.certification import bounds, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
-from smoothsk.certification.sampling import STREAM_SELECTION, NoiseSampler, sample_counts
+from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
+from smoothsk.certification.sequential import BettingTest, betting_bounds
 
 __all__ = ["RadiusCertificate", "certify_radius", "round_sizes"]
 
 STREAM_ADAPTIVE = 3
+STREAM_BETTING = 4
+TESTS = ("rounds", "betting")
+# Cumulative round sizes grow by this factor unless ``growth`` is given: the rounds test
+# pays α/K for every look, the betting test nothing, so it looks more often.
+DEFAULT_GROWTH = {"rounds": 2.0, "betting": 1.25}
 
 
 def round_sizes(first_round: int, growth: float, n: int) -> np.ndarray:
@@ -71,13 +83,18 @@ class RadiusCertificate:
     rounds : ndarray of int, shape (N,)
         Rounds drawn per input.
     pa_lower, pa_upper : ndarray of float, shape (N,)
-        Final one-sided bounds at level ``α/K`` on ``p_A`` (NaN where no draw was made).
+        Final bounds on ``p_A``: one-sided Clopper–Pearson at level ``α/K`` for
+        ``test="rounds"``; for ``test="betting"`` the confidence sequence's bounds at the
+        stopping time (the thresholds at which the certifying and the mirror wealth
+        reach ``1/α``).  NaN where no draw was made.
     threshold : float
         ``Φ(radius/σ)``.
     round_sizes : ndarray of int
         Cumulative draws after each round; ``K = len(round_sizes)``.
     selection_counts : ndarray of int, shape (N, n_classes)
         Votes of the ``n0`` selection draws.
+    test : {"betting", "rounds"}
+        The sequential test that decided.
     """
 
     prediction: np.ndarray
@@ -95,6 +112,7 @@ class RadiusCertificate:
     round_sizes: np.ndarray
     selection_counts: np.ndarray
     classes: np.ndarray | None = field(default=None)
+    test: str = "rounds"
 
     def __len__(self) -> int:
         return len(self.prediction)
@@ -120,8 +138,9 @@ def certify_radius(
     n0: int = 100,
     n: int = 100_000,
     alpha: float = 0.001,
+    test: str = "rounds",
     first_round: int = 64,
-    growth: float = 2.0,
+    growth: float | None = None,
     batch_size: int = 1000,
     random_state=None,
     index_offset: int = 0,
@@ -133,10 +152,9 @@ def certify_radius(
 
     The selection draw is CERTIFY's (same noise for the same ``random_state``); the
     estimation draws come in rounds of cumulative sizes :func:`round_sizes`
-    ``(first_round, growth, n)`` and stop as soon as the one-sided Clopper–Pearson
-    bounds at level ``α/K`` settle ``p_A ≥ Φ(r/σ)`` either way.  "Certified" is wrong
-    with probability at most ``alpha`` per input (union bound over the K rounds; see the
-    module docstring).  It agrees with CERTIFY at ``n`` draws except near the threshold.
+    ``(first_round, growth, n)``, and an input stops as soon as its test settles
+    ``p_A ≥ Φ(r/σ)`` either way.  "Certified" is wrong with probability at most
+    ``alpha`` per input, for both tests (module docstring).
 
     Parameters
     ----------
@@ -147,10 +165,20 @@ def certify_radius(
     y : array-like of int or None
         Class indices.  Inputs whose selected class is not ``y`` draw no estimation
         samples (they cannot be certified-correct) and are reported as not certified.
-    first_round, growth : int, float
+    test : {"rounds", "betting"}, default="rounds"
+        ``"rounds"``: Clopper–Pearson at ``α/K`` after each of the K rounds (Horváth et
+        al.'s scheme).  ``"betting"``: the betting confidence sequence
+        (:class:`~smoothsk.certification.sequential.BettingTest`), valid at every look
+        and at any number of draws, so its rounds may be finer and its budget extended
+        without changing the guarantee; on the committed models it used about as many
+        draws as the rounds (docs/benchmarks.md), which is why it is not the default.
+    first_round, growth : int, float or None
         Size of the first round and the factor by which the cumulative size grows
-        (64 and 2 give K = 12 rounds up to n = 100,000; see docs/model_selection.md for
-        the measured trade-off).
+        (None: 2 for ``"rounds"``, where every round costs ``α/K``, and 1.25 for
+        ``"betting"``, where looking is free; docs/model_selection.md has the measured
+        trade-off).
+    progress : callable or None
+        Called with the number of inputs decided, as they are decided.
     """
     module, _ = as_base_network(module)
     sigma = sampling.check_sigma(sigma)
@@ -158,11 +186,14 @@ def certify_radius(
         np.isfinite(radius) and radius >= 0
     ):
         raise ValueError(f"radius must be a finite float >= 0; got {radius!r}.")
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {TESTS}; got {test!r}.")
     n0 = sampling.check_positive_int(n0, "n0")
     alpha = bounds.check_alpha(alpha)
-    sizes = round_sizes(first_round, growth, n)
-    level = alpha / len(sizes)
+    sizes = round_sizes(first_round, DEFAULT_GROWTH[test] if growth is None else growth, n)
     threshold = float(norm.cdf(radius / sigma))
+    decide = _BettingDecision(threshold, alpha) if test == "betting" else \
+        _RoundsDecision(threshold, alpha / len(sizes), int(sizes[-1]))
 
     seed = sampling.base_seed(random_state)  # one seed for both streams
     (selection,) = sample_counts(
@@ -172,15 +203,13 @@ def certify_radius(
     )
     top = selection.argmax(axis=1)
     count = len(top)
-    global_index = sampling.global_indices(index_offset, count)
     active = np.ones(count, dtype=bool)
     if y is not None:
         y = np.asarray(y)
         if y.shape != (count,):
             raise ValueError(f"y has shape {y.shape}; expected ({count},) class indices.")
         active &= top == y
-    # Even n successes out of n cannot reach the threshold: nothing to draw.
-    if lower_confidence_bound(n, n, level) < threshold:
+    if not decide.reachable(int(sizes[-1])):  # even n votes out of n cannot certify
         active[:] = False
     report = progress or (lambda decided: None)  # inputs decided so far, as they are decided
     report(int(count - active.sum()))
@@ -191,42 +220,73 @@ def certify_radius(
     lower = np.full(count, np.nan)
     upper = np.full(count, np.nan)
     certified = np.zeros(count, dtype=bool)
-    device, dtype = sampling.module_device_dtype(module)
-    chunk_size = sampling.noise_chunk_size(batch_size, int(sizes[0]), shared_noise)
-    trimmer = sampling.HeapTrimmer()  # (the selection's sample_counts raised the thresholds)
-    with sampling.evaluating(module):
-        previous = 0
-        for j, size in enumerate(sizes):
-            if not active.any():
-                break
-            sampler = NoiseSampler(
-                module, sigma, batch_size, seed, (STREAM_ADAPTIVE, j), precision, shared_noise
-            )
-            start = 0
-            for chunk in sampling.input_chunks(X, chunk_size):
-                local = np.flatnonzero(active[start : start + len(chunk)])
-                if len(local):
-                    rows = start + local
-                    inputs = chunk[torch.as_tensor(local)].to(device=device, dtype=dtype)
-                    votes = sampler.counts(inputs, global_index[rows],
-                                           int(size - previous)).cpu().numpy()
-                    hits[rows] += votes[np.arange(len(rows)), top[rows]]
-                    trimmer.evaluated(inputs, int(size - previous))
-                start += len(chunk)
-            idx = np.flatnonzero(active)
-            drawn[idx], rounds[idx] = size, j + 1
-            lower[idx] = lower_confidence_bound(hits[idx], size, level)
-            upper[idx] = upper_confidence_bound(hits[idx], size, level)
-            best_case = lower_confidence_bound(hits[idx] + (n - size), n, level)
-            certified[idx] = lower[idx] >= threshold
-            done = certified[idx] | (upper[idx] < threshold) | (best_case < threshold)
-            active[idx[done]] = False
-            report(int(done.sum()))
-            previous = size
-    sampling.release_free_memory()
+    stream = STREAM_BETTING if test == "betting" else STREAM_ADAPTIVE
+    previous = 0
+    for j, size in enumerate(sizes):
+        if not active.any():
+            break
+        (votes,) = sample_counts(
+            module, X, sigma, [int(size - previous)], batch_size=batch_size,
+            random_state=seed, index_offset=index_offset, streams=[(stream, j)],
+            precision=precision, shared_noise=shared_noise, active=active)
+        idx = np.flatnonzero(active)
+        hits[idx] += votes[idx, top[idx]]
+        drawn[idx], rounds[idx] = size, j + 1
+        certified[idx], stop = decide(hits[idx], int(size))
+        active[idx[stop]] = False
+        report(int(stop.sum()))
+        previous = size
+    made = drawn > 0
+    lower[made], upper[made] = decide.bounds(hits[made], drawn[made])
     return RadiusCertificate(
         prediction=top, certified=certified, samples=drawn, rounds=rounds,
         pa_lower=lower, pa_upper=upper, radius=float(radius), threshold=threshold,
         sigma=sigma, n0=n0, n=int(sizes[-1]), alpha=alpha, round_sizes=sizes,
-        selection_counts=selection,
+        selection_counts=selection, test=test,
     )
+
+
+class _RoundsDecision:
+    """Clopper–Pearson at ``level = α/K`` after each round (proof: module docstring)."""
+
+    def __init__(self, threshold: float, level: float, n: int):
+        self.threshold, self.level, self.n = threshold, level, n
+
+    def reachable(self, n: int) -> bool:
+        return lower_confidence_bound(n, n, self.level) >= self.threshold
+
+    def __call__(self, hits: np.ndarray, size: int):
+        lower = lower_confidence_bound(hits, size, self.level)
+        upper = upper_confidence_bound(hits, size, self.level)
+        best_case = lower_confidence_bound(hits + (self.n - size), self.n, self.level)
+        certified = lower >= self.threshold
+        return certified, certified | (upper < self.threshold) | (best_case < self.threshold)
+
+    def bounds(self, hits, drawn):
+        return (lower_confidence_bound(hits, drawn, self.level),
+                upper_confidence_bound(hits, drawn, self.level))
+
+
+class _BettingDecision:
+    """The betting confidence sequence at ``alpha``: certify when the certifying wealth
+    reaches ``1/α``, stop when the mirror wealth does (or the budget cannot certify)."""
+
+    def __init__(self, threshold: float, alpha: float):
+        self.threshold, self.alpha = threshold, alpha
+        self.test = BettingTest(threshold, alpha) if 0 < threshold < 1 else None
+        self.n = None
+
+    def reachable(self, n: int) -> bool:
+        self.n = n
+        return self.test is not None and bool(self.test.certified(n, n))
+
+    def __call__(self, hits: np.ndarray, size: int):
+        certified = self.test.certified(hits, size)
+        futile = self.test.futile(hits, size)
+        # every remaining draw a vote, and still short of the count that certifies at n
+        hopeless = hits + (self.n - size) < self.test.certify_counts(self.n)
+        return certified, certified | futile | hopeless
+
+    def bounds(self, hits, drawn):
+        """The confidence sequence at the stopping time, by bisection on the threshold."""
+        return betting_bounds(hits, drawn, self.alpha)

@@ -510,12 +510,41 @@ def chunk_indices(index_offset, seen: int, size: int):
 
 
 def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
-                  precision="fp32", progress=None, shared_noise=False):
-    """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C)."""
+                  precision="fp32", progress=None, shared_noise=False, active=None):
+    """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C).
+
+    The one sampling loop: CERTIFY, PREDICT, ``class_counts`` and the sequential tests'
+    rounds all call it.  ``streams[j]`` (an int or a tuple of ints) names the noise of
+    the ``nums[j]`` draws per input.  ``active`` (a boolean mask over the inputs)
+    evaluates only the inputs it marks; the others get zero counts and cost nothing.
+    Counts never depend on which other inputs are active, on ``batch_size`` or on
+    chunking: the noise of each input is seeded by its global index alone.
+    """
     module, _ = as_base_network(module)
     sigma = check_sigma(sigma)
     batch_size = check_positive_int(batch_size, "batch_size")
     index_offset = check_index_offset(index_offset)
+    if active is not None and not isinstance(X, torch.utils.data.DataLoader):
+        # Evaluate the active inputs alone (their global indices keep their noise), so
+        # that a round with few undecided inputs costs only those.
+        active = np.asarray(active, dtype=bool)
+        if len(active) != len(X):
+            raise ValueError(f"active has {len(active)} entries for {len(X)} inputs.")
+        rows = np.flatnonzero(active)
+        if not len(rows):
+            return [np.zeros((len(active), 0), dtype=np.int64) for _ in streams]
+        parts = sample_counts(
+            module, take_rows(X, rows), sigma, nums, batch_size=batch_size,
+            random_state=random_state, index_offset=global_indices(index_offset,
+                                                                   len(active))[rows],
+            streams=streams, precision=precision, progress=progress,
+            shared_noise=shared_noise)
+        results = []
+        for counts in parts:
+            total = np.zeros((len(active), counts.shape[1]), dtype=counts.dtype)
+            total[rows] = counts
+            results.append(total)
+        return results
     seed = base_seed(random_state)
     shared_noise = check_shared_noise(shared_noise)
     samplers = [NoiseSampler(module, sigma, batch_size, seed, s, precision, shared_noise)
@@ -523,29 +552,50 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
     device, dtype = samplers[0].device, samplers[0].dtype
     chunk_size = noise_chunk_size(batch_size, min(nums), shared_noise)
     raise_heap_thresholds()
-    results = [[] for _ in streams]
+    parts = [[] for _ in streams]  # (rows, counts) of every evaluated chunk
     seen, trimmer = 0, HeapTrimmer()
     with evaluating(module):
         for chunk in input_chunks(X, chunk_size):
-            chunk = chunk.to(device=device, dtype=dtype)
-            if not all_finite(chunk):
-                raise ValueError("X contains NaN or infinity; certify needs finite inputs.")
-            for sampler, num, out in zip(samplers, nums, results):
-                first = chunk_indices(index_offset, seen, len(chunk))
-                out.append(sampler.counts(chunk, first, num).cpu().numpy())
-            seen += len(chunk)
-            trimmer.evaluated(chunk, sum(nums))
+            size = len(chunk)
+            first = chunk_indices(index_offset, seen, size)
+            rows = np.arange(seen, seen + size)
+            if active is not None:
+                local = np.flatnonzero(active[seen : seen + size])
+                if len(local) < size:
+                    chunk = chunk[torch.as_tensor(local, dtype=torch.long)]
+                    first = first + local if np.ndim(first) == 0 else first[local]
+                    rows = rows[local]
+            seen += size
+            if len(rows):
+                chunk = chunk.to(device=device, dtype=dtype)
+                if not all_finite(chunk):
+                    raise ValueError("X contains NaN or infinity; certify needs finite inputs.")
+                for sampler, num, out in zip(samplers, nums, parts):
+                    out.append((rows, sampler.counts(chunk, first, num).cpu().numpy()))
+                trimmer.evaluated(chunk, sum(nums))
             if progress is not None:
-                progress(len(chunk))
+                progress(size)
     release_free_memory()
     if seen == 0:
         raise ValueError("X is empty; pass at least one input.")
     if isinstance(index_offset, np.ndarray) and seen != len(index_offset):
         raise ValueError(f"index_offset holds {len(index_offset)} indices for {seen} inputs.")
-    widths = {part.shape[1] for out in results for part in out}
-    if len(widths) != 1:
+    if active is not None and len(active) != seen:
+        raise ValueError(f"active has {len(active)} entries for {seen} inputs.")
+    widths = {counts.shape[1] for out in parts for _, counts in out}
+    if len(widths) > 1:
         raise ValueError("The network returned a varying number of classes.")
-    return [np.concatenate(out) for out in results]
+    width = widths.pop() if widths else 0
+    results = []
+    for out in parts:
+        if active is None:
+            results.append(np.concatenate([counts for _, counts in out]))
+            continue
+        total = np.zeros((seen, width), dtype=np.int64)
+        for rows, counts in out:
+            total[rows] = counts
+        results.append(total)
+    return results
 
 
 def class_counts(
