@@ -724,7 +724,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     def certify(
         self, X, *, n0=None, n=None, alpha=None, batch_size=None, random_state=None,
         index_offset: int = 0, n_jobs: int | None = None, chunk_size: int | None = None,
-        threads_per_worker: int | None = None,
+        threads_per_worker: int | None = None, bound: str = "binary",
+        interval: str = "clopper-pearson",
     ) -> Certificate:
         """Cohen et al.'s CERTIFY on every input (see :func:`smoothsk.certify`).
 
@@ -732,6 +733,9 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         ``certify_batch_size`` and ``random_state``.  The result's ``labels()``
         maps class indices to ``classes_``; ``is_correct(y)`` compares with labels.
         ``n_jobs`` spreads the inputs over joblib workers (identical certificates).
+        ``bound`` ("binary", "two-class") and ``interval`` ("clopper-pearson",
+        "randomized") choose how the counts become a radius
+        (:func:`smoothsk.certification.core.certified_radius`).
         """
         X = self._check_fitted_X(X)
         with self._progress(len(X), "certify") as bar:
@@ -744,7 +748,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 random_state=self.random_state if random_state is None else random_state,
                 index_offset=index_offset, n_jobs=n_jobs, chunk_size=chunk_size,
                 threads_per_worker=threads_per_worker, precision=self.precision,
-                progress=bar.update, shared_noise=self.shared_noise,
+                progress=bar.update, shared_noise=self.shared_noise, bound=bound,
+                interval=interval,
             )
         self._check_n_classes(result.counts.shape[1])
         result.classes = self.classes_

@@ -21,18 +21,30 @@ from scipy.stats import binomtest, norm
 
 from smoothsk._version import __version__
 from smoothsk.certification.adapters import as_base_network
-from smoothsk.certification.bounds import check_alpha, lower_confidence_bound
+from smoothsk.certification.bounds import (
+    check_alpha,
+    lower_confidence_bound,
+    randomized_lower_bound,
+    randomized_upper_bound,
+    upper_confidence_bound,
+)
 from smoothsk.certification.parallel import map_input_chunks
 from smoothsk.certification.sampling import (
     STREAM_ESTIMATION,
     STREAM_SELECTION,
+    base_seed,
     check_positive_int,
     class_counts,
+    global_indices,
     sample_counts,
 )
 
 ABSTAIN = -1
 """Class index returned where the smoothed classifier abstains."""
+
+BOUNDS = ("binary", "two-class")
+INTERVALS = ("clopper-pearson", "randomized")
+STREAM_UNIFORM = 5  # the randomized interval's variates, keyed like the noise
 
 # --------------------------------------------------------------------------- results
 @dataclass
@@ -56,6 +68,15 @@ class Certificate:
         certificate is about the smoothed classifier of the network computed so.
     shared_noise : bool
         Whether all inputs used the same noise draws (:func:`certify`).
+    bound : {"binary", "two-class"}
+        How the radius was bounded (:func:`certified_radius`).
+    interval : {"clopper-pearson", "randomized"}
+        Which confidence bounds were used.
+    pb_upper : ndarray of float or None, shape (N,)
+        ``bound="two-class"``: the upper bound on every other class's probability.
+    uniforms : ndarray of float or None, shape (N, 2)
+        ``interval="randomized"``: each input's two Uniform(0, 1) variates (lower bound,
+        upper bounds), seeded by ``random_state`` and the input's index.
     smoothsk_version : str
         The library version that computed it.
     """
@@ -72,6 +93,10 @@ class Certificate:
     classes: np.ndarray | None = field(default=None)
     precision: str = "fp32"
     shared_noise: bool = False
+    bound: str = "binary"
+    interval: str = "clopper-pearson"
+    pb_upper: np.ndarray | None = None
+    uniforms: np.ndarray | None = None
     smoothsk_version: str = field(default=__version__)
 
     def __len__(self) -> int:
@@ -85,14 +110,18 @@ class Certificate:
     def concatenate(cls, parts: list[Certificate]) -> Certificate:
         """One certificate for the inputs of ``parts``, in order (same σ, n0, n, α)."""
         first = parts[0]
+
+        def joined(name):
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else np.concatenate(values)
+
         return cls(
-            prediction=np.concatenate([p.prediction for p in parts]),
-            radius=np.concatenate([p.radius for p in parts]),
-            pa_lower=np.concatenate([p.pa_lower for p in parts]),
-            selection_counts=np.concatenate([p.selection_counts for p in parts]),
-            counts=np.concatenate([p.counts for p in parts]),
-            sigma=first.sigma, n0=first.n0, n=first.n, alpha=first.alpha,
-            precision=first.precision, shared_noise=first.shared_noise,
+            prediction=joined("prediction"), radius=joined("radius"),
+            pa_lower=joined("pa_lower"), selection_counts=joined("selection_counts"),
+            counts=joined("counts"), sigma=first.sigma, n0=first.n0, n=first.n,
+            alpha=first.alpha, precision=first.precision, shared_noise=first.shared_noise,
+            bound=first.bound, interval=first.interval, pb_upper=joined("pb_upper"),
+            uniforms=joined("uniforms"),
         )
 
     def labels(self, abstain_label=None) -> np.ndarray:
@@ -195,6 +224,8 @@ def certify(
     precision: str = "fp32",
     progress=None,
     shared_noise: bool = False,
+    bound: str = "binary",
+    interval: str = "clopper-pearson",
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for every input in ``X``.
 
@@ -222,6 +253,13 @@ def certify(
     correlated (docs/certification.md).  Much faster where noise generation bounds the
     rate (small tabular networks).
 
+    ``bound`` and ``interval`` choose how steps 3–4 turn the same counts into a radius
+    (:func:`certified_radius`): ``bound="two-class"`` also bounds every other class and
+    certifies ``σ/2 (Φ⁻¹(p̲_A) − Φ⁻¹(p̄_B))``, which certifies inputs with
+    ``p̲_A < 1/2`` too; ``interval="randomized"`` uses the randomized Clopper–Pearson
+    bounds (exact coverage, never looser), with variates seeded by ``random_state`` and
+    each input's index and kept in the certificate.
+
     ``module`` may also be any fitted classifier: a skorch or smoothsk estimator (its
     network), or a scikit-learn classifier or Pipeline, whose ``predict`` then votes on
     batches of noisy inputs (:func:`smoothsk.certification.adapters.as_base_network`); the
@@ -231,38 +269,48 @@ def certify(
     n0 = check_positive_int(n0, "n0")
     n = check_positive_int(n, "n")
     alpha = check_alpha(alpha)
+    _check_choice(bound, BOUNDS, "bound")
+    _check_choice(interval, INTERVALS, "interval")
     module, classes = as_base_network(module)
     if n_jobs not in (None, 1):
         parts = map_input_chunks(
             _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
             threads_per_worker=threads_per_worker, random_state=random_state,
             index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-            precision=precision, progress=progress, shared_noise=shared_noise,
+            precision=precision, progress=progress, shared_noise=shared_noise, bound=bound,
+            interval=interval,
         )
         certificate = Certificate.concatenate(parts)
     else:
         certificate = _certify_serial(
             module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
             random_state=random_state, index_offset=index_offset, precision=precision,
-            progress=progress, shared_noise=shared_noise)
+            progress=progress, shared_noise=shared_noise, bound=bound, interval=interval)
     certificate.classes = classes
     return certificate
 
 
+def _check_choice(value, choices, name: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
+
+
 def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
-                    index_offset, precision="fp32", progress=None,
-                    shared_noise=False) -> Certificate:
+                    index_offset, precision="fp32", progress=None, shared_noise=False,
+                    bound="binary", interval="clopper-pearson") -> Certificate:
     """CERTIFY in this process (parameters checked by :func:`certify`)."""
+    seed = base_seed(random_state)  # one seed for the noise and the uniform variates
     selection, estimation = sample_counts(
-        module, X, sigma, [n0, n], batch_size=batch_size, random_state=random_state,
+        module, X, sigma, [n0, n], batch_size=batch_size, random_state=seed,
         index_offset=index_offset, streams=[STREAM_SELECTION, STREAM_ESTIMATION],
         precision=precision, progress=progress, shared_noise=shared_noise,
     )
     top = selection.argmax(axis=1)  # ties go to the lowest index, as in Cohen's code
-    n_top = estimation[np.arange(len(top)), top]
-    pa_lower = lower_confidence_bound(n_top, n, alpha)
-    certified = pa_lower >= 0.5
-    radius = np.where(certified, float(sigma) * norm.ppf(np.clip(pa_lower, 0.5, 1.0)), 0.0)
+    uniforms = None
+    if interval == "randomized":
+        uniforms = uniform_variates(seed, global_indices(index_offset, len(top)))
+    certified, radius, pa_lower, pb_upper = certified_radius(
+        top, estimation, sigma, alpha, bound=bound, interval=interval, uniforms=uniforms)
     return Certificate(
         prediction=np.where(certified, top, ABSTAIN),
         radius=radius,
@@ -275,7 +323,109 @@ def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
         alpha=alpha,
         precision=precision,
         shared_noise=bool(shared_noise),
+        bound=bound,
+        interval=interval,
+        pb_upper=pb_upper,
+        uniforms=uniforms,
     )
+
+
+def uniform_variates(random_state, indices) -> np.ndarray:
+    """Two Uniform(0, 1) variates per input, seeded by ``(random_state, index)`` alone.
+
+    They are drawn before, and independently of, the votes: what the randomized bounds
+    need.  The same seed and index give the same variates in any call or worker.
+
+    Parameters
+    ----------
+    random_state : int
+        The run's base seed (as :func:`smoothsk.certification.sampling.base_seed` gives).
+    indices : array of int
+        Global indices of the inputs.
+    """
+    return np.array([np.random.default_rng([int(random_state), int(i), STREAM_UNIFORM])
+                     .random(2) for i in np.asarray(indices)]).reshape(-1, 2)
+
+
+def certified_radius(top, counts, sigma: float, alpha: float, *, bound: str = "binary",
+                     interval: str = "clopper-pearson", uniforms=None):
+    """The certified radius of each input from its estimation counts.
+
+    ``bound="binary"`` (Cohen et al.): ``p̲_A`` at level α, certified when
+    ``p̲_A ≥ 1/2``, radius ``σ Φ⁻¹(p̲_A)``.
+
+    ``bound="two-class"`` (Cohen et al.'s Theorem 1 before its simplification): ``p̲_A``
+    at level α/2 and ``p̄_B = min(max_{c≠A} p̄_c, 1 − p̲_A)``, with ``p̄_c`` the upper
+    bound of class ``c`` at level α/2; certified when ``p̲_A > p̄_B``, radius
+    ``σ/2 (Φ⁻¹(p̲_A) − Φ⁻¹(p̄_B))``.  *Soundness*: let ``B*`` be the class that truly
+    comes second (fixed once the selection has fixed ``A``; the estimation draws are
+    independent of the selection).  With probability ≥ 1 − α/2 − α/2 both
+    ``p̲_A ≤ p_A`` and ``p̄_{B*} ≥ p_{B*}`` hold, and then
+    ``p_A ≥ p̲_A > p̄_B ≥ p̄_{B*} ≥ p_{B*} = max_{c≠A} p_c`` (``1 − p̲_A ≥ 1 − p_A ≥ p_{B*}``
+    too), which is what the theorem needs.  The maximum over every other class is what
+    makes this hold; as the upper bound grows with the count, it is the bound of the
+    class observed second.  Bounding a class fixed in advance, or picked from other
+    draws, is not sound: the class truly second may be another (Delattre et al.'s
+    counterexample, tests/test_two_class_bound.py).  Since ``p̄_B ≤ 1 − p̲_A``, the radius
+    is never below the binary radius at level α/2: the split costs at most
+    ``σ (Φ⁻¹(p̲_A(α)) − Φ⁻¹(p̲_A(α/2)))``.
+
+    Parameters
+    ----------
+    top : array of int, shape (N,)
+        The selected class of each input.
+    counts : array of int, shape (N, C)
+        Estimation votes (independent of the selection).
+    sigma, alpha : float
+        Noise level and failure probability per input.
+    bound : {"binary", "two-class"}
+    interval : {"clopper-pearson", "randomized"}
+        Exact Clopper–Pearson bounds, or their randomized versions
+        (:func:`~smoothsk.certification.bounds.randomized_lower_bound`).
+    uniforms : array of float, shape (N, 2), or None
+        The randomized bounds' variates (:func:`uniform_variates`).
+
+    Returns
+    -------
+    certified : array of bool
+    radius : array of float (0 where not certified)
+    pa_lower : array of float
+    pb_upper : array of float or None (``bound="two-class"`` only)
+    """
+    counts = np.asarray(counts)
+    rows = np.arange(len(top))
+    n_top = counts[rows, top]
+    n = counts.sum(axis=1)  # every draw votes once: the estimation draws
+    two_class = bound == "two-class"
+    n_classes = counts.shape[1]
+    level_a = alpha / 2 if two_class and n_classes > 1 else alpha
+    if interval == "randomized":
+        if uniforms is None:
+            raise ValueError("interval='randomized' needs uniforms (uniform_variates).")
+        pa_lower = randomized_lower_bound(n_top, n, level_a, uniforms[:, 0])
+    else:
+        pa_lower = lower_confidence_bound(n_top, n, level_a)
+    if not two_class:
+        certified = pa_lower >= 0.5
+        radius = np.where(certified, float(sigma) * norm.ppf(np.clip(pa_lower, 0.5, 1.0)), 0.0)
+        return certified, radius, pa_lower, None
+    pb_upper = 1.0 - pa_lower
+    if n_classes > 1:
+        level_b = alpha - level_a  # one class's bound matters: see the docstring
+        others = np.ones(counts.shape, dtype=bool)
+        others[rows, top] = False
+        votes = counts[others].reshape(len(top), n_classes - 1)
+        trials = np.repeat(n[:, None], n_classes - 1, axis=1)
+        if interval == "randomized":
+            upper = randomized_upper_bound(votes, trials, level_b, uniforms[:, 1:2])
+        else:
+            upper = upper_confidence_bound(votes, trials, level_b)
+        pb_upper = np.minimum(upper.max(axis=1), pb_upper)
+    certified = pa_lower > pb_upper
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = norm.ppf(pa_lower) - norm.ppf(pb_upper)
+    radius = np.where(certified, 0.5 * float(sigma) * gap, 0.0)
+    return certified, radius, pa_lower, pb_upper
 
 
 def predict(

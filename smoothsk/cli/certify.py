@@ -60,6 +60,15 @@ def add_parser(subparsers) -> None:
                          help="every input uses the same noise draws: the same per-input "
                               "guarantee, much faster for small tabular models (recorded; a "
                               "resumed run refuses a change)")
+    certify.add_argument("--bound", default="binary", choices=["binary", "two-class"],
+                         help="radius from the top class alone (Cohen et al.), or also from "
+                              "an upper bound on every other class (certifies inputs whose "
+                              "top class has p_A < 1/2 but a clear lead; docs/"
+                              "certification.md); recorded, a resumed run refuses a change")
+    certify.add_argument("--interval", default="clopper-pearson",
+                         choices=["clopper-pearson", "randomized"],
+                         help="exact Clopper-Pearson bounds, or their randomized versions "
+                              "(exact coverage, never looser; seeded by --seed); recorded")
     add_compile(certify, "for this run", modes=True)
     add_common(certify, batch_default=1000)
     certify.set_defaults(func=run)
@@ -140,7 +149,8 @@ def run(args) -> int:
             certify_to_tsv(clf, X, y, indices, args.out, run_info=run_info, n0=args.n0,
                            n=args.n, alpha=args.alpha, batch_size=args.batch_size,
                            random_state=args.seed, n_jobs=_jobs(args),
-                           progress=lambda done: bar.update(done - bar.n))
+                           progress=lambda done: bar.update(done - bar.n), bound=args.bound,
+                           interval=args.interval)
     except (RunMismatchError, RunLockedError) as exc:
         raise CommandError(str(exc)) from exc
     finally:

@@ -53,7 +53,9 @@ class CertificationRun:
             return self.name
         from smoothsk.methods.registry import display_name
 
-        return f"{display_name(method)}, σ = {float(sigma):g}"
+        bound = self.setting("bound")
+        extra = "" if bound in (None, "binary") else f", {bound} bound"
+        return f"{display_name(method)}, σ = {float(sigma):g}{extra}"
 
     def certified_accuracy(self, radii) -> np.ndarray:
         """``CA(r)`` = fraction of inputs that are correct with radius ≥ r."""

@@ -129,6 +129,8 @@ def certify_to_tsv(
     progress: Callable | None = None,
     rows_per_call: int | None = None,
     n_jobs: int | None = None,
+    bound: str = "binary",
+    interval: str = "clopper-pearson",
 ) -> Path:
     """Certify inputs ``X[i]`` (global indices ``indices[i]``) into a resumable TSV.
 
@@ -156,16 +158,20 @@ def certify_to_tsv(
     n_jobs : int or None
         Workers for each call (``certify(n_jobs=...)``; a Dask cluster under
         ``joblib.parallel_config(backend="dask")``).  Rows stay ordered and complete.
+    bound, interval : str
+        How counts become radii (:func:`smoothsk.certification.core.certified_radius`);
+        recorded in the sidecar, so a resumed run refuses a change.
     """
     with exclusive_run(out):
         return _certify_to_tsv(estimator, X, y, indices, Path(out), run_info=run_info, n0=n0,
                                n=n, alpha=alpha, batch_size=batch_size,
                                random_state=random_state, progress=progress,
-                               rows_per_call=rows_per_call, n_jobs=n_jobs)
+                               rows_per_call=rows_per_call, n_jobs=n_jobs, bound=bound,
+                               interval=interval)
 
 
 def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alpha, batch_size,
-                    random_state, progress, rows_per_call, n_jobs) -> Path:
+                    random_state, progress, rows_per_call, n_jobs, bound, interval) -> Path:
     import smoothsk
 
     indices = np.asarray(indices, dtype=np.int64)
@@ -173,7 +179,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
     info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices),
                 precision=getattr(estimator, "precision", "fp32"),
                 shared_noise=bool(getattr(estimator, "shared_noise", False)),
-                smoothsk_version=smoothsk.__version__)
+                bound=bound, interval=interval, smoothsk_version=smoothsk.__version__)
     sidecar = out.with_name(out.name + ".run.json")
     done: list[str] = []
     if out.exists():
@@ -192,6 +198,8 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
                 "remove both to start over, or choose another --out.")
         previous.setdefault("precision", "fp32")  # sidecars before 0.2 were all fp32
         previous.setdefault("shared_noise", False)  # and drew independent noise
+        previous.setdefault("bound", "binary")  # and bounded radii as Cohen et al.
+        previous.setdefault("interval", "clopper-pearson")
         # The number of inputs may grow (a run extended to more images): the rows already
         # written are checked against this run's indices below.
         differs = sorted(k for k in set(info) | set(previous)
@@ -223,7 +231,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
     try:
         _write_rows(estimator, X, y, indices, out, start, step, jobs, n0=n0, n=n, alpha=alpha,
                     batch_size=batch_size, random_state=random_state, progress=progress,
-                    n_jobs=n_jobs)
+                    n_jobs=n_jobs, bound=bound, interval=interval)
     except BaseException:
         if not done and _complete_rows(out) == []:
             # Nothing certified yet (a wrong model, a bad option, Ctrl-C): leave nothing
@@ -235,7 +243,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
 
 
 def _write_rows(estimator, X, y, indices, out, start, step, jobs, *, n0, n, alpha, batch_size,
-                random_state, progress, n_jobs):
+                random_state, progress, n_jobs, bound, interval):
     with open(out, "a", encoding="utf-8") as stream:
         for first in range(start, len(indices), step):
             last = min(first + step, len(indices))
@@ -243,7 +251,8 @@ def _write_rows(estimator, X, y, indices, out, start, step, jobs, *, n0, n, alph
             began = time.perf_counter()
             cert = estimator.certify(chunk, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                      random_state=random_state, index_offset=indices[first:last],
-                                     n_jobs=n_jobs, chunk_size=-(-(last - first) // jobs))
+                                     n_jobs=n_jobs, chunk_size=-(-(last - first) // jobs),
+                                     bound=bound, interval=interval)
             seconds = (time.perf_counter() - began) / (last - first)
             predicted = cert.labels(abstain_label=-1)
             correct = cert.is_correct(y[first:last])
