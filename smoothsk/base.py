@@ -520,7 +520,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 self.initialize()
             if not warm:
                 self._check_network_output(X)
-            done = 0 if warm else self._restore_checkpoint(len(X))
+            done = 0 if warm else self._restore_checkpoint(X, y)
             if done >= self.max_epochs:
                 return self
             return NeuralNetClassifier.partial_fit(self, *self._training_data(X, y),
@@ -549,14 +549,26 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                              f"{getattr(logits, 'shape', type(logits))}.")
         self._check_n_classes(logits.shape[1])
 
-    def _restore_checkpoint(self, n_samples: int) -> int:
+    def _restore_checkpoint(self, X, y) -> int:
         """Epochs restored from a :class:`~smoothsk.io.checkpoint.TrainingCheckpoint`."""
+        from smoothsk.io.checkpoint import TrainingCheckpoint, data_digest
+
+        checkpoints = [cb for _, cb in self.callbacks_ if isinstance(cb, TrainingCheckpoint)]
+        if not checkpoints:
+            return 0
+        self.training_data_digest_ = data_digest(X, y)  # the run's fingerprint reads it
+        return checkpoints[0].restore(self)
+
+    def initialize_callbacks(self):
+        """skorch's callbacks, with every :class:`~smoothsk.io.checkpoint.TrainingCheckpoint`
+        moved last: it records the state the next epoch starts from, so a learning-rate
+        scheduler listed after it must have stepped before it writes."""
         from smoothsk.io.checkpoint import TrainingCheckpoint
 
-        for _, callback in self.callbacks_:
-            if isinstance(callback, TrainingCheckpoint):
-                return callback.restore(self, n_samples)
-        return 0
+        super().initialize_callbacks()
+        self.callbacks_ = sorted(self.callbacks_,
+                                 key=lambda item: isinstance(item[1], TrainingCheckpoint))
+        return self
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """Train for ``max_epochs`` more epochs without re-initialising the network.

@@ -1,5 +1,6 @@
 """Resumable training: killed at random points, the rerun ends with the exact weights."""
 
+import json
 import random
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 from skorch.callbacks import Callback
 
 from smoothsk import GaussianAugClassifier
-from smoothsk.io.checkpoint import CheckpointMismatchError, TrainingCheckpoint
+from smoothsk.io.checkpoint import CheckpointMismatchError, TrainingCheckpoint, completed_epochs
 
 # Trains SmoothMix (warm-up, lr steps, attack noise: everything that depends on the epoch
 # and the random generators) with a checkpoint, then saves the final weights.
@@ -78,11 +79,14 @@ def test_training_killed_at_random_points_resumes_to_the_exact_weights(tmp_path)
 
 
 class _StopAfter(Callback):
+    """Ctrl-C as the next epoch begins: after every callback of epoch ``epochs`` ran,
+    the checkpoint included (it is written last)."""
+
     def __init__(self, epochs):
         self.epochs = epochs
 
-    def on_epoch_end(self, net, **kwargs):
-        if len(net.history) == self.epochs:
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == self.epochs + 1:  # the new epoch's row is there already
             raise KeyboardInterrupt  # skorch ends fit quietly, as on Ctrl-C
 
 
@@ -90,7 +94,10 @@ def _straight_and_resumed(make, X, y, path, stop):
     """An uninterrupted fit, and one stopped after ``stop`` epochs then resumed from ``path``."""
     straight = make().fit(X, y)
     first = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(stop))).fit(X, y)
-    assert len(first.history) == stop
+    assert completed_epochs(first.history) == stop
+    # the resumed run really starts from the checkpoint of epoch `stop`
+    saved = torch.load(path, weights_only=True)
+    assert len(json.loads(saved["history"])) == stop
     resumed = make(("checkpoint", TrainingCheckpoint(path)), ("stop", _StopAfter(99))).fit(X, y)
     return straight, resumed
 
@@ -182,3 +189,89 @@ def test_resume_under_the_default_cosine_schedule_equals_the_uninterrupted_run(t
     straight, resumed = _straight_and_resumed(make, X, y, tmp_path / "run.ckpt", 2)
     assert resumed.history[:, "event_lr"] == straight.history[:, "event_lr"]
     _assert_same_weights(resumed, straight)
+
+
+def _step_schedule(step_size=2, gamma=0.1):
+    from skorch.callbacks import LRScheduler
+
+    return ("lr_scheduler", LRScheduler(policy="StepLR", step_size=step_size, gamma=gamma))
+
+
+def _multistep_schedule():
+    from skorch.callbacks import LRScheduler
+
+    return ("lr_scheduler", LRScheduler(policy="MultiStepLR", milestones=[2, 3], gamma=0.5))
+
+
+@pytest.mark.parametrize("schedule", ["step-after", "multistep-after", "step-before"])
+@pytest.mark.parametrize("stop", [1, 2, 3, 4])
+def test_resume_is_exact_at_every_epoch_whatever_the_callbacks_order(tmp_path, stop, schedule):
+    """The command line lists its --lr-step scheduler *after* the checkpoint: the
+    checkpoint must still record the rate the next epoch uses (milestones at 2, 3, 4)."""
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 16)).astype(np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+    lr_callback = {"step-after": _step_schedule, "multistep-after": _multistep_schedule,
+                   "step-before": _step_schedule}[schedule]
+
+    def make(*callbacks):
+        callbacks = list(callbacks)
+        if schedule == "step-before":
+            callbacks = [lr_callback(), *callbacks]
+        else:
+            callbacks = [*callbacks, lr_callback()]
+        return GaussianAugClassifier(sigma=0.5, max_epochs=5, batch_size=50, random_state=0,
+                                     optimizer=torch.optim.SGD, lr=0.1,
+                                     module__hidden_units=(16,), callbacks=callbacks)
+
+    straight, resumed = _straight_and_resumed(make, X, y, tmp_path / "run.ckpt", stop)
+    assert resumed.history[:, "event_lr"] == straight.history[:, "event_lr"]
+    assert resumed.optimizer_.param_groups[0]["lr"] == straight.optimizer_.param_groups[0]["lr"]
+    _assert_same_weights(resumed, straight)
+
+
+def test_a_checkpoint_of_another_schedule_or_other_data_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((120, 8)).astype(np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+    path = tmp_path / "run.ckpt"
+
+    def make(*extra):
+        return GaussianAugClassifier(sigma=0.5, max_epochs=3, batch_size=40, random_state=0,
+                                     module__hidden_units=(8,),
+                                     callbacks=[("checkpoint", TrainingCheckpoint(path)),
+                                                ("stop", _StopAfter(1)), *extra])
+
+    make(_step_schedule(2)).fit(X, y)
+    for other in ([_step_schedule(1)], [_step_schedule(2, gamma=0.9)], []):
+        with pytest.raises(CheckpointMismatchError, match="learning-rate schedule or data"):
+            make(*other).fit(X, y)
+    with pytest.raises(CheckpointMismatchError):
+        make(_step_schedule(2)).fit(X[::-1].copy(), y)  # same shape, other data
+    assert completed_epochs(make(_step_schedule(2)).fit(X, y).history) == 1  # it resumes
+
+
+def test_ctrl_c_in_the_final_epoch_saves_nothing_and_keeps_the_checkpoint(tmp_path, monkeypatch,
+                                                                         capsys):
+    from smoothsk.base import SmoothedClassifier
+    from smoothsk.cli import main
+
+    step = SmoothedClassifier.train_step
+
+    def interrupted(self, batch, **fit_params):
+        if len(self.history) == self.max_epochs and self.history[-1, "batches"]:
+            raise KeyboardInterrupt  # the second batch of the last epoch
+        return step(self, batch, **fit_params)
+
+    monkeypatch.setattr(SmoothedClassifier, "train_step", interrupted)
+    out = tmp_path / "m.smoothsk"
+    threads = torch.get_num_threads()
+    try:
+        code = main(["train", "--dataset", "digits", "--method", "gaussian", "--epochs", "2",
+                     "--max-train", "300", "--quiet", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    assert (tmp_path / "m.smoothsk.ckpt").exists()  # the first epoch, complete

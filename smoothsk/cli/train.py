@@ -307,7 +307,7 @@ def _save_trained(clf, args) -> str:
 
 def run(args) -> int:
     from smoothsk.certification.sampling import take_rows
-    from smoothsk.io.checkpoint import TrainingCheckpoint
+    from smoothsk.io.checkpoint import TrainingCheckpoint, completed_epochs
     from smoothsk.io.runs import RunLockedError, exclusive_run
 
     set_threads(args)
@@ -330,7 +330,7 @@ def run(args) -> int:
     try:
         with exclusive_run(args.out):
             clf.fit(X, y)
-            if len(clf.history) < epochs:  # skorch ends fit quietly on Ctrl-C
+            if completed_epochs(clf.history) < epochs:  # skorch ends fit quietly on Ctrl-C
                 raise KeyboardInterrupt
             seconds = time.perf_counter() - start
             without_progress(clf)

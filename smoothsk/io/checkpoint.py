@@ -21,10 +21,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from skorch.callbacks import Callback
 
-__all__ = ["TrainingCheckpoint", "CheckpointMismatchError"]
+__all__ = ["CheckpointMismatchError", "TrainingCheckpoint", "completed_epochs", "data_digest",
+           "run_fingerprint"]
 
 _FORMAT = "smoothsk-training-checkpoint"
 
@@ -33,13 +35,75 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint exists but belongs to a training run with other settings."""
 
 
-def run_fingerprint(estimator, n_samples: int) -> str:
-    """SHA-256 of what determines a training run: class, parameters, data size."""
+def completed_epochs(history) -> int:
+    """Epochs that ran to their end (skorch adds an epoch's row when it *starts*; a row
+    without ``dur`` is an epoch cut short, by Ctrl-C for instance).
+
+    Parameters
+    ----------
+    history : skorch History
+        A net's ``history``.
+    """
+    return sum(1 for row in history if "dur" in row)
+
+
+def data_digest(X, y=None) -> str:
+    """SHA-256 of training data: every byte of arrays and tensors (shape and dtype
+    included); for a torch Dataset its type, length and three of its items.
+
+    Parameters
+    ----------
+    X : array, tensor or Dataset
+        The inputs given to ``fit``.
+    y : array or None
+        The labels.
+    """
+    digest = hashlib.sha256()
+    for part in (X, y):
+        if part is None:
+            digest.update(b"none")
+            continue
+        if isinstance(part, torch.utils.data.Dataset) and not isinstance(part, torch.Tensor):
+            digest.update(f"{type(part).__qualname__}:{len(part)}".encode())
+            for i in sorted({0, len(part) // 2, len(part) - 1} if len(part) else ()):
+                item = part[i]
+                for field in item if isinstance(item, (tuple, list)) else (item,):
+                    digest.update(np.ascontiguousarray(np.asarray(field)).tobytes())
+            continue
+        array = part.detach().cpu().numpy() if isinstance(part, torch.Tensor) else \
+            np.asarray(part)
+        if array.dtype == object:
+            array = array.astype(str)
+        digest.update(f"{array.shape}:{array.dtype}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def run_fingerprint(estimator) -> str:
+    """SHA-256 of what determines a training run: the estimator's class and parameters,
+    the learning-rate schedulers among its callbacks (policy and arguments), and the
+    training data (:func:`data_digest`, which ``fit`` stores as ``training_data_digest_``).
+
+    Parameters
+    ----------
+    estimator : SmoothedClassifier
+        Initialized (its ``callbacks_`` built) and inside ``fit``.
+    """
+    from skorch.callbacks import LRScheduler
+
     skip = {"callbacks", "verbose", "device"}
     params = {name: repr(value) for name, value in estimator.get_params(deep=False).items()
-              if name not in skip}
+              if name not in skip and not name.startswith("callbacks__")}
+    schedules = [
+        {"name": name, "arguments": repr(sorted(  # its settings, not its running state
+            (key, value) for key, value in vars(callback).items() if not key.endswith("_")))}
+        for name, callback in getattr(estimator, "callbacks_", [])
+        if isinstance(callback, LRScheduler)
+    ]
     text = json.dumps({"estimator": type(estimator).__name__, "params": params,
-                       "n_samples": int(n_samples)}, sort_keys=True)
+                       "schedules": schedules,
+                       "data": getattr(estimator, "training_data_digest_", None)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -66,7 +130,7 @@ class TrainingCheckpoint(Callback):
         self.delete_when_done = delete_when_done
 
     def on_train_begin(self, net, X=None, **kwargs):
-        self.fingerprint_ = run_fingerprint(net, len(X) if X is not None else 0)
+        self.fingerprint_ = run_fingerprint(net)
 
     def on_epoch_end(self, net, **kwargs):
         from smoothsk.io.files import atomic_write
@@ -101,10 +165,10 @@ class TrainingCheckpoint(Callback):
                 scheduler._last_lr = list(lrs)
 
     def on_train_end(self, net, **kwargs):
-        if self.delete_when_done and len(net.history) >= net.max_epochs:
+        if self.delete_when_done and completed_epochs(net.history) >= net.max_epochs:
             Path(self.path).unlink(missing_ok=True)
 
-    def restore(self, net, n_samples: int) -> int:
+    def restore(self, net) -> int:
         """Load the saved state into an initialized ``net``; return the epochs it holds.
 
         0 when there is no checkpoint.  Raises :class:`CheckpointMismatchError` when the
@@ -123,10 +187,11 @@ class TrainingCheckpoint(Callback):
                 "over.") from exc
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise CheckpointMismatchError(f"{path} is not a smoothsk training checkpoint.")
-        if state["fingerprint"] != run_fingerprint(net, n_samples):
+        if state["fingerprint"] != run_fingerprint(net):
             raise CheckpointMismatchError(
-                f"{path} belongs to a training run with other settings or data; remove it to "
-                "start over, or choose another checkpoint path.")
+                f"{path} belongs to a training run with other settings, learning-rate "
+                "schedule or data; remove it to start over, or choose another checkpoint "
+                "path.")
         device = torch.device(net.device)
         net.module_.load_state_dict(state["module"])
         net.optimizer_.load_state_dict(state["optimizer"])
