@@ -30,8 +30,13 @@ def test_defaults_train_a_useful_model_on_digits(split, cls, params, bound):
 @pytest.mark.parametrize("cls", [smoothsk.SmoothMixClassifier, smoothsk.SmoothAdvClassifier])
 def test_warmups_fit_inside_the_default_epochs(cls):
     clf = cls()
-    assert clf.warmup < clf.max_epochs  # the term reaches full weight, then trains at it
-    assert np.isclose(smoothsk.warmup_factor(clf.warmup - 1, clf.warmup), 1.0)
+    factors = [smoothsk.warmup_factor(epoch, clf.warmup) for epoch in range(clf.max_epochs)]
+    # the term ramps up (epoch e weighs (e + 1) / warmup) ...
+    np.testing.assert_allclose(factors[: clf.warmup],
+                               (np.arange(clf.warmup) + 1) / clf.warmup)
+    # ... and then trains at full weight for the rest of the default epochs
+    assert factors[0] < 1 and factors[clf.warmup - 1:] == [1.0] * (clf.max_epochs - clf.warmup + 1)
+    assert clf.max_epochs - clf.warmup >= 10
 
 
 def test_the_default_network_follows_the_inputs_and_survives_the_model_file(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from skorch.callbacks import EpochScoring
@@ -77,9 +77,14 @@ def test_multi_metric_grid_search_refits_on_certified_accuracy(digits):
     assert search.best_params_ == search.cv_results_["params"][int(np.argmax(scores))]
     # sigma = 0.05 cannot certify r = 0.5 (max radius about 3.1 sigma at n = 300)
     assert search.best_params_["sigma"] == 0.5 and scores[0] == 0.0
-    cv = cross_val_score(GaussianAugClassifier(**dict(FAST, max_epochs=3)), X[:200], y[:200],
-                         cv=2, scoring=average_certified_radius_scorer())
-    assert cv.shape == (2,) and np.all(cv >= 0)
+    result = cross_validate(GaussianAugClassifier(**dict(FAST, max_epochs=3)), X[:200],
+                            y[:200], cv=2, scoring=average_certified_radius_scorer(),
+                            return_estimator=True, return_indices=True)
+    # each fold's score is the ACR of that fold's model certified on that fold's test part
+    for fitted, test, score in zip(result["estimator"], result["indices"]["test"],
+                                   result["test_score"]):
+        direct = average_certified_radius(y[test], fitted.certify(X[test]))
+        assert score == pytest.approx(direct) and score > 0
 
 
 def test_pipeline_is_certified_in_the_smoothed_steps_input_space(digits):
