@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from smoothsk import GaussianAugClassifier
-from smoothsk.certification.core import certified_radius, uniform_variates
+from smoothsk.certification.radius import certified_radius, uniform_variates
 from smoothsk.datasets import load_dataset
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.model_file import load_model, save_model

@@ -283,6 +283,11 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     display_name: str = ""
     """How tables and plots name the method (``"SmoothMix"``)."""
 
+    sigma_fixed_by_training: bool = True
+    """Whether ``fit`` trains the network for its σ, so that certifying at another σ
+    (``set_params(sigma=...)`` after ``fit``) is refused.  False where ``fit`` trains
+    nothing (:class:`~smoothsk.PretrainedSmoothingClassifier`)."""
+
     side_model_params: tuple = ()
     """Parameters holding models that are only read (a CRT teacher, CAT-RS's target
     model): ``clone`` keeps a fitted one by reference, and skorch never registers,
@@ -596,6 +601,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self._fitting = True
         try:
             yield
+            # the σ the network was trained at: certifying at another is refused
+            self.trained_sigma_ = float(self.noise_level_)
         finally:
             del self._fitting
 
@@ -676,7 +683,20 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     def _check_fitted_X(self, X):
         check_is_fitted(self, ["module_", "classes_fitted_"])
         self._check_cuda_available()
+        self._check_sigma_unchanged()
         return self._validate_X(X, reset=False)
+
+    def _check_sigma_unchanged(self):
+        trained = getattr(self, "trained_sigma_", None)
+        if not self.sigma_fixed_by_training or trained is None:
+            return
+        if not np.isclose(float(self.noise_level_), trained, rtol=1e-12, atol=0):
+            raise ValueError(
+                f"This {type(self).__name__} was trained at sigma={trained:g}, but its sigma "
+                f"is now {self.noise_level_:g} (set_params after fit): its certificates would "
+                "describe a smoothed classifier its network was not trained for. Set sigma "
+                f"back to {trained:g}, or fit again to train at the new sigma (to smooth a "
+                "fitted classifier at any sigma, use PretrainedSmoothingClassifier).")
 
     def _smoothed_counts(self, X) -> np.ndarray:
         X = self._check_fitted_X(X)
@@ -747,7 +767,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         ``n_jobs`` spreads the inputs over joblib workers (identical certificates).
         ``bound`` ("binary", "two-class") and ``interval`` ("clopper-pearson",
         "randomized") choose how the counts become a radius
-        (:func:`smoothsk.certification.core.certified_radius`).
+        (:func:`smoothsk.certification.radius.certified_radius`).
         """
         X = self._check_fitted_X(X)
         with self._progress(len(X), "certify") as bar:

@@ -441,3 +441,25 @@ def test_an_active_mask_counts_those_inputs_alone_with_their_own_noise(kind):
     for whole, part in zip(full, masked):
         np.testing.assert_array_equal(part[active], whole[active])
         assert not part[~active].any()
+
+
+def test_labels_are_not_compared_with_the_class_indices_of_a_bare_network(digits):
+    import smoothsk
+    """certified_accuracy(y_strings, certify(clf.module_, X, σ)) returned 0.0 in silence."""
+    from smoothsk import GaussianAugClassifier, certified_accuracy
+
+    X, y = digits
+    names = np.array(list("abcdefghij"))[y]
+    clf = GaussianAugClassifier(max_epochs=2, module__hidden_units=(16,), random_state=0)
+    clf.fit(X[:200], names[:200])
+    bare = certify(clf.module_, X[:10], 0.25, n0=10, n=50, random_state=0)
+    with pytest.raises(ValueError, match="holds class indices.*y_true holds labels"):
+        certified_accuracy(names[:10], bare)
+    with pytest.raises(ValueError, match="outside 0 … 9"):
+        bare.is_correct(y[:10] + 10)
+    with pytest.raises(ValueError, match="holds class indices"):
+        smoothsk.certify_radius(clf.module_, X[:10], 0.25, 0.1, n0=10, n=50).is_correct(names[:10])
+    # indices with the bare certificate, labels with the estimator's: both fine
+    indices = np.searchsorted(clf.classes_, names[:10])
+    assert certified_accuracy(indices, bare) == certified_accuracy(
+        names[:10], clf.certify(X[:10], n0=10, n=50, random_state=0))

@@ -164,3 +164,30 @@ def test_progress_lines_in_logs_and_bars_with_verbose(digits, capsys):
     assert "GaussianAugClassifier certify: 3/3 inputs (100%)" in capsys.readouterr().err
     clf.set_params(verbose=0).certify(X[:3], n=50)
     assert capsys.readouterr().err == ""
+
+
+def test_sigma_changed_after_fit_is_refused_until_refit_and_kept_in_model_files(digits,
+                                                                               tmp_path):
+    from smoothsk import GaussianAugClassifier, PretrainedSmoothingClassifier
+    from smoothsk.io.model_file import load_model, save_model
+
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, **dict(FAST, max_epochs=1)).fit(X[:100], y[:100])
+    clf.set_params(sigma=0.5)
+    for call in (lambda: clf.certify(X[:3]), lambda: clf.predict(X[:3]),
+                 lambda: clf.certify_radius(X[:3], 0.1)):
+        with pytest.raises(ValueError, match="trained at sigma=0.25, but its sigma is now 0.5"):
+            call()
+    clf.set_params(sigma=0.25)
+    clf.certify(X[:3], n=20)  # back at the trained σ
+    save_model(clf, tmp_path / "m")
+    loaded = load_model(tmp_path / "m").set_params(sigma=1.0)
+    with pytest.raises(ValueError, match="trained at sigma=0.25"):
+        loaded.predict(X[:3])
+    clf.set_params(sigma=0.5).fit(X[:100], y[:100])  # refit: now trained at 0.5
+    assert clf.trained_sigma_ == 0.5 and len(clf.predict(X[:3])) == 3
+    # smoothing a fitted classifier trains nothing: any σ is its own smoothed classifier
+    pretrained = PretrainedSmoothingClassifier(clf, sigma=0.25, n=50, n_predict=20).fit(
+        X[:50], y[:50])
+    pretrained.set_params(sigma=0.75)
+    assert len(pretrained.predict(X[:3])) == 3

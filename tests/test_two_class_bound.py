@@ -16,7 +16,7 @@ from smoothsk.certification.bounds import (
     randomized_upper_bound,
     upper_confidence_bound,
 )
-from smoothsk.certification.core import certified_radius, uniform_variates
+from smoothsk.certification.radius import certified_radius, uniform_variates
 
 
 def _all_outcomes(n: int, classes: int = 3) -> np.ndarray:

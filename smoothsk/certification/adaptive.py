@@ -124,6 +124,8 @@ class RadiusCertificate:
             raise ValueError(
                 f"y_true has shape {y_true.shape}; expected {self.prediction.shape}."
             )
+        if self.classes is None:
+            sampling.check_class_indices(y_true, self.selection_counts.shape[1])
         predicted = self.prediction if self.classes is None else self.classes[self.prediction]
         return self.certified & (predicted == y_true)
 

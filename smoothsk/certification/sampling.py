@@ -116,6 +116,23 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+def check_class_indices(y_true: np.ndarray, n_classes: int) -> None:
+    """Refuse labels where class indices are expected: compared with indices they would
+    count every input as wrong, in silence."""
+    if y_true.dtype.kind not in "iub" and not (
+            y_true.dtype.kind == "f" and np.all(np.mod(y_true, 1) == 0)):
+        raise ValueError(
+            f"This certificate holds class indices (it was computed on a bare network), "
+            f"but y_true holds labels of dtype {y_true.dtype}. Pass class indices "
+            "(0 … C−1, the network's outputs), or certify the fitted estimator "
+            "(clf.certify(X)), whose certificates compare with labels.")
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= n_classes):
+        raise ValueError(
+            f"y_true holds values outside 0 … {n_classes - 1}, but this certificate holds "
+            f"class indices of a {n_classes}-class network: pass class indices (e.g. "
+            "np.searchsorted(clf.classes_, y)), or certify the fitted estimator.")
+
+
 def check_sigma(sigma) -> float:
     if (
         isinstance(sigma, bool)

@@ -239,6 +239,8 @@ def _fitted_attributes(estimator) -> dict:
     }
     if hasattr(estimator, "sigma_"):  # CRTStudent: σ resolved from its teacher
         attributes["sigma_"] = float(estimator.sigma_)
+    if getattr(estimator, "trained_sigma_", None) is not None:
+        attributes["trained_sigma"] = float(estimator.trained_sigma_)
     if hasattr(estimator, "default_network_"):  # module=None: which network was built
         attributes["default_network"] = estimator.default_network_
     return attributes
@@ -427,6 +429,8 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
         estimator.n_features_in_ = fitted["n_features_in"]
         if "sigma_" in fitted:
             estimator.sigma_ = fitted["sigma_"]
+        # files before 0.2 do not record it: they were saved at the σ they were trained at
+        estimator.trained_sigma_ = float(fitted.get("trained_sigma", estimator.noise_level_))
         if estimator.module is None and not hasattr(estimator, "classifier"):
             # files written before images got LeNet by default hold an MLP
             estimator.default_network_ = fitted.get("default_network", "MLP")

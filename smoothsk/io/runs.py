@@ -159,7 +159,7 @@ def certify_to_tsv(
         Workers for each call (``certify(n_jobs=...)``; a Dask cluster under
         ``joblib.parallel_config(backend="dask")``).  Rows stay ordered and complete.
     bound, interval : str
-        How counts become radii (:func:`smoothsk.certification.core.certified_radius`);
+        How counts become radii (:func:`smoothsk.certification.radius.certified_radius`);
         recorded in the sidecar, so a resumed run refuses a change.
     """
     with exclusive_run(out):

@@ -160,6 +160,7 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
 
     method_name = "pretrained"
     display_name = "Pretrained"
+    sigma_fixed_by_training = False  # fit trains nothing: any σ smooths the classifier
 
     side_model_params = ("classifier",)
 
@@ -310,6 +311,7 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
 
     method_name = "denoised"
     display_name = "Denoised"
+    sigma_fixed_by_training = True  # the denoiser is trained for its σ
 
     side_model_params = ("classifier", "surrogate")
 
