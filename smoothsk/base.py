@@ -39,6 +39,7 @@ from skorch.utils import to_numpy, to_tensor
 
 from smoothsk.certification import core, sampling
 from smoothsk.certification.adaptive import RadiusCertificate, certify_radius
+from smoothsk.certification.bounds import check_alpha
 from smoothsk.certification.core import Certificate, _predict_from_counts, labels_or_marker
 from smoothsk.certification.sampling import first_field, precision_context
 from smoothsk.models import MLP, LeNet, uses_channels_last
@@ -750,7 +751,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         (−1 for integer labels, ``"abstain"`` for strings): a marker of the labels'
         dtype, which scikit-learn's metrics accept (abstentions count as wrong).
         """
-        index = _predict_from_counts(self._smoothed_counts(X), self.alpha)
+        alpha = check_alpha(self.alpha)  # set_params may have changed it since fit
+        index = _predict_from_counts(self._smoothed_counts(X), alpha)
         return labels_or_marker(self.classes_, index, abstain_label)
 
     def certify(

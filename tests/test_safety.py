@@ -191,3 +191,26 @@ def test_sigma_changed_after_fit_is_refused_until_refit_and_kept_in_model_files(
         X[:50], y[:50])
     pretrained.set_params(sigma=0.75)
     assert len(pretrained.predict(X[:3])) == 3
+
+
+def test_alpha_set_after_fit_complex_inputs_and_tsv_breaking_labels_are_refused(digits,
+                                                                               tmp_path):
+    from smoothsk import GaussianAugClassifier, certify
+    from smoothsk.io.runs import certify_to_tsv
+
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, **dict(FAST, max_epochs=1)).fit(X[:100], y[:100])
+    clf.set_params(alpha=5)  # would never abstain: every p-value is <= 5
+    with pytest.raises(ValueError, match="alpha must be a float in the open interval"):
+        clf.predict_or_abstain(X[:3])
+    clf.set_params(alpha=0.001)
+    with pytest.raises(ValueError, match="X is complex"):
+        certify(clf.module_, X[:3].astype(np.complex64), 0.25, n=10)
+    names = np.array(["zero", "one\tuno"] + [f"c{k}" for k in range(2, 10)])[y]
+    named = GaussianAugClassifier(sigma=0.25, **dict(FAST, max_epochs=1)).fit(X[:100],
+                                                                             names[:100])
+    out = tmp_path / "c.tsv"
+    with pytest.raises(ValueError, match="holds a tab or a line break"):
+        certify_to_tsv(named, X[:6], names[:6], np.arange(6), out, run_info={}, n0=10, n=20,
+                       alpha=0.01, batch_size=100, random_state=0)
+    assert not out.exists()

@@ -201,6 +201,9 @@ def input_chunks(X, chunk_size: int) -> Iterator[torch.Tensor]:
         if array.dtype == object or not np.issubdtype(array.dtype, np.number):
             raise ValueError(f"X must be numeric; got an array of dtype {array.dtype}.")
         tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.is_complex():  # casting to the network's dtype would drop the imaginary part
+        raise ValueError(f"X is complex ({tensor.dtype}); pass real inputs (e.g. X.real or "
+                         "np.abs(X), whichever your classifier expects).")
     if tensor.ndim < 2:
         raise ValueError(
             f"X must have shape (n_samples, ...) with at least 2 dimensions; got shape "

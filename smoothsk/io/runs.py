@@ -108,6 +108,20 @@ def _complete_rows(out: Path) -> list[str]:
     return lines[1:]
 
 
+def _check_tsv_labels(*label_sets) -> None:
+    """A label holding a tab or a line break would break the TSV's rows and columns."""
+    for labels in label_sets:
+        if labels is None:
+            continue
+        bad = [str(v) for v in np.asarray(labels).ravel().tolist()
+               if any(c in str(v) for c in "\t\n\r")]
+        if bad:
+            raise ValueError(
+                f"Label {bad[0]!r} holds a tab or a line break, which a TSV row cannot "
+                "hold; map the labels to names without them (or to class indices) before "
+                "certifying to a TSV.")
+
+
 def _format_row(idx, label, predict, radius, correct, seconds) -> str:
     elapsed = str(datetime.timedelta(seconds=round(seconds, 4)))
     return f"{idx}\t{label}\t{predict}\t{radius:.6g}\t{int(correct)}\t{elapsed}"
@@ -176,6 +190,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
 
     indices = np.asarray(indices, dtype=np.int64)
     y = np.asarray(y)
+    _check_tsv_labels(y, getattr(estimator, "classes_", None))
     info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices),
                 precision=getattr(estimator, "precision", "fp32"),
                 shared_noise=bool(getattr(estimator, "shared_noise", False)),
