@@ -178,3 +178,18 @@ def test_save_refuses_what_load_would_refuse_and_drops_callback_arguments(digits
 ])
 def test_check_stored_param_table(name, value, allowed):
     assert (check_stored_param(name, value) is None) is allowed
+
+
+def test_a_document_or_sidecar_nested_200000_deep_is_a_clear_error(saved, tmp_path):
+    from smoothsk.io.report import read_certification_tsv
+
+    archive = torch.load(saved, weights_only=True)
+    archive["document"] = "[" * 200_000 + "]" * 200_000
+    torch.save(archive, tmp_path / "deep.smoothsk")
+    with pytest.raises(ValueError, match="corrupt model document"):
+        load_model(tmp_path / "deep.smoothsk")
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0:00:01\n")
+    tsv.with_name("r.tsv.run.json").write_text("[" * 200_000 + "]" * 200_000)
+    run = read_certification_tsv(tsv)
+    assert run.settings is None and run.radius.tolist() == [0.5]

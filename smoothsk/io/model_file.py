@@ -364,8 +364,9 @@ def _load_archive(archive, path: Path):
         raise ValueError(f"{path} is not a smoothsk model file.")
     try:
         document = json.loads(archive["document"])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path} has a corrupt model document ({exc}).") from exc
+    except (TypeError, ValueError, RecursionError) as exc:  # nested beyond any real file
+        raise ValueError(f"{path} has a corrupt model document "
+                         f"({type(exc).__name__}).") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a smoothsk model file.")
     if document.get("format_version") != FORMAT_VERSION:

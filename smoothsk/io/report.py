@@ -84,7 +84,7 @@ def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
     sidecar = path.with_name(path.name + ".run.json")
     try:
         settings = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
-    except ValueError:  # a damaged sidecar only loses the descriptions
+    except (ValueError, RecursionError):  # a damaged sidecar only loses the descriptions
         settings = None
     run.settings = settings if isinstance(settings, dict) else None
     return run

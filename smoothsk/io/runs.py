@@ -205,7 +205,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
             )
         try:
             previous = json.loads(sidecar.read_text(encoding="utf-8"))
-        except ValueError:  # not JSON, not UTF-8
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, absurdly nested
             previous = None
         if not isinstance(previous, dict):
             raise RunMismatchError(
