@@ -34,6 +34,7 @@ def test_round_sizes_are_cumulative_and_end_at_n():
             round_sizes(**args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma,radius", [(0.25, 0.25), (0.5, 0.2)])
 def test_never_certifies_below_the_threshold_beyond_the_alpha_rate(linear, sigma, radius):
     # True radius 0.97 r: p_A = Φ(0.97 r/σ) < Φ(r/σ), so every "certified" is a false claim.
@@ -52,6 +53,7 @@ def test_never_certifies_below_the_threshold_beyond_the_alpha_rate(linear, sigma
     assert np.median(result.samples) == 4000
 
 
+@pytest.mark.slow
 def test_agrees_with_fixed_n_certify_on_clear_cut_inputs_with_far_fewer_samples(linear):
     rng = np.random.default_rng(3)
     sigma, radius, n = 0.5, 0.25, 20_000

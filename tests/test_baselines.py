@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch.history import History
 
 from smoothsk import (
@@ -14,7 +13,7 @@ from smoothsk import (
     smoothadv_loss,
 )
 from smoothsk.methods.attacks import smoothed_pgd_attack
-from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
+from smoothsk.testing import tiny_estimator_params
 
 
 @pytest.fixture
@@ -100,24 +99,13 @@ def test_macer_mask_and_guards_on_hand_made_logits():
     (MACERClassifier, dict(num_noise=4, robustness_weight=4.0)),
     (SmoothAdvClassifier, dict(epsilon=0.5, num_steps=2, num_noise=2, warmup=3)),
 ])
+@pytest.mark.slow
 def test_digits_training_gives_far_above_chance_certified_accuracy(cls, params, digits):
     X, y = digits
     clf = cls(sigma=0.25, max_epochs=10, lr=0.05,
               optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64,
               n0=50, n=500, random_state=0, **params).fit(X[:1000], y[:1000])
     assert clf.certify(X[1000:1200]).is_correct(y[1000:1200]).mean() > 0.7  # chance: 0.1
-
-
-@parametrize_with_checks(
-    [ConsistencyClassifier(**tiny_estimator_params()),
-     StabilityClassifier(**tiny_estimator_params()),
-     MACERClassifier(num_noise=2, **tiny_estimator_params()),
-     SmoothAdvClassifier(num_noise=2, num_steps=2, epsilon=0.1, clip_range=None,
-                         **tiny_estimator_params())],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 def test_no_parameter_is_called_alpha_except_certification():

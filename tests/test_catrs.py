@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from conftest import assert_same_value_and_grads, conv_net, value_and_grads
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch.history import History
 
 from smoothsk import (
@@ -30,7 +29,6 @@ from smoothsk import (
 )
 from smoothsk.io.runs import load_model, save_model
 from smoothsk.recipes import recipe, recipe_params
-from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 
 @pytest.fixture
@@ -230,6 +228,7 @@ def gaussian_target(digits):
                                                                                 y[:1000])
 
 
+@pytest.mark.slow
 def test_digits_training_gives_far_above_chance_certified_accuracy(digits, gaussian_target):
     X, y = digits
     clf = CATRSClassifier(sigma=0.25, num_noise=2, num_steps=2, max_epochs=10,
@@ -332,10 +331,3 @@ def test_published_recipes():
     assert fmnist["callbacks"][0][1].kwargs["milestones"] == [50, 100]
 
 
-@parametrize_with_checks(
-    [CATRSClassifier(num_noise=1, num_steps=1, target_draws=8,
-                     **tiny_estimator_params())],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)

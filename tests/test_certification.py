@@ -101,6 +101,7 @@ def test_certified_radius_is_close_to_true_radius_for_large_n():
 # ----------------------------------------------------------------------------- reproducibility
 
 
+@pytest.mark.slow
 def test_certificates_do_not_depend_on_batch_size_or_chunking(small_net, small_X):
     kw = dict(n0=37, n=2500, alpha=0.01, random_state=7)
     ref = certify(small_net, small_X, 0.5, batch_size=1000, **kw)
@@ -277,6 +278,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sampling._GLIBC is None, reason="glibc's allocator only")
 def test_raised_heap_thresholds_keep_a_batchs_activations_for_the_next_batch():
     """In a fresh process glibc returns the heap's top to the OS once twice its (still

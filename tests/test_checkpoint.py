@@ -64,6 +64,7 @@ def _run_and_kill_after_next_epoch(tmp_path, name, rng) -> bool:
     return False
 
 
+@pytest.mark.subprocess
 def test_training_killed_at_random_points_resumes_to_the_exact_weights(tmp_path):
     subprocess.run(_command(tmp_path, "straight"), check=True)
     rng = random.Random(0)

@@ -16,6 +16,8 @@ import torch
 
 from smoothsk.io.report import read_certification_tsv
 
+pytestmark = pytest.mark.subprocess  # most tests run the installed entry point
+
 SMOOTHSK = str(Path(sys.executable).with_name("smoothsk"))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 

@@ -7,10 +7,8 @@ import torch.nn.functional as F
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV, cross_val_score
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from smoothsk import CRTStudent, GaussianAugClassifier, SmoothMixClassifier, crt_loss
-from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 FAST = dict(max_epochs=8, lr=0.05,
             optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
@@ -53,6 +51,7 @@ def test_teacher_is_frozen_and_unchanged(teacher, digits):
                    for q in teacher.module_.parameters())
 
 
+@pytest.mark.slow
 def test_student_follows_teacher_and_certifies(teacher, digits):
     X, y = digits
     student = CRTStudent(teacher=FrozenEstimator(teacher), module__hidden_units=(64,),
@@ -71,6 +70,7 @@ class _CountingGaussian(GaussianAugClassifier):
         return super().fit(X, y, **kw)
 
 
+@pytest.mark.slow
 def test_grid_search_never_trains_a_fitted_teacher(digits):
     X, y = digits
     teacher = _CountingGaussian(sigma=0.25, **FAST).fit(X[:300], y[:300])
@@ -138,6 +138,7 @@ def test_chain_of_generations_and_pickle(teacher, digits):
     np.testing.assert_array_equal(restored.certify(X[:20]).counts, second.certify(X[:20]).counts)
 
 
+@pytest.mark.slow
 def test_smoothmix_teacher_transfers_its_robustness(digits):
     X, y = digits
     teacher = SmoothMixClassifier(sigma=0.5, num_noise=2, num_steps=2, step_size=0.5, eta=2.0,
@@ -150,15 +151,6 @@ def test_smoothmix_teacher_transfers_its_robustness(digits):
     acr_s = average_certified_radius(y[900:1100], student.certify(X[900:1100]))
     # stated margin: the student keeps at least 80 % of its teacher's ACR on digits
     assert acr_s >= 0.8 * acr_t > 0
-
-
-@parametrize_with_checks(
-    [CRTStudent(teacher=GaussianAugClassifier(**tiny_estimator_params()),
-                **tiny_estimator_params(sigma=None))],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible_with_unfitted_teacher(estimator, check):
-    check(estimator)
 
 
 class _ThresholdTeacher(torch.nn.Module):

@@ -21,6 +21,7 @@ def split():
     (smoothsk.GaussianAugClassifier, {}, 0.93),
     (smoothsk.SmoothMixClassifier, dict(sigma=0.5), 0.89),
 ])
+@pytest.mark.slow
 def test_defaults_train_a_useful_model_on_digits(split, cls, params, bound):
     X_train, X_test, y_train, y_test = split
     clf = cls(random_state=0, **params).fit(X_train, y_train)

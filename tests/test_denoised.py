@@ -14,7 +14,6 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier
 
 from smoothsk import (
@@ -29,7 +28,6 @@ from smoothsk import (
 from smoothsk.certification.adapters import SklearnClassifierNetwork, as_base_network
 from smoothsk.io.model_file import load_model, save_model
 from smoothsk.models import MLP, DnCNN, MLPDenoiser
-from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +70,7 @@ def test_sklearn_classifier_certifies_like_the_equivalent_torch_module(split):
         torch_cert.prediction >= 0, torch_cert.prediction + 3, -1))
 
 
+@pytest.mark.slow
 def test_pipelines_and_skorch_nets_are_base_classifiers(split, torch_net):
     X, y, Xt, yt = split
     pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
@@ -137,6 +136,7 @@ def test_untrained_denoisers_are_the_identity():
 
 
 # ----------------------------------------------------------------------- estimator
+@pytest.mark.slow
 def test_denoiser_lifts_certified_accuracy_and_leaves_the_classifier_alone(split, sk_mlp):
     X, y, Xt, yt = split
     weights = [w.copy() for w in sk_mlp.coefs_]
@@ -255,6 +255,7 @@ def test_pretrained_smoothing_equals_certifying_the_classifier(split, sk_mlp):
     assert clf.partial_fit(Xt[:10], yt[:10]) is clf and clf.classifier_ is sk_mlp
 
 
+@pytest.mark.slow
 def test_grid_search_over_sigma_and_the_classifiers_parameters(split):
     X, y, _, _ = split
     logistic = LogisticRegression(max_iter=300)
@@ -310,14 +311,3 @@ def test_denoised_logits_flow_to_the_denoiser_only(torch_net):
     assert logits.shape == (4, 10) and F.softmax(logits, 1).sum().item() == pytest.approx(4)
 
 
-# ------------------------------------------------------------ scikit-learn's checks
-@parametrize_with_checks(
-    [PretrainedSmoothingClassifier(LogisticRegression(max_iter=200), prefit=False,
-                                   **tiny_estimator_params(module__hidden_units=None)),
-     DenoisedSmoothingClassifier(LogisticRegression(max_iter=200), prefit=False,
-                                 **tiny_estimator_params(module__hidden_units=(16,)))],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    # prefit=False: the checks fit on data of their own, which no fixed classifier knows
-    check(estimator)

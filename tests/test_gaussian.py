@@ -6,10 +6,8 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from smoothsk import GaussianAugClassifier, gaussian_augmentation_loss
-from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 
 def _fast(**kw):
@@ -37,6 +35,7 @@ def test_loss_is_cross_entropy_on_noisy_inputs():
     assert not torch.allclose(loss, torch.nn.functional.cross_entropy(net(X), y))
 
 
+@pytest.mark.slow
 def test_digits_end_to_end(fitted, digits):
     X, y = digits
     Xte, yte = X[1200:1400], y[1200:1400]
@@ -191,14 +190,6 @@ def test_module_with_wrong_number_of_outputs_is_reported(digits):
                 max_epochs=1)
     with pytest.raises(ValueError, match="12 logits"):
         clf.fit(X[:100], y[:100])
-
-
-@parametrize_with_checks(
-    [GaussianAugClassifier(**tiny_estimator_params())],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 def test_base_class_needs_a_training_loss():

@@ -86,6 +86,7 @@ def test_certify_pipeline_divides_radii_by_the_constant(pipes, digits):
     np.testing.assert_allclose(same.radius, direct.radius)
 
 
+@pytest.mark.slow
 def test_grid_search_ranks_by_input_space_radius(digits):
     X, y = digits
     pipe = Pipeline([("scale", "passthrough"),

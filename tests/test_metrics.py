@@ -67,6 +67,7 @@ def test_scorers_equal_metrics_from_certify(fitted, digits):
         certified_accuracy_scorer(0.5, sigma=1.0)
 
 
+@pytest.mark.slow
 def test_multi_metric_grid_search_refits_on_certified_accuracy(digits):
     X, y = digits
     scoring = {"ca_0.5": certified_accuracy_scorer(0.5), "acr": average_certified_radius_scorer()}
@@ -127,6 +128,7 @@ def _torch_threads(estimator, X, y):
     return float(torch.get_num_threads())
 
 
+@pytest.mark.slow
 def test_grid_search_in_two_worker_processes_does_not_oversubscribe(digits):
     import os
 

@@ -119,6 +119,7 @@ def test_a_planted_parameter_is_refused_and_runs_nothing(saved, tmp_path, digits
     assert sorted(os.listdir(tmp_path)) == ["planted.smoothsk"]
 
 
+@pytest.mark.slow
 def test_the_command_payload_would_run_without_the_value_check(saved, tmp_path, digits,
                                                                monkeypatch):
     """The same document, with the check switched off, does run its "compiler": the test

@@ -62,12 +62,14 @@ def test_batchnorm_network_in_training_mode_gives_the_serial_result_on_every_bac
         torch.testing.assert_close(value, before[name])
 
 
+@pytest.mark.slow
 def test_estimator_certify_with_n_jobs(digits):
     X, y = digits
     clf = GaussianAugClassifier(**tiny_estimator_params(max_epochs=2)).fit(X[:200], y[:200])
     _assert_same(clf.certify(X[200:230], n_jobs=2), clf.certify(X[200:230]))
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_equals_serial(net_and_inputs):
     distributed = pytest.importorskip("dask.distributed")
     net, X = net_and_inputs

@@ -46,6 +46,7 @@ def trained(digits):
     return GaussianAugClassifier(sigma=0.25, random_state=0).fit(X[:1000], y[:1000])
 
 
+@pytest.mark.slow
 def test_bf16_agrees_with_fp32_on_a_trained_model(trained, digits):
     X, _ = digits
     fp32 = trained.predict(X[1000:1300])
@@ -72,6 +73,7 @@ def test_precision_round_trips_and_a_resumed_run_refuses_another(trained, digits
                        **kw)
 
 
+@pytest.mark.slow
 def test_bf16_training_trains(digits):
     X, y = digits
     clf = GaussianAugClassifier(sigma=0.25, precision="bf16", random_state=0).fit(X[:1000],
@@ -80,6 +82,7 @@ def test_bf16_training_trains(digits):
     assert clf.score(X[1000:1300], y[1000:1300]) >= 0.9
 
 
+@pytest.mark.slow
 def test_channels_last_is_saved_and_changes_only_the_layout(digits, tmp_path):
     from smoothsk.models import LeNet
 
@@ -129,6 +132,7 @@ def test_default_channels_last_for_images_only_and_validated(digits):
         GaussianAugClassifier(sigma=0.25, channels_last="yes").fit(X[:50], y[:50])
 
 
+@pytest.mark.slow
 def test_set_params_sets_the_layout_of_a_fitted_network_again(digits):
     X, y = digits
     images = np.pad(X.reshape(-1, 1, 8, 8), ((0, 0), (0, 0), (10, 10), (10, 10)))

@@ -41,6 +41,7 @@ def _bernstein_excess(mean, tail=1e-4):
     return log_term / 3 + np.sqrt((log_term / 3) ** 2 + 2 * mean * log_term)
 
 
+@pytest.mark.slow
 def test_attack_is_sound_against_certificates(trained):
     clf, Xt, yt, certificate, result = trained
     correct = certificate.is_correct(yt)

@@ -73,6 +73,7 @@ def _first_claims(p, threshold, looks, trials, rng, claim):
     return claimed
 
 
+@pytest.mark.slow
 def test_false_claims_stay_below_alpha_however_often_it_looks_and_peeking_does_not():
     # p just below the threshold: every claim "p ≥ p*" is false.  Claims of a sound test
     # are at most Binomial(trials, α); its 1 − 1e-6 quantile bounds them.
@@ -90,6 +91,7 @@ def test_false_claims_stay_below_alpha_however_often_it_looks_and_peeking_does_n
     assert peeking.mean() > 3 * alpha
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma,radius", [(0.25, 0.25), (0.5, 0.2)])
 def test_violation_rate_on_the_analytic_linear_classifier(linear, sigma, radius):
     # True radii 0.9 r … 0.99 r: p_A < Φ(r/σ), so every "certified" is false, and the
@@ -104,6 +106,7 @@ def test_violation_rate_on_the_analytic_linear_classifier(linear, sigma, radius)
     assert len(np.unique(result.samples)) > 3  # stops spread over the rounds
 
 
+@pytest.mark.slow
 def test_agrees_with_certify_and_the_rounds_on_clear_cut_inputs(linear):
     rng = np.random.default_rng(3)
     sigma, radius, n = 0.5, 0.25, 20_000

@@ -20,6 +20,7 @@ from smoothsk.certification import sampling
 from smoothsk.io.runs import RunMismatchError, certify_to_tsv
 
 
+@pytest.mark.slow
 def test_each_input_keeps_cohens_guarantee():
     rng = np.random.default_rng(11)
     sigma, alpha, n, trials = 0.5, 0.05, 400, 1000
@@ -53,6 +54,7 @@ def test_every_input_sees_the_same_draws(small_net, small_X):
     assert cert.shared_noise and not np.array_equal(cert.selection_counts, cert.counts)
 
 
+@pytest.mark.slow
 def test_shared_certificates_do_not_depend_on_batching_chunking_or_workers(small_net, small_X):
     kw = dict(n0=37, n=2500, alpha=0.01, random_state=7, shared_noise=True)
     ref = certify(small_net, small_X, 0.5, batch_size=1000, **kw)

@@ -3,7 +3,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import GridSearchCV
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from smoothsk import (
     SmoothMixClassifier,
@@ -13,7 +12,6 @@ from smoothsk import (
     smoothmix_loss,
     warmup_factor,
 )
-from smoothsk.testing import EXPECTED_FAILED_CHECKS, tiny_estimator_params
 
 
 @pytest.fixture
@@ -147,6 +145,7 @@ def test_one_step_adversary_replaces_the_clean_point_everywhere(net, batch):
 # ----------------------------------------------------------------------------- estimator
 
 
+@pytest.mark.slow
 def test_digits_training_gives_far_above_chance_certified_accuracy(digits):
     X, y = digits
     clf = SmoothMixClassifier(sigma=0.25, num_noise=2, num_steps=2, step_size=0.5, eta=2.0,
@@ -173,14 +172,6 @@ def test_bad_mix_step_is_reported(digits):
     X, y = digits
     with pytest.raises(ValueError, match="mix_step"):
         SmoothMixClassifier(mix_step=2).fit(X[:20], y[:20])
-
-
-@parametrize_with_checks(
-    [SmoothMixClassifier(num_noise=2, num_steps=1, **tiny_estimator_params())],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 def test_attack_moves_inputs_in_training(digits):
