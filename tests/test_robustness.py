@@ -67,6 +67,7 @@ def test_attack_is_sound_against_certificates(trained):
             radius, np.flatnonzero(flipped), certificate.pa_lower[flipped])
 
 
+@pytest.mark.slow
 def test_attack_is_effective_and_monotone(trained):
     *_, certificate, result = trained
     # clean accuracy is high; a radius-1.0 attack (4σ) breaks almost every input

@@ -151,6 +151,7 @@ def test_randomized_bounds_have_exact_coverage_and_are_never_looser(p):
                                lower_confidence_bound(k, n, alpha), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_randomized_certificates_are_seeded_by_index_and_recorded(linear_small):
     net, X = linear_small
     whole = certify(net, X, 0.5, n0=20, n=300, random_state=5, interval="randomized")
