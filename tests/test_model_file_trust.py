@@ -194,3 +194,13 @@ def test_a_document_or_sidecar_nested_200000_deep_is_a_clear_error(saved, tmp_pa
     tsv.with_name("r.tsv.run.json").write_text("[" * 200_000 + "]" * 200_000)
     run = read_certification_tsv(tsv)
     assert run.settings is None and run.radius.tolist() == [0.5]
+
+
+def test_a_training_info_that_is_not_a_mapping_is_ignored(saved, tmp_path, digits):
+    X, _ = digits
+    archive = torch.load(saved, weights_only=True)
+    document = json.loads(archive["document"])
+    archive["document"] = json.dumps(dict(document, training_info=["dataset", "digits"]))
+    torch.save(archive, tmp_path / "odd.smoothsk")
+    model = load_model(tmp_path / "odd.smoothsk")  # the CLI reads training_info_.get(...)
+    assert not hasattr(model, "training_info_") and len(model.predict(X[:2])) == 2
