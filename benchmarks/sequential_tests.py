@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
-from smoothsk.certification.adaptive import DEFAULT_GROWTH, TESTS, round_sizes
+from smoothsk.certification.adaptive import DEFAULT_GROWTH, TESTS, decision_rule, round_sizes
 from smoothsk.certification.bounds import lower_confidence_bound
-from smoothsk.certification.sequential import BettingTest
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.report import read_certification_tsv
 
@@ -49,36 +48,19 @@ def vote_share(radius: np.ndarray, sigma: float, n: int, alpha: float) -> np.nda
 
 def decisions(test: str, p_star: float, alpha: float, n: int, looks: np.ndarray,
               votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(certified, draws) of ``test`` reading cumulative ``votes`` (inputs × looks)."""
+    """(certified, draws) of ``test`` reading cumulative ``votes`` (inputs × looks),
+    through the decision rule ``certify_radius`` itself uses."""
     sizes = round_sizes(FIRST[test], GROWTH[test], n)
-    at = np.searchsorted(looks, sizes)
+    rule = decision_rule(test, p_star, alpha, sizes)
     count = len(votes)
     certified, draws = np.zeros(count, bool), np.zeros(count, np.int64)
-    active = np.ones(count, bool)
-    if test == "betting":
-        betting = BettingTest(p_star, alpha)
-        certify_at_n = betting.certify_counts(n)
-        if certify_at_n > n:
-            return certified, draws
-    else:
-        level = alpha / len(sizes)
-        if lower_confidence_bound(n, n, level) < p_star:
-            return certified, draws
-    for size, column in zip(sizes, at):
+    active = np.full(count, rule.reachable())
+    for size, column in zip(sizes, np.searchsorted(looks, sizes)):
         idx = np.flatnonzero(active)
         if not len(idx):
             break
-        hits = votes[idx, column]
         draws[idx] = size
-        if test == "betting":
-            ok = betting.certified(hits, size)
-            stop = ok | betting.futile(hits, size) | (hits + n - size < certify_at_n)
-        else:
-            ok = lower_confidence_bound(hits, size, level) >= p_star
-            best = lower_confidence_bound(hits + n - size, n, level)
-            stop = ok | (best < p_star) | \
-                (1 - lower_confidence_bound(size - hits, size, level) < p_star)
-        certified[idx] = ok
+        certified[idx], stop = rule(votes[idx, column], int(size))
         active[idx[stop]] = False
     return certified, draws
 

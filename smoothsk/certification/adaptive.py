@@ -43,7 +43,7 @@ from smoothsk.certification.bounds import lower_confidence_bound, upper_confiden
 from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import BettingTest, betting_bounds
 
-__all__ = ["RadiusCertificate", "certify_radius", "round_sizes"]
+__all__ = ["RadiusCertificate", "certify_radius", "decision_rule", "round_sizes"]
 
 STREAM_ADAPTIVE = 3
 STREAM_BETTING = 4
@@ -194,8 +194,7 @@ def certify_radius(
     alpha = bounds.check_alpha(alpha)
     sizes = round_sizes(first_round, DEFAULT_GROWTH[test] if growth is None else growth, n)
     threshold = float(norm.cdf(radius / sigma))
-    decide = _BettingDecision(threshold, alpha) if test == "betting" else \
-        _RoundsDecision(threshold, alpha / len(sizes), int(sizes[-1]))
+    decide = decision_rule(test, threshold, alpha, sizes)
 
     seed = sampling.base_seed(random_state)  # one seed for both streams
     (selection,) = sample_counts(
@@ -211,7 +210,7 @@ def certify_radius(
         if y.shape != (count,):
             raise ValueError(f"y has shape {y.shape}; expected ({count},) class indices.")
         active &= top == y
-    if not decide.reachable(int(sizes[-1])):  # even n votes out of n cannot certify
+    if not decide.reachable():  # even n votes out of n cannot certify
         active[:] = False
     report = progress or (lambda decided: None)  # inputs decided so far, as they are decided
     report(int(count - active.sum()))
@@ -248,14 +247,37 @@ def certify_radius(
     )
 
 
+def decision_rule(test: str, threshold: float, alpha: float, sizes):
+    """The per-round decision of :func:`certify_radius`'s ``test``, as an object.
+
+    ``rule.reachable()`` says whether ``n = sizes[-1]`` draws can certify at all;
+    ``rule(votes, draws)`` gives ``(certified, stop)`` for the inputs that have drawn
+    ``draws``; ``rule.bounds(votes, draws)`` the bounds reported.  Benchmarks replay
+    vote streams through the same object.
+
+    Parameters
+    ----------
+    test : {"rounds", "betting"}
+    threshold : float
+        ``Φ(r/σ)``.
+    alpha : float
+        Failure probability per input.
+    sizes : array of int
+        The cumulative round sizes (:func:`round_sizes`).
+    """
+    if test == "betting":
+        return _BettingDecision(threshold, alpha, int(sizes[-1]))
+    return _RoundsDecision(threshold, alpha / len(sizes), int(sizes[-1]))
+
+
 class _RoundsDecision:
     """Clopper–Pearson at ``level = α/K`` after each round (proof: module docstring)."""
 
     def __init__(self, threshold: float, level: float, n: int):
         self.threshold, self.level, self.n = threshold, level, n
 
-    def reachable(self, n: int) -> bool:
-        return lower_confidence_bound(n, n, self.level) >= self.threshold
+    def reachable(self) -> bool:
+        return lower_confidence_bound(self.n, self.n, self.level) >= self.threshold
 
     def __call__(self, hits: np.ndarray, size: int):
         lower = lower_confidence_bound(hits, size, self.level)
@@ -273,14 +295,12 @@ class _BettingDecision:
     """The betting confidence sequence at ``alpha``: certify when the certifying wealth
     reaches ``1/α``, stop when the mirror wealth does (or the budget cannot certify)."""
 
-    def __init__(self, threshold: float, alpha: float):
-        self.threshold, self.alpha = threshold, alpha
+    def __init__(self, threshold: float, alpha: float, n: int):
+        self.threshold, self.alpha, self.n = threshold, alpha, n
         self.test = BettingTest(threshold, alpha) if 0 < threshold < 1 else None
-        self.n = None
 
-    def reachable(self, n: int) -> bool:
-        self.n = n
-        return self.test is not None and bool(self.test.certified(n, n))
+    def reachable(self) -> bool:
+        return self.test is not None and bool(self.test.certified(self.n, self.n))
 
     def __call__(self, hits: np.ndarray, size: int):
         certified = self.test.certified(hits, size)
