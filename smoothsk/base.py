@@ -41,6 +41,7 @@ from smoothsk.certification import core, sampling
 from smoothsk.certification.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certification.bounds import check_alpha
 from smoothsk.certification.core import Certificate, _predict_from_counts, labels_or_marker
+from smoothsk.certification.noise import NOISES, check_noise_options, noise_test_alpha
 from smoothsk.certification.sampling import first_field, precision_context
 from smoothsk.models import MLP, LeNet, uses_channels_last
 
@@ -178,6 +179,16 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         each noise block per chunk of inputs; :func:`smoothsk.certify`): per-input
         guarantees are unchanged and inputs' results become correlated.  Faster where
         drawing noise costs more than the network (small tabular models).
+    noise : {"gaussian", "discrete-gaussian"}, default="gaussian"
+        The noise of certification and prediction.  ``"discrete-gaussian"`` rounds the
+        Gaussian to the lattice of step ``noise_step`` the inputs lie on and forms every
+        noisy input exactly, so that certificates hold in floating point (Voráček & Hein,
+        ICLR 2023; :mod:`smoothsk.certification.noise`); inputs off the lattice are
+        refused.  Training noise stays the float Gaussian (a network trained on it sees
+        the rounded noise within half a lattice step per entry).
+    noise_step : float, str or None, default=None
+        The lattice step of ``"discrete-gaussian"``: None for 1/255 (8-bit images), or
+        the spacing of the inputs' values, as a number or a fraction string ("1/16").
     random_state : int, RandomState or None, default=None
         Seeds training (weight initialisation, shuffling, noise) and the noise of
         certification and prediction; an int makes ``fit`` and every prediction
@@ -222,6 +233,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         precision: str = "fp32",
         channels_last: bool | str = "auto",
         shared_noise: bool = False,
+        noise: str = "gaussian",
+        noise_step=None,
         random_state=None,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
@@ -254,6 +267,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self.precision = precision
         self.channels_last = channels_last
         self.shared_noise = shared_noise
+        self.noise = noise
+        self.noise_step = noise_step
         self.random_state = random_state
         self.lr_schedule = lr_schedule
 
@@ -270,6 +285,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         "precision": [StrOptions({"fp32", "bf16", "fp16"})],
         "channels_last": ["boolean", StrOptions({"auto"})],
         "shared_noise": ["boolean"],
+        "noise": [StrOptions(set(NOISES))],
+        "noise_step": [None, Interval(Real, 0, None, closed="neither"), str],
         "random_state": ["random_state"],
         "max_epochs": POSITIVE_INT,
         "lr_schedule": [StrOptions({"cosine", "constant"})],
@@ -412,6 +429,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             caller_name=type(self).__name__,
         )
         sampling.check_precision(self.precision, self.device)  # fp16 needs a CUDA device
+        check_noise_options(self.noise, self.noise_step)  # e.g. a bad fraction
 
     def _validate_X(self, X, *, reset: bool):
         """Arrays and tensors become float32 arrays of a fixed per-sample shape."""
@@ -706,9 +724,14 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 self.module_, X, self.noise_level_, self.n_predict,
                 batch_size=self.certify_batch_size, random_state=self.random_state,
                 precision=self.precision, progress=bar.update, shared_noise=self.shared_noise,
+                **self.noise_options(),
             )
         self._check_n_classes(counts.shape[1])
         return counts
+
+    def noise_options(self) -> dict:
+        """The ``noise`` and ``noise_step`` every certification and prediction uses."""
+        return {"noise": self.noise, "noise_step": self.noise_step}
 
     def _check_n_classes(self, n_outputs: int):
         if n_outputs != len(self.classes_):
@@ -752,7 +775,10 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         dtype, which scikit-learn's metrics accept (abstentions count as wrong).
         """
         alpha = check_alpha(self.alpha)  # set_params may have changed it since fit
-        index = _predict_from_counts(self._smoothed_counts(X), alpha)
+        counts = self._smoothed_counts(X)
+        alpha = noise_test_alpha(alpha, self.n_predict, X, sigma=self.noise_level_,
+                                 **self.noise_options())
+        index = _predict_from_counts(counts, alpha)
         return labels_or_marker(self.classes_, index, abstain_label)
 
     def certify(
@@ -783,7 +809,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 index_offset=index_offset, n_jobs=n_jobs, chunk_size=chunk_size,
                 threads_per_worker=threads_per_worker, precision=self.precision,
                 progress=bar.update, shared_noise=self.shared_noise, bound=bound,
-                interval=interval,
+                interval=interval, **self.noise_options(),
             )
         self._check_n_classes(result.counts.shape[1])
         result.classes = self.classes_
@@ -820,7 +846,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 batch_size=self.certify_batch_size if batch_size is None else batch_size,
                 random_state=self.random_state if random_state is None else random_state,
                 index_offset=index_offset, precision=self.precision, progress=bar.update,
-                shared_noise=self.shared_noise,
+                shared_noise=self.shared_noise, **self.noise_options(),
             )
         self._check_n_classes(result.selection_counts.shape[1])
         result.classes = self.classes_

@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "FASHION_MNIST_DIR",
     "DATASETS",
+    "LATTICE_STEPS",
     "NUM_CLASSES",
     "cifar10_transform",
     "imagenet_transform",
@@ -219,6 +220,12 @@ DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "imagenet")
 NUM_CLASSES = {"digits": 10, "fashion-mnist": 10, "mnist": 10, "cifar10": 10,
                "imagenet": 1000}
 """Classes of each data set of :data:`DATASETS` (labels ``0 … C-1``)."""
+
+LATTICE_STEPS = {"digits": "1/16", "fashion-mnist": "1/255", "mnist": "1/255",
+                 "cifar10": "1/255", "imagenet": "1/255"}
+"""The spacing of each data set's values as :func:`load_dataset` gives them (digits:
+counts 0…16 over 16; the images: 8-bit pixels over 255), the ``noise_step`` of
+``noise="discrete-gaussian"``."""
 
 
 def load_dataset(name: str, *, split: str = "train", root=None, flat: bool = False):

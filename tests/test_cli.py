@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import signal
 import struct
@@ -445,3 +446,24 @@ def test_certify_compile_max_autotune_passes_inductor_options(model, monkeypatch
     assert {"options": MAX_AUTOTUNE_OPTIONS} in calls
     for name, value in clf.module_.state_dict().items():  # the trained weights, not fresh
         assert torch.equal(value, weights[name])
+
+
+def test_certify_with_discrete_gaussian_noise_records_it_and_resumes_only_with_it(model,
+                                                                                 tmp_path):
+    out = tmp_path / "lattice.tsv"
+    common = ["certify", model, "--dataset", "digits", "--max", "6", "--n", "200", "--quiet",
+              "--out", out]
+    result = run_here(*common, "--noise", "discrete-gaussian")
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads((tmp_path / "lattice.tsv.run.json").read_text())
+    # digits are counts over 16: the data set's own lattice step
+    assert (sidecar["noise"], sidecar["noise_step"]) == ("discrete-gaussian", "1/16")
+    assert len(read_certification_tsv(out).radius) == 6
+    result = run_here(*common[:-1], tmp_path / "other.tsv", "--noise", "discrete-gaussian",
+                      "--noise-step", "1/255")
+    assert result.returncode == 2 and "lattice of step 1/255" in result.stderr
+    assert not (tmp_path / "other.tsv").exists()
+    result = run_here(*common)  # the model's own (float) noise: another run
+    assert result.returncode == 2 and "noise" in result.stderr
+    result = run_here(*common[:-1], tmp_path / "x.tsv", "--noise-step", "1/16")
+    assert result.returncode == 2 and "--noise-step applies" in result.stderr

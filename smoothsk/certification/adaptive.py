@@ -40,6 +40,7 @@ from scipy.stats import norm
 from smoothsk.certification import bounds, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
+from smoothsk.certification.noise import make_noise, noise_test_alpha
 from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import BettingTest, betting_bounds
 
@@ -113,6 +114,8 @@ class RadiusCertificate:
     selection_counts: np.ndarray
     classes: np.ndarray | None = field(default=None)
     test: str = "rounds"
+    noise: str = "gaussian"
+    noise_step: str | None = None
 
     def __len__(self) -> int:
         return len(self.prediction)
@@ -149,6 +152,8 @@ def certify_radius(
     precision: str = "fp32",
     shared_noise: bool = False,
     progress=None,
+    noise: str = "gaussian",
+    noise_step=None,
 ) -> RadiusCertificate:
     """Decide per input whether the smoothed classifier is certified at l2 radius ``radius``.
 
@@ -160,8 +165,10 @@ def certify_radius(
 
     Parameters
     ----------
-    module, X, sigma, n0, n, alpha, batch_size, random_state, index_offset, precision, shared_noise
+    module, X, sigma, n0, n, alpha, batch_size, random_state, index_offset, precision
         As in :func:`smoothsk.certify`; ``n`` is the largest number of estimation draws.
+    shared_noise, noise, noise_step
+        As in :func:`smoothsk.certify`.
     radius : float >= 0
         The l2 radius r to certify.
     y : array-like of int or None
@@ -194,13 +201,17 @@ def certify_radius(
     alpha = bounds.check_alpha(alpha)
     sizes = round_sizes(first_round, DEFAULT_GROWTH[test] if growth is None else growth, n)
     threshold = float(norm.cdf(radius / sigma))
-    decide = decision_rule(test, threshold, alpha, sizes)
+    lattice = make_noise(noise, sigma, noise_step, "cpu")
+    level = noise_test_alpha(alpha, n0 + int(sizes[-1]), X, sigma=sigma, noise=noise,
+                             noise_step=noise_step)
+    decide = decision_rule(test, threshold, level, sizes)
+    noise_args = {"noise": noise, "noise_step": noise_step}
 
     seed = sampling.base_seed(random_state)  # one seed for both streams
     (selection,) = sample_counts(
         module, X, sigma, [n0], batch_size=batch_size, random_state=seed,
         index_offset=index_offset, streams=[STREAM_SELECTION], precision=precision,
-        shared_noise=shared_noise,
+        shared_noise=shared_noise, **noise_args,
     )
     top = selection.argmax(axis=1)
     count = len(top)
@@ -229,7 +240,7 @@ def certify_radius(
         (votes,) = sample_counts(
             module, X, sigma, [int(size - previous)], batch_size=batch_size,
             random_state=seed, index_offset=index_offset, streams=[(stream, j)],
-            precision=precision, shared_noise=shared_noise, active=active)
+            precision=precision, shared_noise=shared_noise, active=active, **noise_args)
         idx = np.flatnonzero(active)
         hits[idx] += votes[idx, top[idx]]
         drawn[idx], rounds[idx] = size, j + 1
@@ -243,7 +254,8 @@ def certify_radius(
         prediction=top, certified=certified, samples=drawn, rounds=rounds,
         pa_lower=lower, pa_upper=upper, radius=float(radius), threshold=threshold,
         sigma=sigma, n0=n0, n=int(sizes[-1]), alpha=alpha, round_sizes=sizes,
-        selection_counts=selection, test=test,
+        selection_counts=selection, test=test, noise=noise,
+        noise_step=None if lattice is None else str(lattice.step),
     )
 
 

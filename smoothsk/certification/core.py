@@ -22,6 +22,7 @@ from scipy.stats import binomtest
 from smoothsk._version import __version__
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import check_alpha
+from smoothsk.certification.noise import make_noise, noise_test_alpha
 from smoothsk.certification.parallel import map_input_chunks
 from smoothsk.certification.radius import BOUNDS, INTERVALS, certified_radius, uniform_variates
 from smoothsk.certification.sampling import (
@@ -70,6 +71,10 @@ class Certificate:
     uniforms : ndarray of float or None, shape (N, 2)
         ``interval="randomized"``: each input's two Uniform(0, 1) variates (lower bound,
         upper bounds), seeded by ``random_state`` and the input's index.
+    noise : {"gaussian", "discrete-gaussian"}
+        The smoothing noise (:func:`certify`).
+    noise_step : str or None
+        ``noise="discrete-gaussian"``: the lattice step, as an exact fraction ("1/255").
     smoothsk_version : str
         The library version that computed it.
     """
@@ -90,6 +95,8 @@ class Certificate:
     interval: str = "clopper-pearson"
     pb_upper: np.ndarray | None = None
     uniforms: np.ndarray | None = None
+    noise: str = "gaussian"
+    noise_step: str | None = None
     smoothsk_version: str = field(default=__version__)
 
     def __len__(self) -> int:
@@ -114,7 +121,7 @@ class Certificate:
             counts=joined("counts"), sigma=first.sigma, n0=first.n0, n=first.n,
             alpha=first.alpha, precision=first.precision, shared_noise=first.shared_noise,
             bound=first.bound, interval=first.interval, pb_upper=joined("pb_upper"),
-            uniforms=joined("uniforms"),
+            uniforms=joined("uniforms"), noise=first.noise, noise_step=first.noise_step,
         )
 
     def labels(self, abstain_label=None) -> np.ndarray:
@@ -220,6 +227,8 @@ def certify(
     shared_noise: bool = False,
     bound: str = "binary",
     interval: str = "clopper-pearson",
+    noise: str = "gaussian",
+    noise_step=None,
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for every input in ``X``.
 
@@ -254,6 +263,13 @@ def certify(
     bounds (exact coverage, never looser), with variates seeded by ``random_state`` and
     each input's index and kept in the certificate.
 
+    ``noise="discrete-gaussian"`` smooths with the Gaussian rounded to the lattice of
+    step ``noise_step`` (default 1/255) that the inputs lie on, with every noisy input
+    formed exactly, so that the certificate holds in floating point (Voráček & Hein,
+    ICLR 2023; :mod:`smoothsk.certification.noise`): the radius is the Gaussian one, for
+    perturbations that stay on the lattice, and the tests run at ``α`` less the
+    sampler's (tiny) deviation from the exact distribution.
+
     ``module`` may also be any fitted classifier: a skorch or smoothsk estimator (its
     network), or a scikit-learn classifier or Pipeline, whose ``predict`` then votes on
     batches of noisy inputs (:func:`smoothsk.certification.adapters.as_base_network`); the
@@ -265,6 +281,7 @@ def certify(
     alpha = check_alpha(alpha)
     _check_choice(bound, BOUNDS, "bound")
     _check_choice(interval, INTERVALS, "interval")
+    make_noise(noise, sigma, noise_step, "cpu")  # refuse a bad noise before any work
     module, classes = as_base_network(module)
     if n_jobs not in (None, 1):
         parts = map_input_chunks(
@@ -272,14 +289,15 @@ def certify(
             threads_per_worker=threads_per_worker, random_state=random_state,
             index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
             precision=precision, progress=progress, shared_noise=shared_noise, bound=bound,
-            interval=interval,
+            interval=interval, noise=noise, noise_step=noise_step,
         )
         certificate = Certificate.concatenate(parts)
     else:
         certificate = _certify_serial(
             module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
             random_state=random_state, index_offset=index_offset, precision=precision,
-            progress=progress, shared_noise=shared_noise, bound=bound, interval=interval)
+            progress=progress, shared_noise=shared_noise, bound=bound, interval=interval,
+            noise=noise, noise_step=noise_step)
     certificate.classes = classes
     return certificate
 
@@ -291,20 +309,25 @@ def _check_choice(value, choices, name: str) -> None:
 
 def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
                     index_offset, precision="fp32", progress=None, shared_noise=False,
-                    bound="binary", interval="clopper-pearson") -> Certificate:
+                    bound="binary", interval="clopper-pearson", noise="gaussian",
+                    noise_step=None) -> Certificate:
     """CERTIFY in this process (parameters checked by :func:`certify`)."""
     seed = base_seed(random_state)  # one seed for the noise and the uniform variates
     selection, estimation = sample_counts(
         module, X, sigma, [n0, n], batch_size=batch_size, random_state=seed,
         index_offset=index_offset, streams=[STREAM_SELECTION, STREAM_ESTIMATION],
-        precision=precision, progress=progress, shared_noise=shared_noise,
+        precision=precision, progress=progress, shared_noise=shared_noise, noise=noise,
+        noise_step=noise_step,
     )
+    level = noise_test_alpha(alpha, n0 + n, X, sigma=sigma, noise=noise,
+                             noise_step=noise_step)
+    lattice = make_noise(noise, sigma, noise_step, "cpu")
     top = selection.argmax(axis=1)  # ties go to the lowest index, as in Cohen's code
     uniforms = None
     if interval == "randomized":
         uniforms = uniform_variates(seed, global_indices(index_offset, len(top)))
     certified, radius, pa_lower, pb_upper = certified_radius(
-        top, estimation, sigma, alpha, bound=bound, interval=interval, uniforms=uniforms)
+        top, estimation, sigma, level, bound=bound, interval=interval, uniforms=uniforms)
     return Certificate(
         prediction=np.where(certified, top, ABSTAIN),
         radius=radius,
@@ -321,6 +344,8 @@ def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
         interval=interval,
         pb_upper=pb_upper,
         uniforms=uniforms,
+        noise=noise,
+        noise_step=None if lattice is None else str(lattice.step),
     )
 
 
@@ -337,21 +362,25 @@ def predict(
     precision: str = "fp32",
     progress=None,
     shared_noise: bool = False,
+    noise: str = "gaussian",
+    noise_step=None,
 ) -> np.ndarray:
     """Cohen et al.'s PREDICT: the top class, or ``ABSTAIN`` (−1).
 
     With top-two counts ``n_A ≥ n_B`` among ``n`` draws, return the top class when the
     two-sided binomial test of ``n_A`` out of ``n_A + n_B`` against ``p = 1/2``
     (``scipy.stats.binomtest``) has p-value ≤ α.  The probability of returning a class
-    other than ``g(x)`` is at most α (Cohen et al., Proposition 1).
+    other than ``g(x)`` is at most α (Cohen et al., Proposition 1).  ``noise`` and
+    ``noise_step`` are as in :func:`certify`.
     """
     n = check_positive_int(n, "n")
     alpha = check_alpha(alpha)
     counts = class_counts(
         module, X, sigma, n, batch_size=batch_size, random_state=random_state,
         index_offset=index_offset, precision=precision, progress=progress,
-        shared_noise=shared_noise,
+        shared_noise=shared_noise, noise=noise, noise_step=noise_step,
     )
+    alpha = noise_test_alpha(alpha, n, X, sigma=sigma, noise=noise, noise_step=noise_step)
     return _predict_from_counts(counts, alpha)
 
 

@@ -20,6 +20,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from smoothsk.certification.adapters import as_base_network
+from smoothsk.certification.noise import LatticeGaussian, check_sigma, make_noise
 
 NOISE_BLOCK = 1024
 # Inputs that share each noise block.  Per-chunk costs (drawing the blocks, the heap trim,
@@ -133,22 +134,6 @@ def check_class_indices(y_true: np.ndarray, n_classes: int) -> None:
             "np.searchsorted(clf.classes_, y)), or certify the fitted estimator.")
 
 
-def check_sigma(sigma) -> float:
-    if (
-        isinstance(sigma, bool)
-        or not isinstance(sigma, numbers.Real)
-        or not np.isfinite(sigma)
-        or sigma <= 0
-    ):
-        raise ValueError(f"sigma must be a finite float > 0; got {sigma!r}.")
-    # Gaussian draws in float32 stay below 64 in magnitude (P(|z| > 64) < 1e-800), so
-    # σ·z is finite for every σ up to float32's maximum / 64; larger σ would overflow.
-    if sigma > float(np.finfo(np.float32).max) / 64:
-        raise ValueError(f"sigma={sigma!r} is so large that float32 noise overflows to inf; "
-                         "use a sigma on the scale of the inputs.")
-    return float(sigma)
-
-
 def base_seed(random_state) -> int:
     """An int that, with an input's index, determines all of its noise."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
@@ -244,18 +229,24 @@ class NoiseSampler:
 
     Noise block ``b`` of input ``i`` is seeded by ``(base_seed, i, stream, b)``; with
     ``shared_noise`` every input uses the blocks of one index, ``SHARED_NOISE_INDEX``,
-    each drawn once per chunk and added to every input of it.
+    each drawn once per chunk and added to every input of it.  With a
+    :class:`~smoothsk.certification.noise.LatticeGaussian` ``lattice`` the chunk holds
+    integer lattice coordinates, the noise is integer offsets, and rows become the
+    network's inputs only in :meth:`_logits`.
     """
 
     def __init__(self, module, sigma, batch_size, base_seed, stream, precision="fp32",
-                 shared_noise=False):
+                 shared_noise=False, lattice: LatticeGaussian | None = None):
         self.shared_noise = bool(shared_noise)
+        self.lattice = lattice
         self.module = module
         self.sigma = sigma
         self.batch_size = batch_size
         self.base_seed = base_seed
         self.stream = stream
         self.device, self.dtype = module_device_dtype(module)
+        # noisy rows before the network: lattice coordinates need exact integers
+        self.row_dtype = lattice.lattice_dtype(self.dtype) if lattice else self.dtype
         self.precision = check_precision(precision, self.device)
         self.generator = torch.Generator(device=self.device)
         self._offsets = {}  # shared noise: (inputs, classes, block size, tile) -> offsets
@@ -266,13 +257,18 @@ class NoiseSampler:
         return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
     def _noise(self, index: int, block: int, size: int, shape) -> torch.Tensor:
-        """``σ·N(0, I)`` draws of shape ``(size, *shape)`` for block ``block`` of ``index``."""
+        """``σ·N(0, I)`` draws of shape ``(size, *shape)`` for block ``block`` of ``index``
+        (lattice offsets for the discrete Gaussian)."""
         self.generator.manual_seed(self._block_seed(index, block))
+        if self.lattice is not None:
+            return self.lattice.sample((size, *shape), self.generator, self.row_dtype)
         noise = torch.randn((size, *shape), generator=self.generator, device=self.device,
                             dtype=self.dtype)
         return noise.mul_(self.sigma)
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.lattice is not None:  # lattice points to inputs, in place (rows are ours)
+            batch = self.lattice.from_lattice(batch, self.dtype)
         with precision_context(self.precision, self.device):
             logits = self.module(batch)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(batch):
@@ -377,7 +373,8 @@ class NoiseSampler:
         bookkeeping costs as much as its forward pass.
         """
         shape, n_inputs = chunk.shape[1:], len(chunk)
-        buffer = torch.empty((self.batch_size, *shape), device=self.device, dtype=self.dtype)
+        buffer = torch.empty((self.batch_size, *shape), device=self.device,
+                             dtype=self.row_dtype)
         votes = torch.empty(n_inputs * min(num, NOISE_BLOCK), dtype=torch.int64,
                             device=self.device)
         tops = counts = None
@@ -530,7 +527,8 @@ def chunk_indices(index_offset, seen: int, size: int):
 
 
 def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
-                  precision="fp32", progress=None, shared_noise=False, active=None):
+                  precision="fp32", progress=None, shared_noise=False, active=None,
+                  noise="gaussian", noise_step=None):
     """Per-stream vote counts for all inputs, as numpy arrays of shape (N, C).
 
     The one sampling loop: CERTIFY, PREDICT, ``class_counts`` and the sequential tests'
@@ -539,6 +537,8 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
     evaluates only the inputs it marks; the others get zero counts and cost nothing.
     Counts never depend on which other inputs are active, on ``batch_size`` or on
     chunking: the noise of each input is seeded by its global index alone.
+    ``noise="discrete-gaussian"`` draws the Gaussian rounded to the lattice of step
+    ``noise_step`` (:mod:`smoothsk.certification.noise`); inputs must lie on it.
     """
     module, _ = as_base_network(module)
     sigma = check_sigma(sigma)
@@ -558,7 +558,7 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
             random_state=random_state, index_offset=global_indices(index_offset,
                                                                    len(active))[rows],
             streams=streams, precision=precision, progress=progress,
-            shared_noise=shared_noise)
+            shared_noise=shared_noise, noise=noise, noise_step=noise_step)
         results = []
         for counts in parts:
             total = np.zeros((len(active), counts.shape[1]), dtype=counts.dtype)
@@ -567,8 +567,9 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
         return results
     seed = base_seed(random_state)
     shared_noise = check_shared_noise(shared_noise)
-    samplers = [NoiseSampler(module, sigma, batch_size, seed, s, precision, shared_noise)
-                for s in streams]
+    lattice = make_noise(noise, sigma, noise_step, module_device_dtype(module)[0])
+    samplers = [NoiseSampler(module, sigma, batch_size, seed, s, precision, shared_noise,
+                             lattice) for s in streams]
     device, dtype = samplers[0].device, samplers[0].dtype
     chunk_size = noise_chunk_size(batch_size, min(nums), shared_noise)
     raise_heap_thresholds()
@@ -587,9 +588,11 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
                     rows = rows[local]
             seen += size
             if len(rows):
-                chunk = chunk.to(device=device, dtype=dtype)
+                chunk = chunk.to(device=device, dtype=torch.float64 if lattice else dtype)
                 if not all_finite(chunk):
                     raise ValueError("X contains NaN or infinity; certify needs finite inputs.")
+                if lattice is not None:
+                    chunk = lattice.to_lattice(chunk, dtype)
                 for sampler, num, out in zip(samplers, nums, parts):
                     out.append((rows, sampler.counts(chunk, first, num).cpu().numpy()))
                 trimmer.evaluated(chunk, sum(nums))
@@ -630,6 +633,8 @@ def class_counts(
     precision: str = "fp32",
     progress=None,
     shared_noise: bool = False,
+    noise: str = "gaussian",
+    noise_step=None,
 ) -> np.ndarray:
     """Counts of ``argmax f(x + δ)`` over ``num`` Gaussian draws per input.
 
@@ -666,12 +671,19 @@ def class_counts(
         estimate and guarantee is unchanged; only inputs' results become correlated
         with each other (docs/certification.md).  Much faster where drawing noise costs
         more than the network (small tabular models).
+    noise : {"gaussian", "discrete-gaussian"}
+        ``"discrete-gaussian"``: the Gaussian rounded to the lattice the inputs lie on,
+        formed exactly, so that the guarantee holds in floating point
+        (:mod:`smoothsk.certification.noise`, docs/certification.md).
+    noise_step : float, Fraction, str or None
+        The lattice step for ``"discrete-gaussian"`` (None: 1/255, 8-bit images); inputs
+        off the lattice are refused.
     """
     num = check_positive_int(num, "num")
     (counts,) = sample_counts(
         module, X, sigma, [num], batch_size=batch_size, random_state=random_state,
         index_offset=index_offset, streams=[STREAM_PREDICTION], precision=precision,
-        progress=progress, shared_noise=shared_noise,
+        progress=progress, shared_noise=shared_noise, noise=noise, noise_step=noise_step,
     )
     return counts
 

@@ -60,6 +60,16 @@ def add_parser(subparsers) -> None:
                          help="every input uses the same noise draws: the same per-input "
                               "guarantee, much faster for small tabular models (recorded; a "
                               "resumed run refuses a change)")
+    certify.add_argument("--noise", default=None, choices=["gaussian", "discrete-gaussian"],
+                         help="the smoothing noise (default: the model's): 'discrete-gaussian'"
+                              " rounds the Gaussian to the inputs' lattice and forms noisy "
+                              "inputs exactly, so certificates hold in floating point "
+                              "(docs/certification.md); recorded, a resumed run refuses a "
+                              "change")
+    certify.add_argument("--noise-step", default=None, metavar="STEP",
+                         help="lattice step of --noise discrete-gaussian (default: the data "
+                              "set's, 1/255 for images and 1/16 for digits); inputs off it "
+                              "are refused")
     certify.add_argument("--bound", default="binary", choices=["binary", "two-class"],
                          help="radius from the top class alone (Cohen et al.), or also from "
                               "an upper bound on every other class (certifies inputs whose "
@@ -76,7 +86,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from smoothsk import PretrainedSmoothingClassifier, SmoothedClassifier
+    from smoothsk.certification.noise import make_noise
     from smoothsk.certification.sampling import check_precision, take_rows
+    from smoothsk.datasets import LATTICE_STEPS
     from smoothsk.io.files import file_digest
     from smoothsk.io.model_file import load_classifier
     from smoothsk.io.runs import RunLockedError, RunMismatchError, certify_to_tsv
@@ -112,6 +124,18 @@ def run(args) -> int:
             raise CommandError(str(exc)) from exc
     if args.shared_noise:
         clf.set_params(shared_noise=True)
+    if args.noise is not None or args.noise_step is not None:
+        noise = args.noise or clf.noise
+        if args.noise_step is not None and noise == "gaussian":
+            raise CommandError("--noise-step applies to --noise discrete-gaussian.")
+        # the data set's own spacing unless given (digits: 1/16, images: 1/255)
+        step = args.noise_step if args.noise_step is not None or noise == "gaussian" \
+            else LATTICE_STEPS.get(args.dataset)
+        try:
+            clf.set_params(noise=noise, noise_step=step)
+            make_noise(noise, clf.noise_level_, step, "cpu")
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
     if args.compile:
         if plain:
             raise CommandError("--compile applies to smoothsk models; a plain classifier's "

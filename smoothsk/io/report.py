@@ -53,8 +53,10 @@ class CertificationRun:
             return self.name
         from smoothsk.methods.registry import display_name
 
-        bound = self.setting("bound")
+        bound, noise = self.setting("bound"), self.setting("noise")
         extra = "" if bound in (None, "binary") else f", {bound} bound"
+        if noise not in (None, "gaussian"):
+            extra += f", {noise} noise"
         return f"{display_name(method)}, σ = {float(sigma):g}{extra}"
 
     def certified_accuracy(self, radii) -> np.ndarray:

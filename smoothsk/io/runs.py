@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from joblib import effective_n_jobs
 
+from smoothsk.certification.noise import lattice_step
 from smoothsk.certification.sampling import take_rows
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.model_file import load_model, save_model
@@ -194,7 +195,8 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
     info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices),
                 precision=getattr(estimator, "precision", "fp32"),
                 shared_noise=bool(getattr(estimator, "shared_noise", False)),
-                bound=bound, interval=interval, smoothsk_version=smoothsk.__version__)
+                bound=bound, interval=interval, smoothsk_version=smoothsk.__version__,
+                **_noise_record(estimator))
     sidecar = out.with_name(out.name + ".run.json")
     done: list[str] = []
     if out.exists():
@@ -215,6 +217,8 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
         previous.setdefault("shared_noise", False)  # and drew independent noise
         previous.setdefault("bound", "binary")  # and bounded radii as Cohen et al.
         previous.setdefault("interval", "clopper-pearson")
+        previous.setdefault("noise", "gaussian")  # and smoothed with float noise
+        previous.setdefault("noise_step", None)
         # The number of inputs may grow (a run extended to more images): the rows already
         # written are checked against this run's indices below.
         differs = sorted(k for k in set(info) | set(previous)
@@ -255,6 +259,15 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
             sidecar.unlink(missing_ok=True)
         raise
     return out
+
+
+def _noise_record(estimator) -> dict:
+    """The run's noise as a sidecar records it: the kind and the exact lattice step."""
+    noise = getattr(estimator, "noise", "gaussian")
+    step = None
+    if noise != "gaussian":
+        step = str(lattice_step(getattr(estimator, "noise_step", None)))
+    return {"noise": noise, "noise_step": step}
 
 
 def _write_rows(estimator, X, y, indices, out, start, step, jobs, *, n0, n, alpha, batch_size,
