@@ -195,6 +195,34 @@ def test_accepted_count_follows_the_confidence(batch):
     assert parts["accept"].tolist() == [1] * 6
 
 
+def test_accepted_count_is_a_binomial_draw_for_a_fractional_confidence():
+    """``accept = Binomial(m, w).sample()`` in the authors' ``train_catrs.py``: for
+    w = 0.3 and m = 4 the count has mean m·w = 1.2 and variance m·w(1−w) = 0.84 before
+    the clamp to ≥ 1; after it, P(K=1) = P(0) + P(1) = 0.6517, P(K=4) = 0.0081.
+    ``round(m·w)`` would give K = 1 always (variance 0)."""
+    from scipy.stats import binom
+
+    torch.manual_seed(0)
+    examples, m, w = 20_000, 4, 0.3
+    X = torch.zeros(examples, 2)
+    y = torch.zeros(examples, dtype=torch.long)
+    target = torch.tensor([[w, 1 - w]]).expand(examples, 2)
+    net = torch.nn.Linear(2, 2)
+    _, parts = catrs_loss(net, X, y, target, 0.5, noises=torch.zeros(m, examples, 2),
+                          num_steps=1, confidence_mask=True, return_parts=True)
+    counts = np.bincount(parts["accept"].numpy(), minlength=m + 1)[1:] / examples
+    expected = binom.pmf(np.arange(m + 1), m, w)
+    expected = np.r_[expected[0] + expected[1], expected[2:]]  # the clamp K >= 1
+    # each frequency's SE is sqrt(p(1−p)/20,000) <= 0.0034; 5 SE leaves room for 4 cells
+    np.testing.assert_allclose(counts, expected, atol=5 * 0.0034)
+    mean = (np.arange(1, m + 1) * expected).sum()
+    var = (np.arange(1, m + 1) ** 2 * expected).sum() - mean**2
+    accept = parts["accept"].double()
+    assert abs(accept.mean().item() - mean) < 5 * np.sqrt(var / examples)
+    # the sample variance of 20,000 draws is within 0.05 of 0.446 (its SE is about 0.006)
+    assert abs(accept.var().item() - var) < 0.05 and var > 0.4
+
+
 def test_attack_restandardises_each_copy_to_its_start(batch):
     """``δ ← μ⁰ + σ⁰ (δ − μ) / rms(δ)``: the mean is the start's, and the spread is the
     start's rms times std/rms ≤ 1 of the moved noise (the authors divide the centred

@@ -36,6 +36,34 @@ def test_loss_matches_the_formula_on_a_fixed_case():
     torch.testing.assert_close(got, F.cross_entropy(s, y))
 
 
+def test_a_batchnorm_teacher_runs_in_eval_mode_with_its_running_statistics():
+    """The authors' ``train`` puts the teacher in ``eval()`` and runs it under
+    ``torch.no_grad()``: its BatchNorm uses (and keeps) its running statistics, even when
+    the caller left it in training mode."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6),
+                                  torch.nn.ReLU(), torch.nn.Linear(6, 4))
+    for _ in range(5):  # running statistics far from a batch's own
+        teacher(3 * torch.randn(32, 3) + 2)
+    teacher.train()
+    student = torch.nn.Linear(3, 4)
+    X, y, noise = torch.rand(8, 3), torch.randint(0, 4, (8,)), 0.2 * torch.randn(8, 3)
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    got = crt_loss(student, teacher, X, y, 0.2, noise=noise)
+    with torch.no_grad():
+        evaluated = teacher.eval()(X + noise)
+        in_training = teacher.train()(X + noise)  # (moves the running statistics)
+    teacher.load_state_dict(state)
+    assert not torch.allclose(evaluated, in_training, atol=1e-2)  # the mode matters here
+    expected = (student(X + noise) - evaluated).norm(dim=1).mean()
+    torch.testing.assert_close(got, expected)
+    teacher.train()
+    crt_loss(student, teacher, X, y, 0.2, noise=noise)
+    assert teacher.training  # its mode restored
+    for key, value in teacher.state_dict().items():
+        torch.testing.assert_close(value, state[key])  # statistics unchanged
+
+
 def test_teacher_is_frozen_and_unchanged(teacher, digits):
     X, y = digits
     before = [p.detach().clone() for p in teacher.module_.parameters()]

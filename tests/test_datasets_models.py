@@ -158,3 +158,14 @@ def test_models_as_estimator_modules(digits):
                                   n_predict=8, random_state=0)
     lenet.fit(rng.uniform(size=(30, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 30))
     assert lenet.predict(rng.uniform(size=(3, 1, 28, 28)).astype(np.float32)).shape == (3,)
+
+
+def test_dncnn_batchnorm_has_the_authors_settings():
+    """microsoft/denoised-smoothing ``archs/dncnn.py``:
+    ``nn.BatchNorm2d(n_channels, eps=0.0001, momentum=0.95)`` in every middle layer."""
+    from smoothsk.models import DnCNN
+
+    norms = [m for m in DnCNN(channels=1, depth=5, width=8).modules()
+             if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 3
+    assert all(m.eps == 1e-4 and m.momentum == 0.95 for m in norms)

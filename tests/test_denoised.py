@@ -105,6 +105,16 @@ def test_denoiser_loss_equals_the_published_objectives():
     denoiser = DnCNN(channels=1, depth=3, width=4)
     torch.nn.init.normal_(denoiser.net[-1].weight, std=0.1)  # not the identity
     clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3)).eval()
+    torch.nn.init.normal_(clf[1].weight, std=1.0)  # votes that the noise can change,
+    with torch.no_grad():  # centred on the inputs' mean (0.5), so not one class for all
+        clf[1].bias.copy_(-0.5 * clf[1].weight.sum(1))
+    with torch.no_grad():
+        clean_votes = clf(X).argmax(1)
+        # the stability target is the clean vote: a target taken from the noisy or the
+        # denoised input, or the labels, would differ for some examples here
+        assert (clean_votes != clf(X + noise).argmax(1)).any()
+        assert (clean_votes != clf(denoiser(X + noise)).argmax(1)).any()
+        assert (clean_votes != y).any() and len(clean_votes.unique()) > 1
 
     def authors(objective):
         outputs = denoiser(X + noise)

@@ -259,3 +259,136 @@ def test_smoothadv_clips_before_projecting(images):
     torch.testing.assert_close(ours, theirs[::m], rtol=1e-5, atol=1e-6)
     assert ((ours - X).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
     assert ours.min() >= 0 and ours.max() <= 1
+
+
+@pytest.mark.parametrize("with_batchnorm", [False, True])
+def test_macer_at_beta_16_with_a_margin_that_excludes_some_examples(with_batchnorm):
+    """At the published β = 16, with γ inside the spread of the tempered gaps: β, its
+    direction and the hinge's selection all decide the value (a β of 1 or gaps far below
+    γ would test none of them)."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(24, 1, 4, 4, generator=g)
+    net = conv_net(with_batchnorm)
+    with torch.no_grad():
+        y = net.eval()(X).argmax(1)  # mostly correct, so the hinge has examples to select
+    y[::4] = (y[::4] + 1) % 3
+    k, sigma, beta, gamma, lbd = 8, 0.25, 16.0, 1.5, 16.0
+    noise = sigma * torch.randn((len(X) * k, *X.shape[1:]), generator=g)   # example-major
+    ours_noises = noise.view(len(X), k, *X.shape[1:]).transpose(0, 1)       # draw-major
+    kwargs = dict(inverse_temperature=beta, margin=gamma, robustness_weight=lbd)
+    _, parts = macer_loss(net.train(), X, y, sigma, noises=ours_noises, return_parts=True,
+                          **kwargs)
+    gap, active = parts["gap"], parts["active"]
+    correct = active | (gap > gamma)
+    # some correct examples inside the margin, some outside, some between γ/2 and γ
+    assert active.any() and (~active & correct).any()
+    assert (active & (gap > gamma / 2)).any()
+    ours = value_and_grads(net, lambda m: macer_loss(m, X, y, sigma, noises=ours_noises,
+                                                      **kwargs))
+    theirs = value_and_grads(net, lambda m: _authors_macer(
+        m, X, y, noise, sigma=sigma, lbd=lbd, gauss_num=k, beta=beta, gamma=gamma,
+        num_classes=3))
+    assert_same_value_and_grads(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ SmoothMix
+class _AuthorsSmoothMixPGD:
+    """``SmoothMix_PGD`` of jh-jeong/smoothmix ``code/train.py``."""
+
+    def __init__(self, steps, mix_step, alpha=None, maxnorm_s=None, maxnorm=None):
+        self.steps = steps
+        self.mix_step = mix_step
+        self.alpha = alpha
+        self.maxnorm = maxnorm
+        self.maxnorm_s = alpha * mix_step if maxnorm_s is None else maxnorm_s
+
+    def attack(self, model, inputs, labels, noises=None):
+        def _batch_l2norm(x):
+            return torch.norm(x.reshape(x.size(0), -1), dim=1)
+
+        def _project(x, x0, maxnorm=None):
+            if maxnorm is not None:
+                eta = x - x0
+                eta = eta.renorm(p=2, dim=0, maxnorm=maxnorm)
+                x = x0 + eta
+            x = torch.clamp(x, 0, 1)
+            return x.detach()
+
+        adv = inputs.detach()
+        init = inputs.detach()
+        for i in range(self.steps):
+            if i == self.mix_step:
+                init = adv.detach()
+            adv.requires_grad_()
+            softmax = [F.softmax(model(adv + noise), dim=1) for noise in noises]
+            avg_softmax = sum(softmax) / len(noises)
+            logsoftmax = torch.log(avg_softmax.clamp(min=1e-20))
+            loss = F.nll_loss(logsoftmax, labels, reduction="sum")
+            grad = torch.autograd.grad(loss, [adv])[0]
+            grad_norm = _batch_l2norm(grad).view(-1, 1, 1, 1)
+            grad = grad / (grad_norm + 1e-8)
+            adv = adv + self.alpha * grad
+            adv = _project(adv, inputs, self.maxnorm)
+        init = _project(init, inputs, self.maxnorm_s)
+        return init, adv
+
+
+def _authors_smoothmix_step(model, inputs, targets, noises, lam, *, eta, warmup_v, steps,
+                            mix_step, alpha, n_classes):
+    """One mini-batch of ``train`` in ``code/train.py`` (with ``attacker.maxnorm_s =
+    warmup_v * args.maxnorm_s`` set per epoch by ``main``), up to ``loss.backward()``;
+    ``_mixup_data``'s ``torch.rand(...) / 2`` is the given ``lam``."""
+    attacker = _AuthorsSmoothMixPGD(steps=steps, mix_step=mix_step, alpha=alpha)
+    attacker.maxnorm_s = warmup_v * attacker.maxnorm_s
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():                                   # requires_grad_(model, False)
+        p.requires_grad_(False)
+    model.eval()
+    inputs, inputs_adv = attacker.attack(model, inputs, targets, noises=noises)
+    model.train()
+    for p, flag in zip(model.parameters(), flags):
+        p.requires_grad_(flag)
+    num_noise_vec = len(noises)
+    in_clean_c = torch.cat([inputs + noise for noise in noises], dim=0)
+    logits_c = model(in_clean_c)
+    targets_c = targets.repeat(num_noise_vec)
+    logits_c_chunk = torch.chunk(logits_c, num_noise_vec, dim=0)
+    clean_avg_sm = sum(F.softmax(logit, dim=1) for logit in logits_c_chunk) / num_noise_vec
+    loss_xent = F.cross_entropy(logits_c, targets_c, reduction="none")
+    _unif = torch.eye(n_classes).mean(0, keepdim=True)               # _mixup_data
+    in_mix = (1 - lam).view(-1, 1, 1, 1) * inputs + lam.view(-1, 1, 1, 1) * inputs_adv
+    targets_mix = (1 - lam).view(-1, 1) * clean_avg_sm + lam.view(-1, 1) * _unif
+    in_mix_c = torch.cat([in_mix + noise for noise in noises], dim=0)
+    targets_mix_c = targets_mix.repeat(num_noise_vec, 1)
+    logits_mix_c = F.log_softmax(model(in_mix_c), dim=1)
+    _, top1_idx = torch.topk(clean_avg_sm, 1)
+    ind_correct = (top1_idx[:, 0] == targets).float().repeat(num_noise_vec)
+    loss_mixup = F.kl_div(logits_mix_c, targets_mix_c, reduction="none").sum(1)
+    return loss_xent.mean() + eta * warmup_v * (ind_correct * loss_mixup).mean()
+
+
+@pytest.mark.parametrize("mix_step", [0, 1])
+@pytest.mark.parametrize("with_batchnorm", [False, True])
+def test_smoothmix_equals_the_authors_attack_and_training_step(mix_step, with_batchnorm):
+    from smoothsk import smoothmix_loss
+
+    g = torch.Generator().manual_seed(11)
+    X = torch.rand(8, 1, 4, 4, generator=g)
+    net = conv_net(with_batchnorm)
+    with torch.no_grad():
+        y = net.eval()(X).argmax(1)
+    y[::3] = (y[::3] + 1) % 3  # some examples the smoothed classifier gets wrong
+    m, sigma = 2, 0.25
+    noises = sigma * torch.randn((m, *X.shape), generator=g)
+    lam = torch.rand(len(X), generator=g) / 2
+    # η = 2 and a warm-up factor of 0.4: both scale the mixup term differently
+    settings = dict(eta=2.0, warmup=0.4, num_steps=3, step_size=0.5, mix_step=mix_step)
+    _, parts = smoothmix_loss(net.train(), X, y, sigma, noises=noises, lam=lam,
+                              return_parts=True, **settings)
+    assert 0 < parts["correct"].sum() < len(X)  # the indicator selects, and matters
+    ours = value_and_grads(net, lambda model: smoothmix_loss(model, X, y, sigma, noises=noises,
+                                                              lam=lam, **settings))
+    theirs = value_and_grads(net, lambda model: _authors_smoothmix_step(
+        model, X, y, list(noises), lam, eta=2.0, warmup_v=0.4, steps=3, mix_step=mix_step,
+        alpha=0.5, n_classes=3))
+    assert_same_value_and_grads(ours, theirs, rtol=1e-4, atol=1e-6)
