@@ -26,6 +26,15 @@ Sources (public repositories):
   CIFAR-10 values (1.0 and 2.0), marked in ``source``.
 - ``crt``: Ethos-lab/crt-neurips22 ``configs/cifar/xfer.yml`` (200 epochs, batch 128,
   lr 0.1, momentum 0.9, weight decay 1e-4, multistep at 50 % and 75 %).
+- ``gaussian`` on CIFAR-10: locuslab/smoothing ``README.md``'s training commands
+  (``--batch 400 --lr 0.1 --lr_step_size 30 --epochs 90``).
+
+When the rate drops.  The SmoothMix and CAT-RS scripts call ``scheduler.step(epoch)``
+*after* training epoch ``epoch`` (zero-based), so with ``--lr_step_size 30`` epochs 0–30
+run at the initial rate and the first drop is at epoch 31 (the CAT-RS logs show it at
+epoch 51 of 150); Cohen et al.'s ``train.py`` steps *before* each epoch, dropping at epoch
+30.  ``Recipe.drop_delay`` records the difference and :func:`recipe_params` places the
+milestones so that every epoch runs at the authors' rate.
 """
 
 from __future__ import annotations
@@ -65,6 +74,9 @@ class Recipe:
         The method's hyperparameters, as estimator parameters.
     source : str
         Where the numbers were read.
+    drop_delay : int
+        Epochs by which the authors' rate drops lag the milestones (1 where their script
+        steps the scheduler after the epoch, module docstring).
     """
 
     method: str
@@ -77,6 +89,7 @@ class Recipe:
     chunks: int = 1
     params: dict = field(default_factory=dict)
     source: str = _SMOOTHMIX_REPO
+    drop_delay: int = 1
 
     @property
     def batch_size(self) -> int:
@@ -130,10 +143,11 @@ def _build_table() -> dict:
             source=_CATRS_REPO)
         table["gaussian", "cifar10", sigma] = Recipe(
             "gaussian", "cifar10", sigma, epochs=90, lr=0.1, milestones=(1 / 3, 2 / 3),
-            loader_batch=256, source="locuslab/smoothing code/train.py defaults")
+            loader_batch=400, drop_delay=0,
+            source="locuslab/smoothing README.md commands (--batch 400), code/train.py")
         table["crt", "cifar10", sigma] = Recipe(
             "crt", "cifar10", sigma, epochs=200, lr=0.1, milestones=(0.5, 0.75),
-            loader_batch=128, params=dict(transfer_weight=1.0),
+            loader_batch=128, params=dict(transfer_weight=1.0), drop_delay=0,
             source="Ethos-lab/crt-neurips22 configs/cifar/xfer.yml")
     return table
 
@@ -164,17 +178,21 @@ def recipe_params(item: Recipe, *, epochs: int | None = None) -> dict:
 
     The learning-rate milestones (and MACER's ``deferred``) move with ``epochs`` so the
     schedule keeps its shape: with 30 epochs instead of 90 the steps fall after epochs
-    10 and 20 and MACER's hinge starts after epoch 10.
+    10 and 20 (plus ``drop_delay``: 11 and 21 for the SmoothMix-repository rows) and
+    MACER's hinge starts after zero-based epoch 10.
     """
     from skorch.callbacks import LRScheduler
 
     epochs = item.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs!r}.")
-    milestones = [round(fraction * epochs) for fraction in item.milestones]
+    steps = [round(fraction * epochs) for fraction in item.milestones]
+    # skorch steps the scheduler after each epoch: milestone k makes epoch k (zero-based)
+    # the first at the lower rate
+    milestones = [step + item.drop_delay for step in steps]
     params = dict(item.params)
-    if "deferred" in params:
-        params["deferred"] = milestones[0]
+    if "deferred" in params:  # ``epoch <= lr_step_size``: the hinge is off through it
+        params["deferred"] = steps[0]
     params.update(
         sigma=item.sigma, max_epochs=epochs, lr=item.lr, batch_size=item.batch_size,
         optimizer=torch.optim.SGD, optimizer__momentum=0.9, optimizer__weight_decay=1e-4,

@@ -287,6 +287,13 @@ def test_without_a_target_model_a_gaussian_one_is_trained_first(digits):
     assert isinstance(clf.target_model_, GaussianAugClassifier)
     assert clf.target_model_.sigma == 0.25 and clf.target_model_.max_epochs == 2
     assert clf.predict(X[:5]).shape == (5,)
+    # the target trains on the loader batch B = batch_size · m (train_cohen.py: 256)
+    assert clf.target_model_.batch_size == 64 * 1
+    recipe_like = CATRSClassifier(sigma=0.5, num_noise=4, batch_size=16, num_steps=1,
+                                  max_epochs=1, target_draws=20, n_predict=20, random_state=0)
+    assert recipe_like.fit(X[:100], y[:100]).target_model_.batch_size == 64
+    explicit = clone(recipe_like).set_params(target_batch_size=32).fit(X[:100], y[:100])
+    assert explicit.target_model_.batch_size == 32
 
 
 def test_clone_keeps_a_fitted_target_and_refits_an_unfitted_one(gaussian_target):
@@ -356,6 +363,7 @@ def test_published_recipes():
         [0.5, 1.0, 2.0]
     fmnist = recipe_params(recipe("catrs", "fashion-mnist", 0.25))
     assert (fmnist["max_epochs"], fmnist["lr"], fmnist["kl_weight"]) == (150, 0.01, 1.0)
-    assert fmnist["callbacks"][0][1].kwargs["milestones"] == [50, 100]
+    # the CAT-RS script steps after the epoch: drops at epochs 51 and 101 (zero-based)
+    assert fmnist["callbacks"][0][1].kwargs["milestones"] == [51, 101]
 
 

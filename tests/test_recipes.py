@@ -64,7 +64,8 @@ def test_shortened_schedule_keeps_its_shape_and_the_lr_follows_it():
     params.update(num_noise=2, batch_size=32, random_state=0)
     X = np.random.default_rng(0).random((64, 8)).astype(np.float32)
     clf = smoothsk.MACERClassifier(**params).fit(X, np.arange(64) % 2)
-    assert clf.history[:, "event_lr"] == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4])
+    # the authors' scripts drop the rate one epoch after each milestone (drop_delay)
+    assert clf.history[:, "event_lr"] == pytest.approx([0.01, 0.01, 0.01, 1e-3, 1e-3, 1e-4])
 
 
 def test_unknown_recipe_lists_the_known_ones():
@@ -87,7 +88,7 @@ def test_cli_recipe_sets_the_published_settings_and_explicit_options_win():
     assert clf.consistency_weight == 5.0 and clf.num_noise == 2 and clf.batch_size == 128
     assert clf.max_epochs == 30 and clf.lr == 0.02
     (name, scheduler), = clf.callbacks
-    assert name == "lr_scheduler" and scheduler.kwargs["milestones"] == [10, 20]
+    assert name == "lr_scheduler" and scheduler.kwargs["milestones"] == [11, 21]
     # without --recipe: the estimators' own defaults, one set for the CLI and Python
     plain = build_estimator(_train_args("--method", "consistency", "--sigma", "0.5"))
     default = smoothsk.ConsistencyClassifier()
@@ -122,3 +123,76 @@ def test_cli_recipe_needs_sigma():
 
     with pytest.raises(CommandError, match="--recipe needs --sigma"):
         build_estimator(_train_args("--method", "macer", "--recipe"))
+
+
+def _rates(make_scheduler, epochs, *, step_after_epoch):
+    """The rate each epoch trains at under a script's scheduler calls."""
+    import warnings
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = make_scheduler(optimizer)
+    rates = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # step(epoch) is deprecated, and what they call
+        for epoch in range(epochs):
+            if not step_after_epoch:
+                scheduler.step(epoch)          # locuslab/smoothing train.py: before
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if step_after_epoch:
+                scheduler.step(epoch)          # smoothmix / smoothing-catrs train*.py: after
+    return rates
+
+
+@pytest.mark.parametrize("key,step_size,after", [
+    (("smoothmix", "mnist", 0.5), 30, True),
+    (("macer", "mnist", 0.25), 30, True),
+    (("catrs", "mnist", 0.5), 50, True),
+    (("catrs", "cifar10", 1.0), 50, True),
+    (("gaussian", "cifar10", 0.25), 30, False),
+])
+def test_every_epoch_trains_at_the_authors_rate(key, step_size, after):
+    """The authors' ``StepLR(step_size, 0.1)`` as their scripts call it, against the
+    recipe's ``MultiStepLR`` stepped once after each epoch, as skorch's ``LRScheduler``
+    does: the SmoothMix and CAT-RS scripts drop one epoch later than Cohen et al.'s."""
+    item = RECIPES[key]
+    theirs = _rates(lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size, 0.1),
+                    item.epochs, step_after_epoch=after)
+    callback = recipe_params(item)["callbacks"][0][1]
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = callback.policy(optimizer, **callback.kwargs)
+    ours = []
+    for _ in range(item.epochs):  # skorch: train the epoch, then step() in on_epoch_end
+        ours.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    first_drop = theirs.index(min(theirs[: step_size + 2]))
+    assert first_drop == step_size + (1 if after else 0)
+
+
+def recipes_table_rows() -> list[str]:
+    """docs/recipes.md's table, row by row, from :data:`RECIPES`."""
+    order = sorted(RECIPES, key=lambda key: (key[1] != "cifar10", key[0] if key[1] == "cifar10"
+                                             else "", key))
+    rows = []
+    for key in order:
+        item = RECIPES[key]
+        drops = [round(f * item.epochs) + item.drop_delay for f in item.milestones]
+        params = ", ".join(f"`{k}={v:.6g}`" if isinstance(v, float) and v != round(v, 1)
+                           else f"`{k}={v}`" for k, v in item.params.items()) or "–"
+        rows.append(f"| {item.method} | {item.family} | {item.sigma:g} | {item.epochs} | "
+                    f"{item.lr:g} ({', '.join(map(str, drops))}) | {item.batch_size} "
+                    f"({item.loader_batch} / {item.chunks}) | {params} | {item.source} |")
+    return rows
+
+
+def test_the_docs_table_is_the_recipes_table():
+    from pathlib import Path
+
+    docs = (Path(__file__).parent.parent / "docs" / "recipes.md").read_text(encoding="utf-8")
+    table = [line for line in docs.splitlines() if line.startswith("| ") and " | " in line
+             and not line.startswith("| method")]
+    assert sorted(table) == sorted(recipes_table_rows())

@@ -222,6 +222,11 @@ class CATRSClassifier(SmoothedClassifier):
         σ of the Gaussian model fitted when ``target_model`` is None.
     target_draws : int, default=10_000
         Noisy draws per training example behind ``p̂(x)`` (the authors' ``--N=10000``).
+    target_batch_size : int or None, default=None
+        Batch of the Gaussian model fitted when ``target_model`` is None.  None:
+        ``batch_size · num_noise``, the loader batch B that CAT-RS's ``batch_size = B // m``
+        comes from: 256 with the recipes, as the authors' ``train_cohen.py`` (``--batch``
+        default 256) trains that model.
     **kwargs
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
 
@@ -260,6 +265,7 @@ class CATRSClassifier(SmoothedClassifier):
         "target_model": "no_validation",  # checked in fit
         "target_sigma": POSITIVE,
         "target_draws": POSITIVE_INT,
+        "target_batch_size": [*POSITIVE_INT, None],
     }
 
     def __init__(
@@ -275,6 +281,7 @@ class CATRSClassifier(SmoothedClassifier):
         target_model=None,
         target_sigma: float = 0.25,
         target_draws: int = 10_000,
+        target_batch_size: int | None = None,
         **kwargs,
     ):
         super().__init__(module, **kwargs)
@@ -287,6 +294,7 @@ class CATRSClassifier(SmoothedClassifier):
         self.target_model = target_model
         self.target_sigma = target_sigma
         self.target_draws = target_draws
+        self.target_batch_size = target_batch_size
 
     def _fit_target_model(self, X, y):
         """The authors' preprocessing: a Gaussian model with this network and schedule."""
@@ -297,6 +305,8 @@ class CATRSClassifier(SmoothedClassifier):
         params = {key: value for key, value in self.get_params(deep=False).items()
                   if key in names or "__" in key}
         params["sigma"] = self.target_sigma
+        params["batch_size"] = (self.batch_size * self.num_noise
+                                if self.target_batch_size is None else self.target_batch_size)
         # a checkpoint file belongs to this run, not to its target model's
         params["callbacks"] = [item for item in (self.callbacks or [])
                                if not isinstance(item[1] if isinstance(item, tuple) else item,
