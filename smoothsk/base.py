@@ -106,6 +106,41 @@ def _seeded_torch(random_state, device):
         yield
 
 
+def check_input_range(input_range) -> tuple[float, float] | None:
+    """``input_range`` as ``(low, high)`` floats with ``low < high``, or None."""
+    if input_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_range must be (low, high) or None; got {input_range!r}.") \
+            from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"input_range must be finite with low < high; got {input_range!r}.")
+    return low, high
+
+
+def check_inputs_in_range(X: np.ndarray, input_range, owner: str) -> None:
+    """Refuse inputs outside the declared ``input_range`` (None: any values)."""
+    bounds = check_input_range(input_range)
+    if bounds is None or X.size == 0:
+        return
+    low, high = bounds
+    seen_low, seen_high = float(np.nanmin(X)), float(np.nanmax(X))
+    if seen_low >= low and seen_high <= high:
+        return
+    hint = ""
+    if seen_low >= 0 and seen_high > high:
+        scale = 255 if seen_high > 16 else round(seen_high)
+        hint = f" (e.g. X / {scale:g}{' for 8-bit images' if scale == 255 else ''})"
+    raise ValueError(
+        f"X holds values in [{seen_low:g}, {seen_high:g}], outside {owner}'s "
+        f"input_range={tuple(bounds)}: sigma and every certified radius are measured in the "
+        f"inputs' units, so inputs on another scale would be certified at radii that mean "
+        f"something else. Scale X to the range{hint}, or declare the range the model "
+        f"works in with input_range=(low, high) (None: any values, unchecked).")
+
+
 def default_network_name(input_shape, module_params: dict) -> str:
     """``"LeNet"`` for square images of side ≥ 16 (``(channels, side, side)``), else
     ``"MLP"`` — also when ``module__hidden_units`` asks for the MLP's widths."""
@@ -179,6 +214,13 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         each noise block per chunk of inputs; :func:`smoothsk.certify`): per-input
         guarantees are unchanged and inputs' results become correlated.  Faster where
         drawing noise costs more than the network (small tabular models).
+    input_range : (float, float) or None, default=(0.0, 1.0)
+        The values inputs may take, checked on every array ``fit``, ``predict`` and
+        ``certify`` receive.  σ and every certified radius are measured in the inputs'
+        units, so pixels of 0…255 (or counts of 0…16) where [0, 1] was meant would give
+        radii 255 (16) times too small with nothing said; out-of-range inputs are
+        refused with what to do.  Declare another range, or None for any values
+        (standardized features); torch Datasets are not checked.
     noise : {"gaussian", "discrete-gaussian"}, default="gaussian"
         The noise of certification and prediction.  ``"discrete-gaussian"`` rounds the
         Gaussian to the lattice of step ``noise_step`` the inputs lie on and forms every
@@ -233,6 +275,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         precision: str = "fp32",
         channels_last: bool | str = "auto",
         shared_noise: bool = False,
+        input_range: tuple | None = (0.0, 1.0),
         noise: str = "gaussian",
         noise_step=None,
         random_state=None,
@@ -267,6 +310,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self.precision = precision
         self.channels_last = channels_last
         self.shared_noise = shared_noise
+        self.input_range = input_range
         self.noise = noise
         self.noise_step = noise_step
         self.random_state = random_state
@@ -285,6 +329,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         "precision": [StrOptions({"fp32", "bf16", "fp16"})],
         "channels_last": ["boolean", StrOptions({"auto"})],
         "shared_noise": ["boolean"],
+        "input_range": [tuple, list, None],
         "noise": [StrOptions(set(NOISES))],
         "noise_step": [None, Interval(Real, 0, None, closed="neither"), str],
         "random_state": ["random_state"],
@@ -305,6 +350,10 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     """Whether ``fit`` trains the network for its σ, so that certifying at another σ
     (``set_params(sigma=...)`` after ``fit``) is refused.  False where ``fit`` trains
     nothing (:class:`~smoothsk.PretrainedSmoothingClassifier`)."""
+
+    fit_needs_labels: bool = True
+    """Whether ``fit`` needs ``y``.  False where the classes come from a model that is
+    only read (:class:`~smoothsk.PretrainedSmoothingClassifier`), so ``fit(X)`` works."""
 
     side_model_params: tuple = ()
     """Parameters holding models that are only read (a CRT teacher, CAT-RS's target
@@ -430,6 +479,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         )
         sampling.check_precision(self.precision, self.device)  # fp16 needs a CUDA device
         check_noise_options(self.noise, self.noise_step)  # e.g. a bad fraction
+        check_input_range(self.input_range)
 
     def _validate_X(self, X, *, reset: bool):
         """Arrays and tensors become float32 arrays of a fixed per-sample shape."""
@@ -440,6 +490,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
         X = validate_data(self, X, reset=reset, allow_nd=True, dtype=np.float32)
+        check_inputs_in_range(X, self.input_range, type(self).__name__)
         if reset:
             self.input_shape_ = tuple(X.shape[1:])
         elif tuple(X.shape[1:]) != self.input_shape_:
@@ -467,6 +518,9 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 if classes is None:
                     raise ValueError("Pass classes=[...] when fitting on a torch Dataset.")
                 self.classes_fitted_ = _given_classes(classes)
+            return X, None
+        if y is None and not self.fit_needs_labels and reset:
+            self.classes_fitted_ = _given_classes(self._classes_for_fit())  # the model's own
             return X, None
         if y is None:
             raise ValueError(
@@ -700,10 +754,15 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             bar.close()
 
     def _check_fitted_X(self, X):
+        self.prepare_without_fit(X)
         check_is_fitted(self, ["module_", "classes_fitted_"])
         self._check_cuda_available()
         self._check_sigma_unchanged()
         return self._validate_X(X, reset=False)
+
+    def prepare_without_fit(self, X) -> None:
+        """The hook of an estimator that is ready before ``fit`` (a prefit classifier):
+        called with the inputs of the first ``predict`` or ``certify``; a no-op here."""
 
     def _check_sigma_unchanged(self):
         trained = getattr(self, "trained_sigma_", None)

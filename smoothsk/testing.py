@@ -36,10 +36,12 @@ def tiny_estimator_params(**overrides) -> dict:
     """Small, fast settings for running the scikit-learn checks on an estimator.
 
     Three epochs of SGD at a constant learning rate: the checks want a classifier that
-    fits simple data quickly, not an annealed one.
+    fits simple data quickly, not an annealed one.  ``input_range=None``: the checks feed
+    arbitrary real data, where a smoothsk estimator otherwise refuses values outside
+    [0, 1].
     """
     params = dict(
-        sigma=0.1, max_epochs=3, lr_schedule="constant",
+        sigma=0.1, max_epochs=3, lr_schedule="constant", input_range=None,
         optimizer=torch.optim.SGD, lr=0.1, batch_size=32, n0=8, n=32, n_predict=32,
         certify_batch_size=512, module__hidden_units=(16,), random_state=0,
     )

@@ -116,3 +116,30 @@ def test_constant_or_a_users_own_scheduler_replaces_the_cosine(tiny):
     assert own.history[:, "event_lr"] == [1e-3, 5e-4, 2.5e-4]
     with pytest.raises(ValueError, match="lr_schedule"):
         smoothsk.GaussianAugClassifier(lr_schedule="linear").fit(*tiny)
+
+
+def test_inputs_outside_the_declared_range_are_refused_with_what_to_do(digits):
+    """Raw digits counts (0…16) where [0, 1] is meant certified 100 % at r = 1.0 before:
+    radii in the wrong units. Now fit, predict and certify refuse them."""
+    from sklearn.datasets import load_digits
+
+    from smoothsk import GaussianAugClassifier
+
+    raw, y = load_digits(return_X_y=True)
+    clf = GaussianAugClassifier(sigma=0.5, max_epochs=1)
+    with pytest.raises(ValueError, match=r"values in \[0, 16\].*X / 16.*input_range="):
+        clf.fit(raw, y)
+    X, y = digits
+    clf.fit(X[:200], y[:200])
+    pixels = np.round(X[:5] * 255)  # a 0…255 test set for a model trained on [0, 1]
+    for call in (clf.predict, clf.certify, lambda Z: clf.certify_radius(Z, 0.25)):
+        with pytest.raises(ValueError, match=r"X / 255 for 8-bit images"):
+            call(pixels)
+    with pytest.raises(ValueError, match="outside"):
+        clf.predict(X[:5] - 0.5)
+    # declared otherwise: the model's own range, or none
+    GaussianAugClassifier(sigma=0.5, max_epochs=1, input_range=(0, 16)).fit(raw, y)
+    GaussianAugClassifier(sigma=0.5, max_epochs=1, input_range=None).fit(raw - 8, y)
+    for bad in [(1, 0), (0, float("inf")), (0,), "01"]:
+        with pytest.raises(ValueError, match="input_range"):
+            GaussianAugClassifier(sigma=0.5, max_epochs=1, input_range=bad).fit(X[:50], y[:50])

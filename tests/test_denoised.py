@@ -321,3 +321,24 @@ def test_denoised_logits_flow_to_the_denoiser_only(torch_net):
     assert logits.shape == (4, 10) and F.softmax(logits, 1).sum().item() == pytest.approx(4)
 
 
+
+
+def test_a_prefit_classifier_certifies_without_fit(split):
+    """As scikit-learn's FrozenEstimator: PretrainedSmoothingClassifier(fitted) is ready;
+    the first call checks the classifier against X (a wrong width is refused and leaves
+    nothing half-set), and fit(X) needs no labels."""
+
+    X, y, Xt, yt = split
+    logistic = LogisticRegression(max_iter=300).fit(X, y)
+    fresh = PretrainedSmoothingClassifier(logistic, sigma=0.25, n=300, n_predict=100,
+                                          random_state=0)
+    with pytest.raises(ValueError, match="fitted on 64 features"):
+        fresh.predict(Xt[:3, :10])
+    assert not hasattr(fresh, "input_shape_")
+    cert = fresh.certify(Xt[:20])
+    fitted = clone(fresh).fit(X, y)
+    np.testing.assert_array_equal(cert.counts, fitted.certify(Xt[:20]).counts)
+    np.testing.assert_array_equal(fresh.classes_, logistic.classes_)
+    assert clone(fresh).fit(Xt).score(Xt[:50], yt[:50]) == fitted.score(Xt[:50], yt[:50])
+    with pytest.raises(NotFittedError):  # prefit=False trains a clone: fit first
+        PretrainedSmoothingClassifier(logistic, prefit=False, sigma=0.25).predict(Xt[:3])

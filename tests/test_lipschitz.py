@@ -69,8 +69,9 @@ def pipes(digits):
     X, y = digits
     fast = dict(sigma=0.5, max_epochs=10, batch_size=64, n0=32, n=400, random_state=0)
     plain = make_pipeline("passthrough", GaussianAugClassifier(**fast)).fit(X[:800], y[:800])
-    scaled = make_pipeline(StandardScaler(), GaussianAugClassifier(**fast)).fit(X[:800],
-                                                                                y[:800])
+    # standardized features take any values: the range is declared open
+    scaled = make_pipeline(StandardScaler(), GaussianAugClassifier(**fast, input_range=None)
+                           ).fit(X[:800], y[:800])
     return plain, scaled
 
 
@@ -91,7 +92,7 @@ def test_grid_search_ranks_by_input_space_radius(digits):
     X, y = digits
     pipe = Pipeline([("scale", "passthrough"),
                      ("clf", GaussianAugClassifier(sigma=0.5, n0=32, n=1000,
-                                                   random_state=0))])
+                                                   random_state=0, input_range=None))])
     grid = {"scale": ["passthrough", StandardScaler()]}
     search = GridSearchCV(pipe, grid, scoring=certified_accuracy_scorer(0.25), cv=2)
     search.fit(X[:800], y[:800])

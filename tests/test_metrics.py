@@ -91,7 +91,8 @@ def test_multi_metric_grid_search_refits_on_certified_accuracy(digits):
 def test_pipeline_is_certified_in_the_smoothed_steps_input_space(digits):
     X, y = digits
     double = FunctionTransformer(lambda Z: 2.0 * Z)
-    pipe = make_pipeline(double, GaussianAugClassifier(sigma=0.5, **FAST)).fit(X[:600], y[:600])
+    pipe = make_pipeline(double, GaussianAugClassifier(sigma=0.5, input_range=(0, 2), **FAST)
+                         ).fit(X[:600], y[:600])
     with pytest.raises(UnknownLipschitzError, match="FunctionTransformer is unknown"):
         certified_accuracy_scorer(0.25)(pipe, X[600:700], y[600:700])
     score = certified_accuracy_scorer(0.25, radius_space="last_step")(pipe, X[600:700],

@@ -241,6 +241,26 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
         self._check_network_output(X)
         return self
 
+    def prepare_without_fit(self, X) -> None:
+        """A prefit classifier needs no ``fit`` (as scikit-learn's ``FrozenEstimator``):
+        the first ``predict``, ``certify`` or ``score`` checks it against ``X`` and learns
+        the input shape, as ``fit(X)`` would."""
+        if self.prefit and not self.trains_a_network and not is_fitted_estimator(self):
+            state = dict(self.__dict__)
+            try:
+                self.fit(X)
+            except BaseException:  # a refused X leaves the estimator as it was
+                self.__dict__.clear()
+                self.__dict__.update(state)
+                raise
+
+    trains_a_network = False
+    """Whether ``fit`` trains something (a denoiser), so that it cannot be skipped."""
+
+    @property
+    def fit_needs_labels(self) -> bool:
+        return self.trains_a_network or not self.prefit
+
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """The first call is :meth:`fit`; later ones only check ``(X, y)``: there is
         nothing to train incrementally."""
@@ -311,6 +331,7 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
 
     method_name = "denoised"
     display_name = "Denoised"
+    trains_a_network = True
     sigma_fixed_by_training = True  # the denoiser is trained for its σ
 
     side_model_params = ("classifier", "surrogate")
