@@ -5,6 +5,7 @@ from smoothsk.base import SmoothedClassifier
 from smoothsk.certification.adaptive import RadiusCertificate, certify_radius, round_sizes
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothsk.certification.core import ABSTAIN, Certificate, certify, predict
+from smoothsk.certification.radii import RadiiCertificate, certify_radii
 from smoothsk.certification.sampling import class_counts
 from smoothsk.methods.attacks import (
     SmoothedAttackResult,
@@ -69,6 +70,8 @@ __all__ = [
     "warmup_factor",
     "certify",
     "certify_radius",
+    "certify_radii",
+    "RadiiCertificate",
     "round_sizes",
     "RadiusCertificate",
     "class_counts",

@@ -42,6 +42,7 @@ from smoothsk.certification.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certification.bounds import check_alpha
 from smoothsk.certification.core import Certificate, _predict_from_counts, labels_or_marker
 from smoothsk.certification.noise import NOISES, check_noise_options, noise_test_alpha
+from smoothsk.certification.radii import DEFAULT_RADII_GROWTH, RadiiCertificate, certify_radii
 from smoothsk.certification.sampling import first_field, precision_context
 from smoothsk.models import MLP, LeNet, uses_channels_last
 
@@ -902,6 +903,41 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 n=self.n if n is None else n,
                 alpha=self.alpha if alpha is None else alpha,
                 test=test, first_round=first_round, growth=growth,
+                batch_size=self.certify_batch_size if batch_size is None else batch_size,
+                random_state=self.random_state if random_state is None else random_state,
+                index_offset=index_offset, precision=self.precision, progress=bar.update,
+                shared_noise=self.shared_noise, **self.noise_options(),
+            )
+        self._check_n_classes(result.selection_counts.shape[1])
+        result.classes = self.classes_
+        return result
+
+    def certify_radii(
+        self, X, radii, *, y=None, n0=None, max_n=None, alpha=None, first_round: int = 64,
+        growth: float | None = None, batch_size=None, random_state=None,
+        index_offset: int = 0,
+    ) -> RadiiCertificate:
+        """The certified-accuracy curve at the grid ``radii``, sequentially (see
+        :func:`smoothsk.certify_radii`): each input draws until every grid radius is
+        decided, or ``max_n`` (default: ``n``) estimation draws.  With ``y`` (labels),
+        inputs whose selected class is not their label draw no estimation samples.
+        Defaults come from the estimator as in :meth:`certify`.
+        """
+        X = self._check_fitted_X(X)
+        y_index = None
+        if y is not None:
+            y = column_or_1d(y)
+            if len(y) != len(X):
+                raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
+            y_index = self._encode_labels(y, unseen="mark")
+        with self._progress(len(X), "certify radii") as bar:
+            result = certify_radii(
+                self.module_, X, self.noise_level_, radii, y=y_index,
+                n0=self.n0 if n0 is None else n0,
+                max_n=self.n if max_n is None else max_n,
+                alpha=self.alpha if alpha is None else alpha,
+                first_round=first_round,
+                growth=DEFAULT_RADII_GROWTH if growth is None else growth,
                 batch_size=self.certify_batch_size if batch_size is None else batch_size,
                 random_state=self.random_state if random_state is None else random_state,
                 index_offset=index_offset, precision=self.precision, progress=bar.update,

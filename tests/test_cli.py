@@ -467,3 +467,24 @@ def test_certify_with_discrete_gaussian_noise_records_it_and_resumes_only_with_i
     assert result.returncode == 2 and "noise" in result.stderr
     result = run_here(*common[:-1], tmp_path / "x.tsv", "--noise-step", "1/16")
     assert result.returncode == 2 and "--noise-step applies" in result.stderr
+
+
+def test_certify_at_a_grid_of_radii_writes_the_curve_and_resumes(model, tmp_path):
+    out = tmp_path / "radii.tsv"
+    common = ["certify", model, "--dataset", "digits", "--max", "20", "--quiet",
+              "--radii", "0.25,0.5", "--max-n", "2000", "--out", out]
+    result = run_here(*common)
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads((tmp_path / "radii.tsv.run.json").read_text())
+    assert sidecar["radii"] == [0.25, 0.5] and sidecar["n"] == 2000
+    rows = read_certification_tsv(out)
+    assert set(np.unique(rows.radius)) <= {0.0, 0.25, 0.5} and len(rows.radius) == 20
+    assert rows.certified_accuracy([0.25])[0] > 0.5
+    result = run_here(*common[:-4], "--radii", "0.25,0.75", "--max-n", "2000", "--out", out)
+    assert result.returncode == 2 and "radii" in result.stderr
+    for extra, message in [(["--bound", "two-class"], "betting test"),
+                           (["--radii", "-1"], "radii must be")]:
+        result = run_here(*common[:-2], *extra, "--out", tmp_path / "x.tsv")
+        assert result.returncode == 2 and message in result.stderr
+    result = run_here(*common[:6], "--max-n", "10", "--out", tmp_path / "x.tsv")
+    assert result.returncode == 2 and "--max-n applies to --radii" in result.stderr

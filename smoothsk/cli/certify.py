@@ -70,6 +70,14 @@ def add_parser(subparsers) -> None:
                          help="lattice step of --noise discrete-gaussian (default: the data "
                               "set's, 1/255 for images and 1/16 for digits); inputs off it "
                               "are refused")
+    certify.add_argument("--radii", default=None, metavar="RADII",
+                         help="certify at this grid of radii only (start:stop:step or a comma "
+                              "list), sequentially: each input draws until every radius is "
+                              "decided or --max-n draws (docs/certification.md); the TSV's "
+                              "radius is the largest certified grid radius")
+    certify.add_argument("--max-n", type=positive_int, default=None,
+                         help="with --radii: the most estimation draws per input (default "
+                              "--n)")
     certify.add_argument("--bound", default="binary", choices=["binary", "two-class"],
                          help="radius from the top class alone (Cohen et al.), or also from "
                               "an upper bound on every other class (certifies inputs whose "
@@ -91,9 +99,24 @@ def run(args) -> int:
     from smoothsk.datasets import LATTICE_STEPS
     from smoothsk.io.files import file_digest
     from smoothsk.io.model_file import load_classifier
+    from smoothsk.io.report import parse_radii
     from smoothsk.io.runs import RunLockedError, RunMismatchError, certify_to_tsv
     from smoothsk.models import compile_fitted
 
+    radii = None
+    if args.radii is not None:
+        try:
+            radii = parse_radii(args.radii)
+            if args.bound != "binary" or args.interval != "clopper-pearson" or args.jobs \
+                    not in (None, 1):
+                raise ValueError("--radii decides each radius by a betting test in one "
+                                 "process; --bound, --interval and --jobs apply to CERTIFY")
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if args.max_n is not None:
+            args.n = args.max_n
+    elif args.max_n is not None:
+        raise CommandError("--max-n applies to --radii; CERTIFY's draws are --n.")
     set_threads(args)
     check_device(args)
     check_scheduler(args.scheduler)
@@ -174,7 +197,7 @@ def run(args) -> int:
                            n=args.n, alpha=args.alpha, batch_size=args.batch_size,
                            random_state=args.seed, n_jobs=_jobs(args),
                            progress=lambda done: bar.update(done - bar.n), bound=args.bound,
-                           interval=args.interval)
+                           interval=args.interval, radii=radii)
     except (RunMismatchError, RunLockedError) as exc:
         raise CommandError(str(exc)) from exc
     finally:

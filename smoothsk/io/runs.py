@@ -146,6 +146,7 @@ def certify_to_tsv(
     n_jobs: int | None = None,
     bound: str = "binary",
     interval: str = "clopper-pearson",
+    radii=None,
 ) -> Path:
     """Certify inputs ``X[i]`` (global indices ``indices[i]``) into a resumable TSV.
 
@@ -176,17 +177,33 @@ def certify_to_tsv(
     bound, interval : str
         How counts become radii (:func:`smoothsk.certification.radius.certified_radius`);
         recorded in the sidecar, so a resumed run refuses a change.
+    radii : array-like of float or None
+        Certify at this grid of radii sequentially instead
+        (:meth:`~smoothsk.SmoothedClassifier.certify_radii`, at most ``n`` estimation
+        draws per input): each row's radius is its largest certified grid radius, so the
+        report's curve at the grid radii is exact.  Recorded; a resumed run refuses a
+        change.
     """
+    if radii is not None:
+        from smoothsk.certification.radii import check_radii
+
+        radii = check_radii(radii).tolist()
+        if bound != "binary" or interval != "clopper-pearson":
+            raise ValueError("radii decide each grid radius by a betting test; bound and "
+                             "interval apply to CERTIFY (leave them at their defaults).")
+        if n_jobs not in (None, 1):
+            raise ValueError("radii runs in one process; leave n_jobs unset.")
     with exclusive_run(out):
         return _certify_to_tsv(estimator, X, y, indices, Path(out), run_info=run_info, n0=n0,
                                n=n, alpha=alpha, batch_size=batch_size,
                                random_state=random_state, progress=progress,
                                rows_per_call=rows_per_call, n_jobs=n_jobs, bound=bound,
-                               interval=interval)
+                               interval=interval, radii=radii)
 
 
 def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alpha, batch_size,
-                    random_state, progress, rows_per_call, n_jobs, bound, interval) -> Path:
+                    random_state, progress, rows_per_call, n_jobs, bound, interval,
+                    radii=None) -> Path:
     import smoothsk
 
     indices = np.asarray(indices, dtype=np.int64)
@@ -196,7 +213,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
                 precision=getattr(estimator, "precision", "fp32"),
                 shared_noise=bool(getattr(estimator, "shared_noise", False)),
                 bound=bound, interval=interval, smoothsk_version=smoothsk.__version__,
-                **_noise_record(estimator))
+                radii=radii, **_noise_record(estimator))
     sidecar = out.with_name(out.name + ".run.json")
     done: list[str] = []
     if out.exists():
@@ -219,6 +236,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
         previous.setdefault("interval", "clopper-pearson")
         previous.setdefault("noise", "gaussian")  # and smoothed with float noise
         previous.setdefault("noise_step", None)
+        previous.setdefault("radii", None)  # and ran CERTIFY
         # The number of inputs may grow (a run extended to more images): the rows already
         # written are checked against this run's indices below.
         differs = sorted(k for k in set(info) | set(previous)
@@ -250,7 +268,7 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
     try:
         _write_rows(estimator, X, y, indices, out, start, step, jobs, n0=n0, n=n, alpha=alpha,
                     batch_size=batch_size, random_state=random_state, progress=progress,
-                    n_jobs=n_jobs, bound=bound, interval=interval)
+                    n_jobs=n_jobs, bound=bound, interval=interval, radii=radii)
     except BaseException:
         if not done and _complete_rows(out) == []:
             # Nothing certified yet (a wrong model, a bad option, Ctrl-C): leave nothing
@@ -271,16 +289,22 @@ def _noise_record(estimator) -> dict:
 
 
 def _write_rows(estimator, X, y, indices, out, start, step, jobs, *, n0, n, alpha, batch_size,
-                random_state, progress, n_jobs, bound, interval):
+                random_state, progress, n_jobs, bound, interval, radii=None):
     with open(out, "a", encoding="utf-8") as stream:
         for first in range(start, len(indices), step):
             last = min(first + step, len(indices))
             chunk = take_rows(X, slice(first, last))
             began = time.perf_counter()
-            cert = estimator.certify(chunk, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                     random_state=random_state, index_offset=indices[first:last],
-                                     n_jobs=n_jobs, chunk_size=-(-(last - first) // jobs),
-                                     bound=bound, interval=interval)
+            if radii is None:
+                cert = estimator.certify(
+                    chunk, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                    random_state=random_state, index_offset=indices[first:last],
+                    n_jobs=n_jobs, chunk_size=-(-(last - first) // jobs), bound=bound,
+                    interval=interval)
+            else:
+                cert = estimator.certify_radii(
+                    chunk, radii, n0=n0, max_n=n, alpha=alpha, batch_size=batch_size,
+                    random_state=random_state, index_offset=indices[first:last])
             seconds = (time.perf_counter() - began) / (last - first)
             predicted = cert.labels(abstain_label=-1)
             correct = cert.is_correct(y[first:last])
