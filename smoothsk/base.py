@@ -845,7 +845,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self, X, *, n0=None, n=None, alpha=None, batch_size=None, random_state=None,
         index_offset: int = 0, n_jobs: int | None = None, chunk_size: int | None = None,
         threads_per_worker: int | None = None, bound: str = "binary",
-        interval: str = "clopper-pearson",
+        interval: str = "clopper-pearson", sequential: bool = False,
+        max_n: int | None = None, tolerance: float | None = None,
     ) -> Certificate:
         """Cohen et al.'s CERTIFY on every input (see :func:`smoothsk.certify`).
 
@@ -855,7 +856,9 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         ``n_jobs`` spreads the inputs over joblib workers (identical certificates).
         ``bound`` ("binary", "two-class") and ``interval`` ("clopper-pearson",
         "randomized") choose how the counts become a radius
-        (:func:`smoothsk.certification.radius.certified_radius`).
+        (:func:`smoothsk.certification.radius.certified_radius`).  ``sequential=True``
+        (with ``max_n`` and ``tolerance``) is the anytime CERTIFY of
+        :func:`smoothsk.certify`.
         """
         X = self._check_fitted_X(X)
         with self._progress(len(X), "certify") as bar:
@@ -869,7 +872,8 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
                 index_offset=index_offset, n_jobs=n_jobs, chunk_size=chunk_size,
                 threads_per_worker=threads_per_worker, precision=self.precision,
                 progress=bar.update, shared_noise=self.shared_noise, bound=bound,
-                interval=interval, **self.noise_options(),
+                interval=interval, sequential=sequential, max_n=max_n, tolerance=tolerance,
+                **self.noise_options(),
             )
         self._check_n_classes(result.counts.shape[1])
         result.classes = self.classes_

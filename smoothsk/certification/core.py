@@ -75,6 +75,13 @@ class Certificate:
         The smoothing noise (:func:`certify`).
     noise_step : str or None
         ``noise="discrete-gaussian"``: the lattice step, as an exact fraction ("1/255").
+    samples : ndarray of int or None, shape (N,)
+        ``sequential=True``: the estimation draws each input used (``n`` is the budget;
+        ``counts`` then holds the selected class's votes only).
+    sequential : bool
+        Whether the anytime CERTIFY made it (:func:`certify`).
+    tolerance : float or None
+        Its stopping tolerance.
     smoothsk_version : str
         The library version that computed it.
     """
@@ -97,6 +104,9 @@ class Certificate:
     uniforms: np.ndarray | None = None
     noise: str = "gaussian"
     noise_step: str | None = None
+    samples: np.ndarray | None = None
+    sequential: bool = False
+    tolerance: float | None = None
     smoothsk_version: str = field(default=__version__)
 
     def __len__(self) -> int:
@@ -122,6 +132,7 @@ class Certificate:
             alpha=first.alpha, precision=first.precision, shared_noise=first.shared_noise,
             bound=first.bound, interval=first.interval, pb_upper=joined("pb_upper"),
             uniforms=joined("uniforms"), noise=first.noise, noise_step=first.noise_step,
+            samples=joined("samples"), sequential=first.sequential, tolerance=first.tolerance,
         )
 
     def labels(self, abstain_label=None) -> np.ndarray:
@@ -229,6 +240,9 @@ def certify(
     interval: str = "clopper-pearson",
     noise: str = "gaussian",
     noise_step=None,
+    sequential: bool = False,
+    max_n: int | None = None,
+    tolerance: float | None = None,
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for every input in ``X``.
 
@@ -270,6 +284,14 @@ def certify(
     perturbations that stay on the lattice, and the tests run at ``α`` less the
     sampler's (tiny) deviation from the exact distribution.
 
+    ``sequential=True`` is the anytime CERTIFY: each input draws in rounds and stops once
+    more draws cannot raise its radius by more than ``tolerance`` (default σ/10), or at
+    ``max_n`` (default ``n``) estimation draws; the radius comes from a betting
+    confidence sequence on a grid at α/2 and, for inputs that spend ``max_n``, also from
+    Clopper–Pearson at α/2 (docs/certification.md: sound at α).  ``Certificate.samples``
+    holds each input's draws.  ``bound``, ``interval`` and ``n_jobs`` apply to the
+    fixed-n CERTIFY only.
+
     ``module`` may also be any fitted classifier: a skorch or smoothsk estimator (its
     network), or a scikit-learn classifier or Pipeline, whose ``predict`` then votes on
     batches of noisy inputs (:func:`smoothsk.certification.adapters.as_base_network`); the
@@ -283,7 +305,14 @@ def certify(
     _check_choice(interval, INTERVALS, "interval")
     make_noise(noise, sigma, noise_step, "cpu")  # refuse a bad noise before any work
     module, classes = as_base_network(module)
-    if n_jobs not in (None, 1):
+    if sequential:
+        certificate = _anytime(module, X, sigma, n0=n0, n=n, max_n=max_n, alpha=alpha,
+                               tolerance=tolerance, n_jobs=n_jobs, bound=bound,
+                               interval=interval, batch_size=batch_size,
+                               random_state=random_state, index_offset=index_offset,
+                               precision=precision, shared_noise=shared_noise, noise=noise,
+                               noise_step=noise_step, progress=progress)
+    elif n_jobs not in (None, 1):
         parts = map_input_chunks(
             _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
             threads_per_worker=threads_per_worker, random_state=random_state,
@@ -300,6 +329,24 @@ def certify(
             noise=noise, noise_step=noise_step)
     certificate.classes = classes
     return certificate
+
+
+def _anytime(module, X, sigma, *, n, max_n, tolerance, n_jobs, bound, interval, **kwargs):
+    """``certify(sequential=True)``: checks, then the anytime CERTIFY."""
+    from smoothsk.certification.radii import anytime_certify
+    from smoothsk.certification.sampling import check_sigma
+
+    if bound != "binary" or interval != "clopper-pearson" or n_jobs not in (None, 1):
+        raise ValueError("sequential=True runs in one process with its own bounds; leave "
+                         "bound, interval and n_jobs at their defaults.")
+    sigma = check_sigma(sigma)
+    max_n = n if max_n is None else check_positive_int(max_n, "max_n")
+    tolerance = sigma / 10 if tolerance is None else tolerance
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.floating)) \
+            or not np.isfinite(tolerance) or tolerance <= 0:
+        raise ValueError(f"tolerance must be a radius > 0; got {tolerance!r}.")
+    return anytime_certify(module, X, sigma, max_n=max_n, tolerance=float(tolerance),
+                           **kwargs)
 
 
 def _check_choice(value, choices, name: str) -> None:

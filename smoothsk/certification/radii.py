@@ -30,7 +30,7 @@ from scipy.stats import norm
 from smoothsk.certification import bounds, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.adaptive import decision_rule, round_sizes
-from smoothsk.certification.core import ABSTAIN, labels_or_marker
+from smoothsk.certification.core import ABSTAIN, Certificate, labels_or_marker
 from smoothsk.certification.noise import make_noise, noise_test_alpha
 from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import betting_bounds
@@ -129,6 +129,81 @@ def check_radii(radii) -> np.ndarray:
     return values
 
 
+def grid_run(module, X, sigma, radii, *, y, n0, max_n, alpha, first_round, growth,
+             batch_size, random_state, index_offset, precision, shared_noise, noise,
+             noise_step, progress, tolerance=None):
+    """The sequential loop behind :func:`certify_radii` and ``certify(sequential=True)``.
+
+    Returns ``(top, selection, fired, hits, drawn, level)``: the selected classes and
+    counts, which grid tests fired (not yet closed downward), the votes for the selected
+    class and the draws of each input, and the level the tests ran at.  ``tolerance``
+    also stops an input once the smallest grid radius shown out of reach is within
+    ``tolerance`` of its certified one (stopping only: soundness is unchanged).
+    """
+    n0 = sampling.check_positive_int(n0, "n0")
+    max_n = sampling.check_positive_int(max_n, "max_n")
+    sizes = round_sizes(first_round, growth, max_n)
+    thresholds = norm.cdf(radii / sigma)
+    level = noise_test_alpha(alpha, n0 + max_n, X, sigma=sigma, noise=noise,
+                             noise_step=noise_step)
+    rules = [decision_rule("betting", float(t), level, sizes) for t in thresholds]
+    noise_args = {"noise": noise, "noise_step": noise_step, "precision": precision,
+                  "shared_noise": shared_noise, "batch_size": batch_size}
+
+    seed = sampling.base_seed(random_state)
+    (selection,) = sample_counts(module, X, sigma, [n0], random_state=seed,
+                                 index_offset=index_offset, streams=[STREAM_SELECTION],
+                                 **noise_args)
+    top = selection.argmax(axis=1)
+    count = len(top)
+    fired = np.zeros((count, len(radii)), dtype=bool)
+    decided = np.zeros_like(fired)
+    decided[:, [not rule.reachable() for rule in rules]] = True  # max_n cannot certify
+    active = ~decided.all(axis=1)
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != (count,):
+            raise ValueError(f"y has shape {y.shape}; expected ({count},) class indices.")
+        active &= top == y
+    report = progress or (lambda decided_inputs: None)
+    report(int(count - active.sum()))
+
+    hits = np.zeros(count, dtype=np.int64)
+    drawn = np.zeros(count, dtype=np.int64)
+    previous = 0
+    for j, size in enumerate(sizes):
+        if not active.any():
+            break
+        (votes,) = sample_counts(module, X, sigma, [int(size - previous)], random_state=seed,
+                                 index_offset=index_offset, streams=[(STREAM_RADII, j)],
+                                 active=active, **noise_args)
+        rows = np.flatnonzero(active)
+        hits[rows] += votes[rows, top[rows]]
+        drawn[rows] = size
+        for k, rule in enumerate(rules):
+            open_rows = rows[~decided[rows, k]]
+            if not len(open_rows):
+                continue
+            certified, stop = rule(hits[open_rows], int(size))
+            fired[open_rows, k] |= certified
+            decided[open_rows, k] |= stop
+            # p < p*_k settled: every larger radius is out of reach too
+            out_of_reach = open_rows[stop & ~certified]
+            decided[out_of_reach, k:] = True
+        finished = decided[rows].all(axis=1)
+        if tolerance is not None:  # more draws could raise the radius by <= tolerance
+            closed = np.logical_and.accumulate(fired[rows], axis=1)
+            best = np.where(closed.any(1), radii[np.maximum(closed.sum(1) - 1, 0)], 0.0)
+            futile = decided[rows] & ~fired[rows]
+            reach = np.where(futile.any(1), radii[np.argmax(futile, axis=1)], np.inf)
+            finished |= reach - best <= tolerance
+        done = rows[finished]
+        active[done] = False
+        report(len(done))
+        previous = size
+    return top, selection, fired, hits, drawn, level
+
+
 def certify_radii(
     module: torch.nn.Module,
     X,
@@ -181,62 +256,16 @@ def certify_radii(
     module, _ = as_base_network(module)
     sigma = sampling.check_sigma(sigma)
     radii = check_radii(radii)
-    n0 = sampling.check_positive_int(n0, "n0")
-    max_n = sampling.check_positive_int(max_n, "max_n")
     alpha = bounds.check_alpha(alpha)
-    sizes = round_sizes(first_round, growth, max_n)
-    thresholds = norm.cdf(radii / sigma)
     lattice = make_noise(noise, sigma, noise_step, "cpu")
-    level = noise_test_alpha(alpha, n0 + max_n, X, sigma=sigma, noise=noise,
-                             noise_step=noise_step)
-    rules = [decision_rule("betting", float(t), level, sizes) for t in thresholds]
-    noise_args = {"noise": noise, "noise_step": noise_step, "precision": precision,
-                  "shared_noise": shared_noise, "batch_size": batch_size}
-
-    seed = sampling.base_seed(random_state)
-    (selection,) = sample_counts(module, X, sigma, [n0], random_state=seed,
-                                 index_offset=index_offset, streams=[STREAM_SELECTION],
-                                 **noise_args)
-    top = selection.argmax(axis=1)
+    run = grid_run(module, X, sigma, radii, y=y, n0=n0, max_n=max_n, alpha=alpha,
+                   first_round=first_round, growth=growth, batch_size=batch_size,
+                   random_state=random_state, index_offset=index_offset, precision=precision,
+                   shared_noise=shared_noise, noise=noise, noise_step=noise_step,
+                   progress=progress)
+    top, selection, fired, hits, drawn, level = run
     count = len(top)
-    fired = np.zeros((count, len(radii)), dtype=bool)
-    decided = np.zeros_like(fired)
-    decided[:, [not rule.reachable() for rule in rules]] = True  # max_n cannot certify
-    active = ~decided.all(axis=1)
-    if y is not None:
-        y = np.asarray(y)
-        if y.shape != (count,):
-            raise ValueError(f"y has shape {y.shape}; expected ({count},) class indices.")
-        active &= top == y
-    report = progress or (lambda decided_inputs: None)
-    report(int(count - active.sum()))
-
-    hits = np.zeros(count, dtype=np.int64)
-    drawn = np.zeros(count, dtype=np.int64)
-    previous = 0
-    for j, size in enumerate(sizes):
-        if not active.any():
-            break
-        (votes,) = sample_counts(module, X, sigma, [int(size - previous)], random_state=seed,
-                                 index_offset=index_offset, streams=[(STREAM_RADII, j)],
-                                 active=active, **noise_args)
-        rows = np.flatnonzero(active)
-        hits[rows] += votes[rows, top[rows]]
-        drawn[rows] = size
-        for k, rule in enumerate(rules):
-            open_rows = rows[~decided[rows, k]]
-            if not len(open_rows):
-                continue
-            certified, stop = rule(hits[open_rows], int(size))
-            fired[open_rows, k] |= certified
-            decided[open_rows, k] |= stop
-            # p < p*_k settled: every larger radius is out of reach too
-            out_of_reach = open_rows[stop & ~certified]
-            decided[out_of_reach, k:] = True
-        done = rows[decided[rows].all(axis=1)]
-        active[done] = False
-        report(len(done))
-        previous = size
+    thresholds = norm.cdf(radii / sigma)
     certified = np.logical_and.accumulate(fired, axis=1)  # the downward closure (proof)
     radius = np.where(certified.any(axis=1),
                       radii[np.maximum(certified.sum(axis=1) - 1, 0)], 0.0)
@@ -249,4 +278,53 @@ def certify_radii(
         pa_upper=upper, radii=radii, thresholds=thresholds, sigma=sigma, n0=n0, max_n=max_n,
         alpha=alpha, selection_counts=selection, noise=noise,
         noise_step=None if lattice is None else str(lattice.step),
+    )
+
+
+def anytime_certify(module, X, sigma, *, n0, max_n, alpha, tolerance, batch_size,
+                    random_state, index_offset, precision, shared_noise, noise, noise_step,
+                    progress) -> Certificate:
+    """CERTIFY that stops each input once more draws cannot raise its radius by more than
+    ``tolerance`` (``certify(..., sequential=True)``; parameters checked there).
+
+    Construction (docs/certification.md): the grid ``0, tolerance/2, …`` up to the largest
+    radius ``max_n`` draws can give, decided by :func:`grid_run` at ``α/2`` (reported
+    downward closed, so sound at ``α/2`` per input for the whole grid, at any stop); an
+    input that draws all ``max_n`` also gets Clopper–Pearson's bound at ``α/2`` on those
+    draws, and the larger radius.  Both events together fail with probability at most α.
+    """
+    half = alpha / 2
+    step = tolerance / 2
+    top_radius = sigma * norm.ppf(half ** (1 / max_n))
+    count_radii = int(np.floor(top_radius / step)) + 1
+    if count_radii > MAX_RADII:
+        raise ValueError(
+            f"tolerance={tolerance:g} needs {count_radii} grid radii up to {top_radius:.3g} "
+            f"(at most {MAX_RADII}); use a tolerance of at least "
+            f"{2 * top_radius / (MAX_RADII - 1):.3g}.")
+    radii = np.arange(count_radii) * step
+    lattice = make_noise(noise, sigma, noise_step, "cpu")
+    top, selection, fired, hits, drawn, level = grid_run(
+        module, X, sigma, radii, y=None, n0=n0, max_n=max_n, alpha=half, first_round=64,
+        growth=DEFAULT_RADII_GROWTH, batch_size=batch_size, random_state=random_state,
+        index_offset=index_offset, precision=precision, shared_noise=shared_noise,
+        noise=noise, noise_step=noise_step, progress=progress, tolerance=tolerance)
+    closed = np.logical_and.accumulate(fired, axis=1)
+    grid_certified = closed[:, 0]  # p_A > 1/2 established: the class is g(x)
+    grid_radius = np.where(grid_certified, radii[np.maximum(closed.sum(1) - 1, 0)], 0.0)
+    pa_lower = np.where(grid_certified, norm.cdf(grid_radius / sigma), 0.0)
+    spent = drawn == max_n
+    budget_lower = bounds.lower_confidence_bound(hits[spent], max_n, level)
+    pa_lower[spent] = np.maximum(pa_lower[spent], budget_lower)
+    certified = pa_lower > 0.5
+    radius = np.where(certified, np.maximum(grid_radius, sigma * norm.ppf(
+        np.clip(pa_lower, 0.5, 1.0))), 0.0)
+    counts = np.zeros_like(selection)
+    counts[np.arange(len(top)), top] = hits
+    return Certificate(
+        prediction=np.where(certified, top, ABSTAIN), radius=radius, pa_lower=pa_lower,
+        selection_counts=selection, counts=counts, sigma=float(sigma), n0=n0, n=max_n,
+        alpha=alpha, precision=precision, shared_noise=bool(shared_noise), noise=noise,
+        noise_step=None if lattice is None else str(lattice.step), samples=drawn,
+        sequential=True, tolerance=float(tolerance),
     )
