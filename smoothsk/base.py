@@ -40,7 +40,7 @@ from skorch.utils import to_numpy, to_tensor
 from smoothsk.certification import core, sampling
 from smoothsk.certification.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certification.bounds import check_alpha
-from smoothsk.certification.core import Certificate, _predict_from_counts, labels_or_marker
+from smoothsk.certification.core import Certificate, labels_or_marker, predict_from_counts
 from smoothsk.certification.noise import NOISES, check_noise_options, noise_test_alpha
 from smoothsk.certification.radii import DEFAULT_RADII_GROWTH, RadiiCertificate, certify_radii
 from smoothsk.certification.sampling import first_field, precision_context
@@ -64,7 +64,7 @@ def is_fitted_estimator(estimator) -> bool:
     return True
 
 
-def _is_fitted(estimator) -> bool:
+def is_fitted_model(estimator) -> bool:
     """A fitted smoothsk estimator, or any other fitted scikit-learn estimator."""
     if isinstance(estimator, SmoothedClassifier):
         return is_fitted_estimator(estimator)
@@ -375,7 +375,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             inner = unwrap_frozen(value)
             keep = key in self.side_model_params and (
                 isinstance(value, torch.nn.Module) or inner is not value
-                or _is_fitted(value))
+                or is_fitted_model(value))
             params[key] = value if keep else clone(value, safe=False)
         return type(self)(**params)
 
@@ -838,7 +838,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         counts = self._smoothed_counts(X)
         alpha = noise_test_alpha(alpha, self.n_predict, X, sigma=self.noise_level_,
                                  **self.noise_options())
-        index = _predict_from_counts(counts, alpha)
+        index = predict_from_counts(counts, alpha)
         return labels_or_marker(self.classes_, index, abstain_label)
 
     def certify(

@@ -31,26 +31,27 @@ def certified_accuracy(y_true, certificate: Certificate, radius=0.0):
     radii = np.asarray(radius, dtype=np.float64)
     if np.any(radii < 0) or not np.all(np.isfinite(radii)):
         raise ValueError(f"radius must be finite and >= 0; got {radius!r}.")
-    curve = _accuracy_curve(certificate.is_correct(y_true), certificate.radius, radii)
+    curve = accuracy_curve(certificate.is_correct(y_true), certificate.radius, radii)
     return float(curve[0]) if radii.ndim == 0 else curve.reshape(radii.shape)
 
 
-def _accuracy_curve(correct, radius, radii) -> np.ndarray:
+def accuracy_curve(correct, radius, radii) -> np.ndarray:
     """``CA(r)`` for each r in ``radii`` (flattened): mean of ``correct & radius ≥ r``."""
     radii = np.asarray(radii, dtype=np.float64).reshape(-1, 1)
     return (correct[None, :] & (radius[None, :] >= radii)).mean(axis=1)
 
 
-def _mean_certified_radius(correct, radius) -> float:
+def mean_certified_radius(correct, radius) -> float:
+    """``mean(R_i · 1[correct_i])``: the ACR of per-input radii and correctness masks."""
     return float(np.mean(np.where(correct, radius, 0.0)))
 
 
 def average_certified_radius(y_true, certificate: Certificate) -> float:
     """ACR ``= (1/N) Σ_i R_i · 1[ĉ_i = y_i]`` (Zhai et al. 2020); abstentions give 0."""
-    return _mean_certified_radius(certificate.is_correct(y_true), certificate.radius)
+    return mean_certified_radius(certificate.is_correct(y_true), certificate.radius)
 
 
-def _smoothed_step(estimator, X):
+def smoothed_step(estimator, X):
     """``(last_step, X transformed by the earlier steps)`` for a Pipeline; else unchanged.
 
     Certificates of a Pipeline hold in the input space of its last (smoothed) step.
@@ -92,7 +93,7 @@ def certify_pipeline(estimator, X, *, radius_space: str = "input", **certify_par
     ``"last_step"`` keeps them in the smoothed step's input space.
     """
     scale = _radius_scale(estimator, X, radius_space)
-    smoothed, X_smoothed = _smoothed_step(estimator, X)
+    smoothed, X_smoothed = smoothed_step(estimator, X)
     certificate = smoothed.certify(X_smoothed, **certify_params)
     certificate.radius = certificate.radius * scale
     return certificate
@@ -115,7 +116,7 @@ class _CertificationScorer:
 
     def __call__(self, estimator, X, y) -> float:
         scale = _radius_scale(estimator, X, self.radius_space)
-        smoothed, X = _smoothed_step(estimator, X)
+        smoothed, X = smoothed_step(estimator, X)
         if not hasattr(smoothed, "certify"):
             raise ValueError(
                 f"{type(smoothed).__name__} has no certify method; score a smoothsk estimator "

@@ -17,7 +17,7 @@ import torch
 from smoothsk.certification import bounds, core, sampling
 from smoothsk.certification.core import ABSTAIN
 from smoothsk.methods.attacks import smoothed_pgd_attack
-from smoothsk.metrics import _smoothed_step
+from smoothsk.metrics import smoothed_step
 from smoothsk.progress import progress_bar
 
 __all__ = ["EmpiricalRobustness", "empirical_robustness"]
@@ -101,7 +101,7 @@ def empirical_robustness(
     random_state : int or None
         Seeds the attack noise and PREDICT's noise.
     """
-    smoothed, X = _smoothed_step(estimator, X)  # a Pipeline: its last step's input space
+    smoothed, X = smoothed_step(estimator, X)  # a Pipeline: its last step's input space
     if not hasattr(smoothed, "module_") or not hasattr(smoothed, "noise_level_"):
         raise ValueError(
             f"{type(smoothed).__name__} is not a fitted smoothsk estimator; fit one (or a "

@@ -147,3 +147,14 @@ def test_grid_search_in_two_worker_processes_does_not_oversubscribe(digits):
     serial.fit(X[:300], y[:300])
     np.testing.assert_array_equal(search.cv_results_["split0_test_ca"],
                                   serial.cv_results_["split0_test_ca"])
+
+
+def test_the_curve_helpers_are_the_published_definitions():
+    from smoothsk.metrics import accuracy_curve, mean_certified_radius
+
+    correct = np.array([True, True, False, True])
+    radius = np.array([0.3, 0.0, 0.9, 0.6])
+    # CA(r) = mean(correct & R >= r); ACR = mean(R · correct)
+    np.testing.assert_allclose(accuracy_curve(correct, radius, [0, 0.3, 0.5, 1.0]),
+                               [0.75, 0.5, 0.25, 0.0])
+    assert mean_certified_radius(correct, radius) == pytest.approx(0.9 / 4)

@@ -428,10 +428,13 @@ def predict(
         shared_noise=shared_noise, noise=noise, noise_step=noise_step,
     )
     alpha = noise_test_alpha(alpha, n, X, sigma=sigma, noise=noise, noise_step=noise_step)
-    return _predict_from_counts(counts, alpha)
+    return predict_from_counts(counts, alpha)
 
 
-def _predict_from_counts(counts: np.ndarray, alpha: float) -> np.ndarray:
+def predict_from_counts(counts: np.ndarray, alpha: float) -> np.ndarray:
+    """PREDICT's decision from vote counts ``(N, C)``: the top class where the two-sided
+    binomial test of the top two counts against 1/2 has p-value ≤ ``alpha``, else
+    ``ABSTAIN``."""
     order = np.argsort(-counts, axis=1, kind="stable")
     top = order[:, 0]
     n_a = counts[np.arange(len(counts)), top]

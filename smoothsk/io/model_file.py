@@ -454,13 +454,14 @@ def load_classifier(path, *, trusted: bool = False):
     Smooth the result with :class:`~smoothsk.PretrainedSmoothingClassifier` or
     :class:`~smoothsk.DenoisedSmoothingClassifier`.
     """
-    from smoothsk.base import _is_fitted
+    from smoothsk.base import is_fitted_model
 
     path = Path(path)
     if not path.is_file() or zipfile.is_zipfile(path) or not trusted:
         return load_model(path, trusted=trusted)
     model = _load_pickle(path)
-    if not hasattr(model, "predict") or not hasattr(model, "classes_") or not _is_fitted(model):
+    if not (hasattr(model, "predict") and hasattr(model, "classes_")
+            and is_fitted_model(model)):
         raise ValueError(f"{path} does not hold a fitted classifier (it holds a "
                          f"{type(model).__name__}); save one fitted with joblib.dump.")
     return model

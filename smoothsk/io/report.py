@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from smoothsk.io.files import atomic_write
-from smoothsk.metrics import _accuracy_curve, _mean_certified_radius
+from smoothsk.metrics import accuracy_curve, mean_certified_radius
 
 __all__ = [
     "CertificationRun",
@@ -61,11 +61,11 @@ class CertificationRun:
 
     def certified_accuracy(self, radii) -> np.ndarray:
         """``CA(r)`` = fraction of inputs that are correct with radius ≥ r."""
-        return _accuracy_curve(self.correct, self.radius, radii)
+        return accuracy_curve(self.correct, self.radius, radii)
 
     @property
     def average_certified_radius(self) -> float:
-        return _mean_certified_radius(self.correct, self.radius)
+        return mean_certified_radius(self.correct, self.radius)
 
 
 def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
