@@ -34,7 +34,7 @@ class LogProgress:
     def update(self, count: int = 1) -> None:
         self.n += count
         now = time.monotonic()
-        if now - self._last >= self.interval or self.n >= self.total:
+        if now - self._last >= self.interval or (self.total and self.n >= self.total):
             self._last = now
             self._print(now)
 
@@ -44,12 +44,14 @@ class LogProgress:
     def _print(self, now: float) -> None:
         elapsed = max(now - self._start, 1e-9)
         rate = self.n / elapsed
-        left = (self.total - self.n) / rate if rate > 0 else float("inf")
-        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        if self.total:  # None for a loader of unknown length: no estimate
+            left = f", {(self.total - self.n) / rate:.0f} s left" if rate > 0 else ""
+            share = f" ({100 * self.n / self.total:.0f}%)"
+        else:
+            left, share = "", ""
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.description}: {self.n}/{self.total} {self.unit}s{share}, "
-              f"{rate:.3g} {self.unit}s/s, {left:.0f} s left{extra}", file=self.file,
-              flush=True)
+        print(f"{self.description}: {self.n}/{self.total or '?'} {self.unit}s{share}, "
+              f"{rate:.3g} {self.unit}s/s{left}{extra}", file=self.file, flush=True)
 
     def close(self) -> None:
         pass

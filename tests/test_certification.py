@@ -465,3 +465,12 @@ def test_labels_are_not_compared_with_the_class_indices_of_a_bare_network(digits
     indices = np.searchsorted(clf.classes_, names[:10])
     assert certified_accuracy(indices, bare) == certified_accuracy(
         names[:10], clf.certify(X[:10], n0=10, n=50, random_state=0))
+
+
+def test_verbose_certification_shows_progress_and_the_time_left(small_net, small_X, capsys):
+    plain = certify(small_net, small_X, 0.5, n=200, random_state=0)
+    shown = certify(small_net, small_X, 0.5, n=200, random_state=0, verbose=True)
+    np.testing.assert_array_equal(shown.counts, plain.counts)  # the same certificate
+    err = capsys.readouterr().err
+    # off a terminal: a log line with the count, the rate and the time left
+    assert f"{len(small_X)}/{len(small_X)}" in err and "left" in err and "certify" in err
