@@ -488,3 +488,20 @@ def test_certify_at_a_grid_of_radii_writes_the_curve_and_resumes(model, tmp_path
         assert result.returncode == 2 and message in result.stderr
     result = run_here(*common[:6], "--max-n", "10", "--out", tmp_path / "x.tsv")
     assert result.returncode == 2 and "--max-n applies to --radii" in result.stderr
+
+
+def test_bad_values_and_orders_that_gave_tracebacks_or_half_written_files(model, tmp_path):
+    result = run_here("train", "--dataset", "digits", "--method", "gaussian", "--epochs", "1",
+                      "--set", "lr=abc", "--out", tmp_path / "m.smoothsk")
+    assert result.returncode == 2 and "lr takes a number" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.smoothsk").exists()
+    tsv = tmp_path / "a.tsv"
+    assert run_here("certify", model, "--dataset", "digits", "--max", "3", "--n", "100",
+                    "--quiet", "--out", tsv).returncode == 0
+    many = ",".join(str(i / 1000) for i in range(10_001))
+    result = run_here("report", tsv, "--radii", many)
+    assert result.returncode == 2 and "more than" in result.stderr
+    result = run_here("report", tsv, "--markdown", tmp_path / "t.md", "--plot",
+                      tmp_path / "c.jpg")
+    assert result.returncode == 2 and "--plot must end in" in result.stderr
+    assert not (tmp_path / "t.md").exists()  # nothing written before the refusal

@@ -38,7 +38,12 @@ def write_markdown(path, runs, radii) -> None:
 
 
 def run(args) -> int:
-    from smoothsk.io.report import parse_radii, plot_certified_accuracy, read_certification_tsv
+    from smoothsk.io.report import (
+        PLOT_FORMATS,
+        parse_radii,
+        plot_certified_accuracy,
+        read_certification_tsv,
+    )
 
     try:
         radii = parse_radii(args.radii)
@@ -48,6 +53,11 @@ def run(args) -> int:
         if len(names) != len(args.runs):
             raise ValueError(f"--labels has {len(names)} names for {len(args.runs)} runs.")
         runs = [read_certification_tsv(path, name) for path, name in zip(args.runs, names)]
+        if args.plot and Path(args.plot).suffix.lower().lstrip(".") not in PLOT_FORMATS:
+            # refused before anything is written (the table would be left behind)
+            raise ValueError(f"--plot must end in one of "
+                             f"{', '.join('.' + f for f in PLOT_FORMATS)}; got "
+                             f"{Path(args.plot).name!r}.")
     except (FileNotFoundError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     print_runs(runs, radii)

@@ -199,6 +199,14 @@ def build_estimator(args, dataset_train_size: int | None = None):
                                f"{args.method} ({takes}; see --method {args.method} --help).")
         params[name] = value
     params.update(dict(args.set or []))
+    defaults = cls().get_params(deep=False)
+    for name, value in (args.set or []):
+        # a number given as text (--set lr=abc) would fail deep inside training
+        default = defaults.get(name)
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and \
+                (isinstance(value, (str, bool)) or not isinstance(value, (int, float))):
+            raise CommandError(f"--set {name}={value!r}: {name} takes a number "
+                               f"(default {default!r}).")
     try:
         clf = cls(**params)
     except TypeError as exc:

@@ -139,7 +139,8 @@ def parse_radii(text: str) -> np.ndarray:
             radii = None if count > MAX_RADII else np.round(
                 np.arange(start, stop + step / 2, step), 10)
         else:
-            radii = np.array([float(v) for v in text.split(",")])
+            parts = text.split(",")
+            radii = None if len(parts) > MAX_RADII else np.array([float(v) for v in parts])
     except ValueError:
         raise ValueError(
             f"radii must be start:stop:step (e.g. 0:2:0.25) or a comma list; got {text!r}."
