@@ -25,6 +25,7 @@ from smoothsk.methods.denoised import (
     PretrainedSmoothingClassifier,
     denoiser_loss,
 )
+from smoothsk.methods.ensemble import EnsembleNetwork, SmoothedEnsembleClassifier
 from smoothsk.methods.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
 from smoothsk.methods.macer import MACERClassifier, macer_loss
 from smoothsk.methods.smoothadv import SmoothAdvClassifier, smoothadv_loss
@@ -72,6 +73,8 @@ __all__ = [
     "certify_radius",
     "certify_radii",
     "RadiiCertificate",
+    "SmoothedEnsembleClassifier",
+    "EnsembleNetwork",
     "round_sizes",
     "RadiusCertificate",
     "class_counts",

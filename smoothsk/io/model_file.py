@@ -272,6 +272,11 @@ def _archive(estimator, allowed: dict[str, type]) -> dict:
     allowed_names = {cls: name for name, cls in allowed.items()}
     if type(estimator) not in allowed_names:
         raise ValueError(f"{type(estimator).__name__} is not a smoothsk estimator.")
+    if hasattr(estimator, "named_estimators_"):  # an ensemble: a list of nested models
+        raise ValueError(
+            f"{type(estimator).__name__} is not stored in the safe format: save each member "
+            "with save_model and rebuild the ensemble from them with prefit=True (or "
+            "pickle it, for files you trust).")
     params = {name: _encode(name, value, allowed_names)
               for name, value in estimator.get_params(deep=False).items()
               if name not in _NOT_SAVED | {"classifier"}
