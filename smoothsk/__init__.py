@@ -5,6 +5,7 @@ from smoothsk.base import SmoothedClassifier
 from smoothsk.certification.adaptive import RadiusCertificate, certify_radius, round_sizes
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothsk.certification.core import ABSTAIN, Certificate, certify, predict
+from smoothsk.certification.incremental import certify_incremental
 from smoothsk.certification.radii import RadiiCertificate, certify_radii
 from smoothsk.certification.sampling import class_counts
 from smoothsk.methods.attacks import (
@@ -72,6 +73,7 @@ __all__ = [
     "certify",
     "certify_radius",
     "certify_radii",
+    "certify_incremental",
     "RadiiCertificate",
     "SmoothedEnsembleClassifier",
     "EnsembleNetwork",

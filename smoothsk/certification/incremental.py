@@ -1,0 +1,150 @@
+"""Incremental certification: certificates for a modified network from the original's.
+
+Ugare, Banerjee, Misailovic & Singh, "Incremental Randomized Smoothing Certification"
+(ICLR 2024; code uiuc-arc/Incremental-DNN-Verification).  A network ``f`` certified once,
+then quantized, pruned or fine-tuned into ``f'``, is certified again without ``n`` fresh
+draws: on ``n_ζ`` draws both networks see, count where they disagree, bound the
+disagreement rate ``ζ = P(f(x + δ) ≠ f'(x + δ))`` from above by Clopper–Pearson, and certify
+``f'`` from ``p̲_A(f) − ζ̄``.
+
+Soundness.  For the class ``c`` certified for ``f``, every draw where ``f`` votes ``c``
+and ``f'`` agrees is a vote of ``f'`` for ``c``, so ``p_c(f') ≥ p_c(f) − ζ``.  The original
+certificate's ``p̲_A ≤ p_c(f)`` fails with probability at most its α; ``ζ̄ ≥ ζ`` fails
+with probability at most ``α_ζ`` (independent draws, a fixed ``n_ζ``).  Both hold with
+probability at least ``1 − α − α_ζ``, and then ``p_c(f') ≥ p̲_A − ζ̄``: the certificate of
+``f'`` at radius ``σ Φ⁻¹(p̲_A − ζ̄)`` holds at level ``α + α_ζ`` (recorded as its
+``alpha``).  Inputs where that bound leaves nothing (``p̲_A − ζ̄ ≤ 1/2``) fall back to
+plain CERTIFY of ``f'`` at level ``α + α_ζ``, so every input's guarantee is the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from smoothsk.certification import bounds, sampling
+from smoothsk.certification.adapters import as_base_network
+from smoothsk.certification.core import ABSTAIN, Certificate, certify
+from smoothsk.certification.sampling import sample_counts
+
+__all__ = ["DisagreementNetwork", "certify_incremental"]
+
+STREAM_INCREMENTAL = 6
+
+
+class DisagreementNetwork(torch.nn.Module):
+    """Two logits per row: class 1 where ``argmax original(x) != argmax modified(x)``.
+
+    ``modified_precision`` runs the modified network under autocast at that precision
+    (its quantized arithmetic) while the original runs as it was certified.
+    """
+
+    def __init__(self, original: torch.nn.Module, modified: torch.nn.Module,
+                 modified_precision: str = "fp32", original_precision: str = "fp32"):
+        super().__init__()
+        self.original, self.modified = original, modified
+        self.modified_precision = modified_precision
+        self.original_precision = original_precision
+
+    def _run(self, network, x, precision):
+        device = x.device
+        context = contextlib.nullcontext() if precision == "fp32" else \
+            sampling.precision_context(precision, device)
+        with context:
+            return network(x.to(sampling.module_device_dtype(network)[1])).argmax(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        differ = self._run(self.original, x, self.original_precision) != \
+            self._run(self.modified, x, self.modified_precision)
+        return torch.stack([(~differ).float(), differ.float()], dim=1)
+
+
+def certify_incremental(
+    modified,
+    original,
+    X,
+    certificate: Certificate,
+    *,
+    n_zeta: int = 10_000,
+    alpha_zeta: float = 0.001,
+    modified_precision: str = "fp32",
+    batch_size: int = 1000,
+    random_state=None,
+    index_offset: int = 0,
+) -> Certificate:
+    """Certify ``modified`` on ``X`` from the ``certificate`` of ``original`` (module docstring).
+
+    Parameters
+    ----------
+    modified, original : torch.nn.Module or fitted classifier
+        ``f'`` and ``f`` (networks, or estimators whose networks are used).
+    X : array or tensor
+        The inputs ``certificate`` was computed on, in its order.
+    certificate : Certificate
+        ``certify(original, X, sigma, ...)``'s result (σ, ``n`` and α are taken from it).
+    n_zeta : int
+        Draws on which both networks are compared (``f`` and ``f'`` each evaluate them).
+    alpha_zeta : float
+        Failure probability of the disagreement bound; the result holds at
+        ``certificate.alpha + alpha_zeta``.
+    modified_precision : {"fp32", "bf16", "fp16"}
+        Arithmetic of ``modified`` (a bf16 copy of ``original`` is ``modified=original``
+        with ``"bf16"``); ``original`` runs at the certificate's precision.
+    batch_size, random_state, index_offset
+        As in :func:`smoothsk.certify` (the disagreement draws are a stream of their own).
+
+    Returns
+    -------
+    Certificate
+        Of ``modified``, at level ``certificate.alpha + alpha_zeta``; ``samples`` holds the
+        draws each input cost ``modified`` (``n_zeta``, or the fallback's ``n0 + n``).
+    """
+    modified_net, _ = as_base_network(modified)
+    original_net, classes = as_base_network(original)
+    n_zeta = sampling.check_positive_int(n_zeta, "n_zeta")
+    alpha_zeta = bounds.check_alpha(alpha_zeta)
+    sampling.check_precision(modified_precision)
+    if len(certificate) != len(X):
+        raise ValueError(f"the certificate holds {len(certificate)} inputs but X has {len(X)}.")
+    if certificate.sequential or certificate.bound != "binary" or \
+            certificate.interval != "clopper-pearson" or certificate.noise != "gaussian":
+        raise ValueError("certify_incremental builds on a plain CERTIFY certificate (binary "
+                         "bound, Clopper–Pearson, Gaussian noise, not sequential).")
+    alpha = certificate.alpha + alpha_zeta
+    if alpha >= 1:
+        raise ValueError(f"alpha + alpha_zeta = {alpha} must stay below 1.")
+    sigma = certificate.sigma
+    pair = DisagreementNetwork(original_net, modified_net, modified_precision,
+                               certificate.precision)
+    kept = certificate.prediction != ABSTAIN
+    (counts,) = sample_counts(pair, X, sigma, [n_zeta], batch_size=batch_size,
+                              random_state=random_state, index_offset=index_offset,
+                              streams=[STREAM_INCREMENTAL], active=kept)
+    disagreements = counts[:, 1] if counts.shape[1] > 1 else np.zeros(len(X), np.int64)
+    zeta_upper = np.where(kept, bounds.upper_confidence_bound(disagreements, n_zeta,
+                                                              alpha_zeta), 1.0)
+    pa_lower = np.where(kept, certificate.pa_lower - zeta_upper, 0.0)
+    certified = pa_lower > 0.5
+    radius = np.where(certified, sigma * norm.ppf(np.clip(pa_lower, 0.5, 1.0)), 0.0)
+    prediction = np.where(certified, certificate.prediction, ABSTAIN)
+    samples = np.where(kept, n_zeta, 0).astype(np.int64)
+    fallback = np.flatnonzero(~certified)
+    if len(fallback):
+        offsets = sampling.global_indices(index_offset, len(X))[fallback]
+        plain = certify(modified_net, sampling.take_rows(X, fallback), sigma,
+                        n0=certificate.n0, n=certificate.n, alpha=alpha,
+                        batch_size=batch_size, random_state=random_state,
+                        index_offset=offsets, precision=modified_precision)
+        prediction[fallback], radius[fallback] = plain.prediction, plain.radius
+        pa_lower[fallback] = plain.pa_lower
+        samples[fallback] += certificate.n0 + certificate.n
+    return Certificate(
+        prediction=prediction, radius=radius, pa_lower=pa_lower,
+        selection_counts=certificate.selection_counts, counts=certificate.counts,
+        sigma=sigma, n0=certificate.n0, n=certificate.n, alpha=alpha,
+        classes=classes if classes is not None else certificate.classes,
+        precision=modified_precision, samples=samples,
+    )

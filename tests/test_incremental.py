@@ -1,0 +1,86 @@
+"""certify_incremental: a modified network certified from the original's certificate."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import LinearBinary, points_at_radii
+from scipy.stats import binom, norm
+
+from smoothsk import ABSTAIN, certify, certify_incremental
+
+
+def modified_pair(rng, dim=6, tilt=0.08):
+    """An analytic original and a slightly tilted copy: both smoothed classifiers are
+    known in closed form, so the modified one's true radius is too."""
+    w = rng.normal(size=dim)
+    original = LinearBinary(w, 0.2)
+    modified = LinearBinary(w + tilt * rng.normal(size=dim), 0.2 + tilt)
+    return original, modified
+
+
+def test_incremental_certificates_hold_at_alpha_plus_alpha_zeta():
+    rng = np.random.default_rng(0)
+    original, modified = modified_pair(rng)
+    sigma, trials, alpha, alpha_zeta = 0.5, 1500, 0.05, 0.05
+    X = points_at_radii(original, sigma * norm.ppf(rng.uniform(0.55, 0.995, trials)), rng)
+    cert = certify(original, X, sigma, n0=50, n=2000, alpha=alpha, batch_size=8192,
+                   random_state=1)
+    result = certify_incremental(modified, original, X, cert, n_zeta=500,
+                                 alpha_zeta=alpha_zeta, batch_size=8192, random_state=2)
+    assert result.alpha == pytest.approx(alpha + alpha_zeta)
+    truth = modified.true_radius(X)
+    certified = result.prediction != ABSTAIN
+    wrong = certified & ((result.prediction != modified.true_class(X))
+                         | (result.radius > truth))
+    # per input at most alpha + alpha_zeta (union bound), independently across inputs;
+    # the 1 - 1e-4 binomial quantile
+    assert wrong.sum() <= binom.ppf(1 - 1e-4, trials, alpha + alpha_zeta)
+    # and the failure it guards against: the original's certificate reused as it is
+    reused = (cert.prediction != ABSTAIN) & ((cert.prediction != modified.true_class(X))
+                                            | (cert.radius > truth))
+    assert reused.sum() > 3 * binom.ppf(1 - 1e-4, trials, alpha + alpha_zeta)
+    # the cheap path was taken for most inputs
+    assert (result.samples == 500).mean() > 0.5
+
+
+def test_an_unchanged_network_keeps_its_radii_up_to_the_disagreement_bound():
+    rng = np.random.default_rng(1)
+    original, _ = modified_pair(rng)
+    X = points_at_radii(original, 0.5 * norm.ppf(rng.uniform(0.8, 0.99, 40)), rng)
+    cert = certify(original, X, 0.5, n=5000, random_state=0)
+    same = certify_incremental(original, original, X, cert, n_zeta=2000, alpha_zeta=0.001)
+    # zero disagreements: p̲_A less Clopper–Pearson's upper bound of 0/2000 at 0.001
+    np.testing.assert_allclose(same.pa_lower, cert.pa_lower - (1 - 0.001 ** (1 / 2000)),
+                               rtol=1e-9)
+    np.testing.assert_array_equal(same.prediction, cert.prediction)
+
+
+def test_a_network_that_disagrees_falls_back_to_certify():
+    rng = np.random.default_rng(2)
+    original, _ = modified_pair(rng)
+    flipped = LinearBinary(-original.w.detach().numpy(), -float(original.b.detach()))
+    X = points_at_radii(original, 0.5 * norm.ppf(rng.uniform(0.8, 0.99, 30)), rng)
+    cert = certify(original, X, 0.5, n=2000, random_state=0)
+    result = certify_incremental(flipped, original, X, cert, n_zeta=200, random_state=0)
+    certified = result.prediction != ABSTAIN
+    assert certified.any()
+    np.testing.assert_array_equal(result.prediction[certified],
+                                  flipped.true_class(X)[certified])
+    assert np.all(result.samples > 2000)  # every input paid the fallback
+    with pytest.raises(ValueError, match="holds 30 inputs"):
+        certify_incremental(flipped, original, X[:5], cert)
+
+
+@pytest.mark.slow
+def test_a_bf16_copy_is_certified_from_the_fp32_certificate(digits):
+    from smoothsk import GaussianAugClassifier
+
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, max_epochs=5, lr=0.05,
+                                optimizer=torch.optim.SGD, random_state=0).fit(X[:800], y[:800])
+    cert = certify(clf.module_, X[800:900], 0.25, n=4000, random_state=0)
+    bf16 = certify_incremental(clf.module_, clf.module_, X[800:900], cert, n_zeta=1000,
+                               modified_precision="bf16", random_state=0)
+    assert bf16.precision == "bf16" and (bf16.samples == 1000).mean() > 0.5
+    kept = (bf16.prediction != ABSTAIN) & (bf16.samples == 1000)
+    assert np.all(bf16.radius[kept] <= cert.radius[kept] + 1e-12)  # ζ̄ only lowers p̲_A
