@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gaussian_models import gaussian_model  # benchmarks/ (these run as scripts)
 
-from smoothsk import GaussianAugClassifier, certified_accuracy
+from smoothsk import certified_accuracy
 from smoothsk.datasets import load_dataset
 from smoothsk.io.files import atomic_write_text
-from smoothsk.io.model_file import load_model, save_model
 
 OUT = Path(__file__).parent / "results" / "certify-radii"
 MODELS = Path(__file__).parent / "results" / "discrete-noise" / "models"
@@ -45,15 +45,7 @@ def main(argv=None):
     X_test, y_test = X_test[:: args.skip], y_test[:: args.skip]
     rows = []
     for sigma in [float(s) for s in args.sigmas.split(",")]:
-        path = MODELS / f"digits-gaussian-sigma{sigma:g}-e{args.epochs}.smoothsk"
-        if path.exists():
-            clf = load_model(path)
-        else:
-            MODELS.mkdir(parents=True, exist_ok=True)
-            clf = GaussianAugClassifier(
-                sigma=sigma, max_epochs=args.epochs, lr=0.05, optimizer=torch.optim.SGD,
-                optimizer__momentum=0.9, batch_size=64, random_state=0).fit(X_train, y_train)
-            save_model(clf, path)
+        clf = gaussian_model("digits", sigma, args.epochs, MODELS, X_train, y_train)
         start = time.perf_counter()
         full = clf.certify(X_test, n0=100, n=args.n, alpha=args.alpha, random_state=1)
         certify_s = time.perf_counter() - start

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gaussian_models import gaussian_model  # benchmarks/ (these run as scripts)
 
-from smoothsk import GaussianAugClassifier, class_counts
+from smoothsk import class_counts
 from smoothsk.datasets import LATTICE_STEPS, load_dataset
 from smoothsk.io.files import atomic_write_text
-from smoothsk.io.model_file import load_model, save_model
 from smoothsk.models import MLP, LeNet
 
 OUT = Path(__file__).parent / "results" / "discrete-noise"
@@ -72,18 +72,7 @@ def certificates(args) -> list[dict]:
     step = LATTICE_STEPS[args.dataset]
     rows = []
     for sigma in [float(s) for s in args.sigmas.split(",")]:
-        path = OUT / "models" / f"{args.dataset}-gaussian-sigma{sigma:g}-e{args.epochs}.smoothsk"
-        if path.exists():
-            clf = load_model(path)
-        else:
-            network = {} if digits else dict(module=LeNet, module__num_classes=10,
-                                             precision="bf16")
-            clf = GaussianAugClassifier(
-                sigma=sigma, max_epochs=args.epochs, lr=0.05 if digits else 0.01,
-                optimizer=torch.optim.SGD, optimizer__momentum=0.9,
-                batch_size=64 if digits else 256, random_state=0, **network,
-            ).fit(X_train, y_train)
-            save_model(clf, path)
+        clf = gaussian_model(args.dataset, sigma, args.epochs, OUT / "models", X_train, y_train)
         results = {}
         for noise in ("gaussian", "discrete-gaussian"):
             clf.set_params(noise=noise, noise_step=None if noise == "gaussian" else step)

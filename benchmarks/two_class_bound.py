@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gaussian_models import gaussian_model  # benchmarks/ (these run as scripts)
 
-from smoothsk import GaussianAugClassifier
 from smoothsk.certification.radius import certified_radius, uniform_variates
 from smoothsk.datasets import load_dataset
 from smoothsk.io.files import atomic_write_text
-from smoothsk.io.model_file import load_model, save_model
-from smoothsk.models import LeNet
 
 OUT = Path(__file__).parent / "results" / "two-class"
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -52,18 +50,7 @@ def main(argv=None):
     X_test, y_test = X_test[:: args.skip], y_test[:: args.skip]
     rows = []
     for sigma in [float(s) for s in args.sigmas.split(",")]:
-        path = OUT / "models" / f"{args.dataset}-gaussian-sigma{sigma:g}-e{args.epochs}.smoothsk"
-        if path.exists():
-            clf = load_model(path)
-        else:
-            network = {} if digits else dict(module=LeNet, module__num_classes=10,
-                                             precision="bf16")
-            clf = GaussianAugClassifier(
-                sigma=sigma, max_epochs=args.epochs, lr=0.05 if digits else 0.01,
-                optimizer=torch.optim.SGD, optimizer__momentum=0.9,
-                batch_size=64 if digits else 256, random_state=0, **network,
-            ).fit(X_train, y_train)
-            save_model(clf, path)
+        clf = gaussian_model(args.dataset, sigma, args.epochs, OUT / "models", X_train, y_train)
         start = time.perf_counter()
         cert = clf.certify(X_test, n0=100, n=args.n, alpha=args.alpha, random_state=1)
         seconds = time.perf_counter() - start

@@ -879,6 +879,16 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         result.classes = self.classes_
         return result
 
+    def _label_indices(self, X, y):
+        """Labels ``y`` as class indices for the sequential certifications (None stays
+        None; labels the model never saw are marked so they never match)."""
+        if y is None:
+            return None
+        y = column_or_1d(y)
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
+        return self._encode_labels(y, unseen="mark")
+
     def certify_radius(
         self, X, radius: float, *, y=None, n0=None, n=None, alpha=None, test: str = "rounds",
         first_round: int = 64, growth: float | None = None, batch_size=None,
@@ -894,12 +904,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         estimator as in :meth:`certify`.
         """
         X = self._check_fitted_X(X)
-        y_index = None
-        if y is not None:
-            y = column_or_1d(y)
-            if len(y) != len(X):
-                raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
-            y_index = self._encode_labels(y, unseen="mark")
+        y_index = self._label_indices(X, y)
         with self._progress(len(X), f"certify at r={radius:g}") as bar:
             result = certify_radius(
                 self.module_, X, self.noise_level_, radius, y=y_index,
@@ -928,12 +933,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         Defaults come from the estimator as in :meth:`certify`.
         """
         X = self._check_fitted_X(X)
-        y_index = None
-        if y is not None:
-            y = column_or_1d(y)
-            if len(y) != len(X):
-                raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
-            y_index = self._encode_labels(y, unseen="mark")
+        y_index = self._label_indices(X, y)
         with self._progress(len(X), "certify radii") as bar:
             result = certify_radii(
                 self.module_, X, self.noise_level_, radii, y=y_index,
