@@ -34,3 +34,17 @@ sphinx_gallery_conf = {
     "download_all_examples": False,
 }
 html_theme = "alabaster"
+
+
+def _skip_foreign_members(app, what, name, obj, skip, options):
+    """The API pages list smoothsk's own methods: the ones inherited from skorch and
+    scikit-learn (``save_params``, ``get_loss``, ...) are theirs, documented there."""
+    module = getattr(obj, "__module__", None) or ""
+    if callable(obj) and module and not module.startswith("smoothsk") \
+            and not name.startswith("__"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_foreign_members)
