@@ -53,6 +53,8 @@ def run(args) -> int:
         if len(names) != len(args.runs):
             raise ValueError(f"--labels has {len(names)} names for {len(args.runs)} runs.")
         runs = [read_certification_tsv(path, name) for path, name in zip(args.runs, names)]
+        if args.plot:
+            check_writable(args.plot)  # a directory, say, is named as such first
         if args.plot and Path(args.plot).suffix.lower().lstrip(".") not in PLOT_FORMATS:
             # refused before anything is written (the table would be left behind)
             raise ValueError(f"--plot must end in one of "
