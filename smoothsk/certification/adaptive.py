@@ -40,7 +40,7 @@ from scipy.stats import norm
 from smoothsk.certification import bounds, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
-from smoothsk.certification.noise import make_noise, noise_test_alpha
+from smoothsk.certification.noise import noise_test_alpha, recorded_step
 from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import BettingTest, betting_bounds
 
@@ -201,7 +201,6 @@ def certify_radius(
     alpha = bounds.check_alpha(alpha)
     sizes = round_sizes(first_round, DEFAULT_GROWTH[test] if growth is None else growth, n)
     threshold = float(norm.cdf(radius / sigma))
-    lattice = make_noise(noise, sigma, noise_step, "cpu")
     level = noise_test_alpha(alpha, n0 + int(sizes[-1]), X, sigma=sigma, noise=noise,
                              noise_step=noise_step)
     decide = decision_rule(test, threshold, level, sizes)
@@ -255,7 +254,7 @@ def certify_radius(
         pa_lower=lower, pa_upper=upper, radius=float(radius), threshold=threshold,
         sigma=sigma, n0=n0, n=int(sizes[-1]), alpha=alpha, round_sizes=sizes,
         selection_counts=selection, test=test, noise=noise,
-        noise_step=None if lattice is None else str(lattice.step),
+        noise_step=recorded_step(noise, noise_step),
     )
 
 

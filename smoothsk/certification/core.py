@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from smoothsk._version import __version__
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import check_alpha
-from smoothsk.certification.noise import make_noise, noise_test_alpha
+from smoothsk.certification.noise import check_noise_options, noise_test_alpha, recorded_step
 from smoothsk.certification.parallel import map_input_chunks
 from smoothsk.certification.radius import BOUNDS, INTERVALS, certified_radius, uniform_variates
 from smoothsk.certification.sampling import (
@@ -307,44 +307,40 @@ def certify(
     alpha = check_alpha(alpha)
     _check_choice(bound, BOUNDS, "bound")
     _check_choice(interval, INTERVALS, "interval")
-    make_noise(noise, sigma, noise_step, "cpu")  # refuse a bad noise before any work
+    check_noise_options(noise, noise_step)  # refuse a bad noise before any work
+    bar = None
     if verbose and progress is None:
         from smoothsk.progress import progress_bar
 
         bar = progress_bar(_input_count(X), f"certify (n={n:,})")
-        try:
-            return certify(
-                module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                random_state=random_state, index_offset=index_offset, n_jobs=n_jobs,
-                chunk_size=chunk_size, threads_per_worker=threads_per_worker,
-                precision=precision, progress=bar.update, shared_noise=shared_noise,
+        progress = bar.update
+    try:
+        module, classes = as_base_network(module)
+        if sequential:
+            certificate = _anytime(
+                module, X, sigma, n0=n0, n=n, max_n=max_n, alpha=alpha, tolerance=tolerance,
+                n_jobs=n_jobs, bound=bound, interval=interval, batch_size=batch_size,
+                random_state=random_state, index_offset=index_offset, precision=precision,
+                shared_noise=shared_noise, noise=noise, noise_step=noise_step,
+                progress=progress)
+        elif n_jobs not in (None, 1):
+            parts = map_input_chunks(
+                _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
+                threads_per_worker=threads_per_worker, random_state=random_state,
+                index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                precision=precision, progress=progress, shared_noise=shared_noise,
                 bound=bound, interval=interval, noise=noise, noise_step=noise_step,
-                sequential=sequential, max_n=max_n, tolerance=tolerance)
-        finally:
+            )
+            certificate = Certificate.concatenate(parts)
+        else:
+            certificate = _certify_serial(
+                module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                random_state=random_state, index_offset=index_offset, precision=precision,
+                progress=progress, shared_noise=shared_noise, bound=bound,
+                interval=interval, noise=noise, noise_step=noise_step)
+    finally:
+        if bar is not None:
             bar.close()
-    module, classes = as_base_network(module)
-    if sequential:
-        certificate = _anytime(module, X, sigma, n0=n0, n=n, max_n=max_n, alpha=alpha,
-                               tolerance=tolerance, n_jobs=n_jobs, bound=bound,
-                               interval=interval, batch_size=batch_size,
-                               random_state=random_state, index_offset=index_offset,
-                               precision=precision, shared_noise=shared_noise, noise=noise,
-                               noise_step=noise_step, progress=progress)
-    elif n_jobs not in (None, 1):
-        parts = map_input_chunks(
-            _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
-            threads_per_worker=threads_per_worker, random_state=random_state,
-            index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-            precision=precision, progress=progress, shared_noise=shared_noise, bound=bound,
-            interval=interval, noise=noise, noise_step=noise_step,
-        )
-        certificate = Certificate.concatenate(parts)
-    else:
-        certificate = _certify_serial(
-            module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-            random_state=random_state, index_offset=index_offset, precision=precision,
-            progress=progress, shared_noise=shared_noise, bound=bound, interval=interval,
-            noise=noise, noise_step=noise_step)
     certificate.classes = classes
     return certificate
 
@@ -393,7 +389,6 @@ def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
     )
     level = noise_test_alpha(alpha, n0 + n, X, sigma=sigma, noise=noise,
                              noise_step=noise_step)
-    lattice = make_noise(noise, sigma, noise_step, "cpu")
     top = selection.argmax(axis=1)  # ties go to the lowest index, as in Cohen's code
     uniforms = None
     if interval == "randomized":
@@ -417,7 +412,7 @@ def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
         pb_upper=pb_upper,
         uniforms=uniforms,
         noise=noise,
-        noise_step=None if lattice is None else str(lattice.step),
+        noise_step=recorded_step(noise, noise_step),
     )
 
 

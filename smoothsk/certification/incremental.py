@@ -19,8 +19,6 @@ plain CERTIFY of ``f'`` at level ``α + α_ζ``, so every input's guarantee is t
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from scipy.stats import norm
@@ -50,10 +48,7 @@ class DisagreementNetwork(torch.nn.Module):
         self.original_precision = original_precision
 
     def _run(self, network, x, precision):
-        device = x.device
-        context = contextlib.nullcontext() if precision == "fp32" else \
-            sampling.precision_context(precision, device)
-        with context:
+        with sampling.precision_context(precision, x.device):  # fp32: no autocast
             return network(x.to(sampling.module_device_dtype(network)[1])).argmax(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

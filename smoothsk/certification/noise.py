@@ -162,6 +162,28 @@ def lattice_thresholds(scale: Fraction) -> np.ndarray:
     return np.array(lower + upper, dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=16)
+def guide_table(scale: Fraction) -> tuple[np.ndarray, tuple[int, int]]:
+    """The 2¹⁶-entry guide of :func:`lattice_thresholds` ``(scale)`` and the range of
+    uniform integers it serves with one comparison.
+
+    ``guide[h]`` counts the thresholds ≤ the first integer of bucket ``h``; a bucket with
+    at most one threshold inside needs one comparison more.  The central run of such
+    buckets is ``[low, high)``; uniforms outside it (the far tails) take a binary search.
+    """
+    thresholds = lattice_thresholds(scale)
+    shift = UNIFORM_BITS - GUIDE_BITS
+    edges = np.arange(2**GUIDE_BITS, dtype=np.int64) << shift
+    guide = np.searchsorted(thresholds, edges, side="right").astype(np.int64)
+    inside = np.searchsorted(thresholds, edges + (1 << shift) - 1, side="right") - guide
+    crowded = np.flatnonzero(inside > 1)
+    middle = 2**GUIDE_BITS // 2
+    below, above = crowded[crowded < middle], crowded[crowded >= middle]
+    first = int(below.max()) + 1 if len(below) else 0
+    last = int(above.min()) if len(above) else 2**GUIDE_BITS
+    return guide, ((first << shift, last << shift) if first < last else (0, 0))
+
+
 class LatticeGaussian:
     """The Gaussian ``N(0, σ² I)`` rounded to the lattice ``step·Zᵈ``, sampled exactly.
 
@@ -175,8 +197,6 @@ class LatticeGaussian:
         Where the noise is drawn.
     """
 
-    kind = "discrete-gaussian"
-
     def __init__(self, sigma: float, step: Fraction, device=None):
         self.sigma = float(sigma)
         self.step = step
@@ -187,26 +207,9 @@ class LatticeGaussian:
         # Padded with 2⁶² so that an index one past the last threshold compares false.
         padded = np.append(thresholds, np.int64(1 << 62))
         self.thresholds = torch.as_tensor(padded, device=self.device)
-        shift = UNIFORM_BITS - GUIDE_BITS
-        edges = np.arange(2**GUIDE_BITS, dtype=np.int64) << shift
-        # guide[h]: thresholds ≤ the bucket's first integer; a bucket with at most one
-        # threshold inside needs one comparison more.
-        guide = np.searchsorted(thresholds, edges, side="right")
-        inside = np.searchsorted(thresholds, edges + (1 << shift) - 1, side="right") - guide
-        # The central run of buckets with ≤ 1 threshold inside: uniforms in it need the
-        # guide and one comparison, those outside (the far tails) a binary search.
-        crowded = np.flatnonzero(inside > 1)
-        middle = 2**GUIDE_BITS // 2
-        below, above = crowded[crowded < middle], crowded[crowded >= middle]
-        first = int(below.max()) + 1 if len(below) else 0
-        last = int(above.min()) if len(above) else 2**GUIDE_BITS
-        self.fast_range = (first << shift, last << shift) if first < last else (0, 0)
-        self.guide = torch.as_tensor(guide.astype(np.int64), device=self.device)
+        guide, self.fast_range = guide_table(self.scale)
+        self.guide = torch.as_tensor(guide, device=self.device)
         self.sorted_thresholds = torch.as_tensor(thresholds, device=self.device)
-
-    @property
-    def name(self) -> str:
-        return self.kind
 
     def coordinate_distance(self) -> float:
         """τ: total-variation distance of one sampled coordinate from the exact rounded
@@ -282,6 +285,13 @@ def make_noise(noise: str, sigma: float, noise_step, device) -> LatticeGaussian 
     if step is None:
         return None
     return LatticeGaussian(check_sigma(sigma), step, device)
+
+
+def recorded_step(noise, noise_step) -> str | None:
+    """The lattice step as certificates and sidecars record it (``"1/255"``), or None
+    for float noise."""
+    step = check_noise_options(noise, noise_step)
+    return None if step is None else str(step)
 
 
 def check_noise_options(noise, noise_step) -> Fraction | None:

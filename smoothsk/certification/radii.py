@@ -31,7 +31,7 @@ from smoothsk.certification import bounds, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.adaptive import decision_rule, round_sizes
 from smoothsk.certification.core import ABSTAIN, Certificate, labels_or_marker
-from smoothsk.certification.noise import make_noise, noise_test_alpha
+from smoothsk.certification.noise import noise_test_alpha, recorded_step
 from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import betting_bounds
 
@@ -129,6 +129,15 @@ def check_radii(radii) -> np.ndarray:
     return values
 
 
+def closed_radii(fired: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The grid radii each input is reported certified at: the tests that fired, closed
+    downward (the module's proof), and the largest such radius (0 where none)."""
+    certified = np.logical_and.accumulate(fired, axis=1)
+    radius = np.where(certified.any(axis=1),
+                      radii[np.maximum(certified.sum(axis=1) - 1, 0)], 0.0)
+    return certified, radius
+
+
 def grid_run(module, X, sigma, radii, *, y, n0, max_n, alpha, first_round, growth,
              batch_size, random_state, index_offset, precision, shared_noise, noise,
              noise_step, progress, tolerance=None):
@@ -192,8 +201,7 @@ def grid_run(module, X, sigma, radii, *, y, n0, max_n, alpha, first_round, growt
             decided[out_of_reach, k:] = True
         finished = decided[rows].all(axis=1)
         if tolerance is not None:  # more draws could raise the radius by <= tolerance
-            closed = np.logical_and.accumulate(fired[rows], axis=1)
-            best = np.where(closed.any(1), radii[np.maximum(closed.sum(1) - 1, 0)], 0.0)
+            _, best = closed_radii(fired[rows], radii)
             futile = decided[rows] & ~fired[rows]
             reach = np.where(futile.any(1), radii[np.argmax(futile, axis=1)], np.inf)
             finished |= reach - best <= tolerance
@@ -257,7 +265,6 @@ def certify_radii(
     sigma = sampling.check_sigma(sigma)
     radii = check_radii(radii)
     alpha = bounds.check_alpha(alpha)
-    lattice = make_noise(noise, sigma, noise_step, "cpu")
     run = grid_run(module, X, sigma, radii, y=y, n0=n0, max_n=max_n, alpha=alpha,
                    first_round=first_round, growth=growth, batch_size=batch_size,
                    random_state=random_state, index_offset=index_offset, precision=precision,
@@ -266,9 +273,7 @@ def certify_radii(
     top, selection, fired, hits, drawn, level = run
     count = len(top)
     thresholds = norm.cdf(radii / sigma)
-    certified = np.logical_and.accumulate(fired, axis=1)  # the downward closure (proof)
-    radius = np.where(certified.any(axis=1),
-                      radii[np.maximum(certified.sum(axis=1) - 1, 0)], 0.0)
+    certified, radius = closed_radii(fired, radii)
     lower = np.full(count, np.nan)
     upper = np.full(count, np.nan)
     made = drawn > 0
@@ -277,7 +282,7 @@ def certify_radii(
         prediction=top, certified=certified, radius=radius, samples=drawn, pa_lower=lower,
         pa_upper=upper, radii=radii, thresholds=thresholds, sigma=sigma, n0=n0, max_n=max_n,
         alpha=alpha, selection_counts=selection, noise=noise,
-        noise_step=None if lattice is None else str(lattice.step),
+        noise_step=recorded_step(noise, noise_step),
     )
 
 
@@ -303,15 +308,13 @@ def anytime_certify(module, X, sigma, *, n0, max_n, alpha, tolerance, batch_size
             f"(at most {MAX_RADII}); use a tolerance of at least "
             f"{2 * top_radius / (MAX_RADII - 1):.3g}.")
     radii = np.arange(count_radii) * step
-    lattice = make_noise(noise, sigma, noise_step, "cpu")
     top, selection, fired, hits, drawn, level = grid_run(
         module, X, sigma, radii, y=None, n0=n0, max_n=max_n, alpha=half, first_round=64,
         growth=DEFAULT_RADII_GROWTH, batch_size=batch_size, random_state=random_state,
         index_offset=index_offset, precision=precision, shared_noise=shared_noise,
         noise=noise, noise_step=noise_step, progress=progress, tolerance=tolerance)
-    closed = np.logical_and.accumulate(fired, axis=1)
+    closed, grid_radius = closed_radii(fired, radii)
     grid_certified = closed[:, 0]  # p_A > 1/2 established: the class is g(x)
-    grid_radius = np.where(grid_certified, radii[np.maximum(closed.sum(1) - 1, 0)], 0.0)
     pa_lower = np.where(grid_certified, norm.cdf(grid_radius / sigma), 0.0)
     spent = drawn == max_n
     budget_lower = bounds.lower_confidence_bound(hits[spent], max_n, level)
@@ -325,6 +328,6 @@ def anytime_certify(module, X, sigma, *, n0, max_n, alpha, tolerance, batch_size
         prediction=np.where(certified, top, ABSTAIN), radius=radius, pa_lower=pa_lower,
         selection_counts=selection, counts=counts, sigma=float(sigma), n0=n0, n=max_n,
         alpha=alpha, precision=precision, shared_noise=bool(shared_noise), noise=noise,
-        noise_step=None if lattice is None else str(lattice.step), samples=drawn,
+        noise_step=recorded_step(noise, noise_step), samples=drawn,
         sequential=True, tolerance=float(tolerance),
     )

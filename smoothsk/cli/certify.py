@@ -94,23 +94,25 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from smoothsk import PretrainedSmoothingClassifier, SmoothedClassifier
-    from smoothsk.certification.noise import make_noise
+    from smoothsk.certification.noise import check_noise_options
     from smoothsk.certification.sampling import check_precision, take_rows
     from smoothsk.datasets import LATTICE_STEPS
     from smoothsk.io.files import file_digest
     from smoothsk.io.model_file import load_classifier
     from smoothsk.io.report import parse_radii
-    from smoothsk.io.runs import RunLockedError, RunMismatchError, certify_to_tsv
+    from smoothsk.io.runs import (
+        RunLockedError,
+        RunMismatchError,
+        certify_to_tsv,
+        check_grid_run,
+    )
     from smoothsk.models import compile_fitted
 
     radii = None
     if args.radii is not None:
-        try:
-            radii = parse_radii(args.radii)
-            if args.bound != "binary" or args.interval != "clopper-pearson" or args.jobs \
-                    not in (None, 1):
-                raise ValueError("--radii decides each radius by a betting test in one "
-                                 "process; --bound, --interval and --jobs apply to CERTIFY")
+        try:  # refused before any work, with the run's own check
+            radii = check_grid_run(parse_radii(args.radii), bound=args.bound,
+                                   interval=args.interval, n_jobs=args.jobs)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         if args.max_n is not None:
@@ -156,7 +158,7 @@ def run(args) -> int:
             else LATTICE_STEPS.get(args.dataset)
         try:
             clf.set_params(noise=noise, noise_step=step)
-            make_noise(noise, clf.noise_level_, step, "cpu")
+            check_noise_options(noise, step)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
     if args.compile:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from joblib import effective_n_jobs
 
-from smoothsk.certification.noise import lattice_step
+from smoothsk.certification.noise import recorded_step
 from smoothsk.certification.sampling import take_rows
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.model_file import load_model, save_model
@@ -33,6 +33,7 @@ __all__ = [
     "RunMismatchError",
     "exclusive_run",
     "certify_to_tsv",
+    "check_grid_run",
     "load_model",
     "save_model",
 ]
@@ -184,21 +185,28 @@ def certify_to_tsv(
         report's curve at the grid radii is exact.  Recorded; a resumed run refuses a
         change.
     """
-    if radii is not None:
-        from smoothsk.certification.radii import check_radii
-
-        radii = check_radii(radii).tolist()
-        if bound != "binary" or interval != "clopper-pearson":
-            raise ValueError("radii decide each grid radius by a betting test; bound and "
-                             "interval apply to CERTIFY (leave them at their defaults).")
-        if n_jobs not in (None, 1):
-            raise ValueError("radii runs in one process; leave n_jobs unset.")
+    radii = check_grid_run(radii, bound=bound, interval=interval, n_jobs=n_jobs)
     with exclusive_run(out):
         return _certify_to_tsv(estimator, X, y, indices, Path(out), run_info=run_info, n0=n0,
                                n=n, alpha=alpha, batch_size=batch_size,
                                random_state=random_state, progress=progress,
                                rows_per_call=rows_per_call, n_jobs=n_jobs, bound=bound,
                                interval=interval, radii=radii)
+
+
+def check_grid_run(radii, *, bound: str, interval: str, n_jobs) -> list | None:
+    """The grid of a ``radii`` run as a sorted list (None: a CERTIFY run), refused with
+    options that only CERTIFY takes."""
+    if radii is None:
+        return None
+    from smoothsk.certification.radii import check_radii
+
+    radii = check_radii(radii).tolist()
+    if bound != "binary" or interval != "clopper-pearson" or n_jobs not in (None, 1):
+        raise ValueError("radii decide each grid radius by a betting test in one process; "
+                         "bound, interval and n_jobs apply to CERTIFY only (leave them at "
+                         "their defaults).")
+    return radii
 
 
 def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alpha, batch_size,
@@ -282,10 +290,8 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
 def _noise_record(estimator) -> dict:
     """The run's noise as a sidecar records it: the kind and the exact lattice step."""
     noise = getattr(estimator, "noise", "gaussian")
-    step = None
-    if noise != "gaussian":
-        step = str(lattice_step(getattr(estimator, "noise_step", None)))
-    return {"noise": noise, "noise_step": step}
+    return {"noise": noise,
+            "noise_step": recorded_step(noise, getattr(estimator, "noise_step", None))}
 
 
 def _write_rows(estimator, X, y, indices, out, start, step, jobs, *, n0, n, alpha, batch_size,

@@ -119,9 +119,9 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
         **PretrainedSmoothingClassifier._parameter_constraints,
         "sigma": [*POSITIVE, None],
         "estimators": [list],
-        "voting": "no_validation",  # these three are checked against the members in fit
+        "voting": "no_validation",  # voting and consensus: checked with the members in fit
         "consensus": "no_validation",
-        "n_jobs": "no_validation",
+        "n_jobs": "no_validation",  # joblib's own check
     }
 
     def __init__(self, estimators=None, *, prefit: bool = False, voting: str = "soft",
