@@ -200,12 +200,12 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         prediction and certification (autocast; fp16 on CUDA only).  Noise is always
         drawn and added in fp32, and certificates are about the smoothed classifier of
         the network computed at this precision, so it is part of the model: saved with
-        it, recorded in certificates and TSV sidecars.  bf16 runs 1.4–1.9× faster on
-        CPUs with AVX-512 BF16 (docs/benchmarks.md).
+        it, recorded in certificates and TSV sidecars.  bf16 is faster on CPUs with
+        AVX-512 BF16 (measured in docs/benchmarks.md).
     channels_last : bool or "auto", default="auto"
         Keep the network's 4-d weights in channels-last memory format, the fast layout
-        of convolutions on CPUs and GPUs (with bf16: 2.6–3.0× the fp32 forward rate of
-        LeNet and ResNet-20 here).  Values are unchanged; only the order of floating-point
+        of convolutions on CPUs and GPUs (measured with bf16 in docs/benchmarks.md).
+        Values are unchanged; only the order of floating-point
         sums inside convolutions may differ.  ``"auto"`` chooses it for a network with
         2-d convolutions on a CPU, or at reduced precision on any device: where it was
         measured faster (:func:`smoothsk.models.uses_channels_last`,

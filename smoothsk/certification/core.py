@@ -265,8 +265,8 @@ def certify(
     classifier of the network computed at that precision (docs/certification.md).
     ``progress`` is called with the number of inputs finished as they finish;
     ``verbose=True`` (without ``progress``) shows a progress bar with the rate and the
-    time left (tqdm in a terminal or notebook, a line every 30 s in a log): at the
-    default n = 100,000 a small network certifies a few inputs a second on a CPU core.
+    time left (tqdm in a terminal or notebook, a line every 30 s in a log), for runs at
+    the default n = 100,000 that take hours on a CPU (rates in docs/benchmarks.md).
     ``shared_noise=True`` gives every input the same noise draws (each block drawn once
     per chunk of inputs): each input's selection and estimation draws stay i.i.d. and
     independent of each other, so every per-input guarantee is unchanged, and results

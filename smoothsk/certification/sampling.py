@@ -24,8 +24,9 @@ from smoothsk.certification.noise import LatticeGaussian, check_sigma, make_nois
 
 NOISE_BLOCK = 1024
 # Inputs that share each noise block.  Per-chunk costs (drawing the blocks, the heap trim,
-# the device round trip) are spread over them: for a 64-feature MLP 256 certifies 6 %
-# faster than 64 and within 1 % of 1,024, for 3 MB of per-block vote buffers.
+# the device round trip) are spread over them; 256 was measured faster than 64 and about
+# as fast as 1,024 for a 64-feature MLP (docs/benchmarks.md, shared noise), for 3 MB of
+# per-block vote buffers.
 SHARED_NOISE_CHUNK = 256
 
 
@@ -51,10 +52,9 @@ def release_free_memory() -> None:
 
     CPU convolutions (oneDNN) interleave large transient buffers with small long-lived
     ones; glibc then keeps the freed space, and a long call's resident memory grows with
-    every input (measured: +0.6 GB per 1,000 LeNet inputs at 200 draws each, 23 GB over
-    60,000).  :func:`sample_counts` trims once per ``TRIM_EVERY_BYTES`` of noisy inputs
-    and at the end of the call, which keeps it flat (+0.14 GB over 5,000 inputs of a
-    bf16 channels-last LeNet at 200 draws each, against +4 GB untrimmed).
+    every input, by gigabytes over a data set.  :func:`sample_counts` trims once per
+    ``TRIM_EVERY_BYTES`` of noisy inputs and at the end of the call, which keeps it flat
+    (docs/benchmarks.md, "the C heap").
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
@@ -91,9 +91,9 @@ def raise_heap_thresholds() -> None:
     mmaps, and gives the heap's top back to the OS once twice that threshold is free
     there; both thresholds rise only when a larger mmapped block is freed (mallopt(3)).
     Until then a network's per-batch activations, megabytes each, are page-faulted in
-    anew on every batch: 2,400–3,000 faults per 200-image batch of a bf16 channels-last
-    LeNet, which certified 1.6–1.7× slower in a fresh process than after any large
-    allocation (ResNet-20 at fp32: 1.25×; ``benchmarks/heap.py``).  Freeing one mmapped
+    anew on every batch: thousands of faults per batch of a bf16 channels-last LeNet,
+    which certified markedly slower in a fresh process than after any large allocation
+    (``benchmarks/heap.py``; docs/benchmarks.md, "the C heap").  Freeing one mmapped
     block of ``HEAP_THRESHOLD_BYTES`` raises the thresholds as such a block would, without
     a setting of our own: glibc keeps adjusting them, and ``malloc_trim``
     (:func:`release_free_memory`) still returns the free heap.  Nothing is touched, so
@@ -367,7 +367,8 @@ class NoiseSampler:
         inputs (two where it crosses into the next tile; the last, narrower tile may
         need a part of an input at each end).  Tiles keep the noise a batch reads small
         enough to stay in the core's L1 cache: for a 64-feature MLP the input-major order
-        (one tile per block) ran 3–6 % slower in the loop alone.  The order changes no count.
+        (one tile per block) ran slower in the loop alone (docs/benchmarks.md).  The order
+        changes no count.
         Votes and row maxima go into per-block buffers; counting and the finiteness
         check run once per block, not per batch: for a small network per-batch
         bookkeeping costs as much as its forward pass.
@@ -442,9 +443,9 @@ class NoiseSampler:
 
 
 # Noise one tile of shared draws may hold: small enough for a core's L1 data cache (32–48
-# KiB) next to the rows being written.  For a 64-feature MLP the loop ran 3–6 % faster with
-# tiles of 32–64 draws (8–16 KiB) than with whole blocks, 1–3 % faster than with 16 or 256
-# (one core, interleaved; docs/benchmarks.md).
+# KiB) next to the rows being written.  For a 64-feature MLP the loop ran fastest with
+# tiles of 32–64 draws (8–16 KiB), against whole blocks and against 16 or 256
+# (docs/benchmarks.md, shared noise).
 SHARED_NOISE_TILE_BYTES = 16 * 2**10
 
 
