@@ -121,6 +121,24 @@ def check_input_range(input_range) -> tuple[float, float] | None:
     return low, high
 
 
+def resolve_clip_range(clip_range, input_range) -> tuple[float, float] | None:
+    """An attack's clip range: ``"input_range"`` follows the estimator's declared domain.
+
+    Parameters
+    ----------
+    clip_range : (float, float), None or "input_range"
+        What the estimator was given; None clips nothing.
+    input_range : (float, float) or None
+        The estimator's declared input domain (None: undeclared, so nothing is clipped).
+    """
+    if isinstance(clip_range, str):
+        if clip_range != "input_range":
+            raise ValueError(f"clip_range must be (low, high), None or 'input_range'; "
+                             f"got {clip_range!r}.")
+        return check_input_range(input_range)
+    return check_input_range(clip_range)
+
+
 def check_inputs_in_range(X: np.ndarray, input_range, owner: str) -> None:
     """Refuse inputs outside the declared ``input_range`` (None: any values)."""
     bounds = check_input_range(input_range)
@@ -428,16 +446,24 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         Xi, yi = unpack_data(batch)
         with precision_context(self.precision, self.device):
             loss = self.training_loss(to_tensor(Xi, self.device), to_tensor(yi, self.device))
-        # skorch reads the loss as a number after every step anyway, so this costs no
-        # extra device synchronisation; a diverged run must not be saved as trained.
+        self.check_training_loss(loss)
+        scaler = self._loss_scaler()
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        return {"loss": loss, "y_pred": None}
+
+    def check_training_loss(self, loss: torch.Tensor) -> None:
+        """Raise ``FloatingPointError`` when a step's loss is not finite.
+
+        Every training step calls it (the Accelerate step of :mod:`smoothsk.hf` too), so
+        a diverged run stops with what to do instead of being saved as trained.  skorch
+        reads the loss as a number after every step anyway, so this costs no extra
+        device synchronisation.
+        """
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"The training loss is {loss.item()} at epoch {self.epoch_index_ + 1}: training "
                 "diverged. Lower the learning rate (lr) or sigma, or check the inputs."
             )
-        scaler = self._loss_scaler()
-        (loss if scaler is None else scaler.scale(loss)).backward()
-        return {"loss": loss, "y_pred": None}
 
     def _loss_scaler(self):
         """torch.amp's ``GradScaler`` for fp16 training, else None.

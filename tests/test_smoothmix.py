@@ -183,3 +183,54 @@ def test_attack_moves_inputs_in_training(digits):
     noises = 0.25 * torch.randn(2, 16, 64)
     adv = smoothed_pgd_attack(net, Xt, yt, noises, num_steps=2, step_size=1.0).adversarial
     assert np.median((adv - Xt).norm(dim=1).numpy()) > 0.5
+
+
+# ------------------------------------------------------------ clip range and input range
+
+
+@pytest.mark.parametrize("clip_range, input_range, expected", [
+    ("input_range", (0, 1), (0.0, 1.0)),
+    ("input_range", (0, 255), (0.0, 255.0)),
+    ("input_range", None, None),
+    ((0, 1), (0, 255), (0.0, 1.0)),
+    (None, (0, 1), None),
+])
+def test_clip_range_follows_the_declared_input_range(clip_range, input_range, expected):
+    from smoothsk.base import resolve_clip_range
+    assert resolve_clip_range(clip_range, input_range) == expected
+
+
+def test_a_bad_clip_range_is_refused_with_the_choices():
+    from smoothsk.base import resolve_clip_range
+    with pytest.raises(ValueError, match="'input_range'"):
+        resolve_clip_range("input-range", (0, 1))
+    with pytest.raises(ValueError, match="low < high"):
+        resolve_clip_range((1, 0), (0, 1))
+
+
+@pytest.mark.parametrize("name", ["smoothmix", "smoothadv"])
+def test_training_clips_the_attack_to_inputs_declared_in_0_255(name, digits, monkeypatch):
+    """Inputs declared in [0, 255] are attacked in [0, 255], not clipped into [0, 1]
+    (which would move every attacked point to a different image)."""
+    import smoothsk.methods.smoothadv as smoothadv_module
+    import smoothsk.methods.smoothmix as smoothmix_module
+    from smoothsk.methods.registry import METHODS, method_options
+    from smoothsk.testing import tiny_estimator_params
+
+    module = {"smoothmix": smoothmix_module, "smoothadv": smoothadv_module}[name]
+    seen = []
+
+    def recording_loss(*args, clip_range, **kwargs):
+        seen.append(clip_range)
+        raise KeyboardInterrupt  # skorch ends fit quietly: one call is all we need
+
+    monkeypatch.setattr(module, f"{name}_loss", recording_loss)
+    X, y = digits
+    clf = METHODS[name](**tiny_estimator_params(input_range=(0, 255), num_noise=1,
+                                                max_epochs=1))
+    clf.fit(255 * X[:40], y[:40])
+    assert seen == [(0.0, 255.0)]
+    cli_parse = method_options(METHODS[name])["clip_range"].parse
+    assert cli_parse("input_range") == "input_range" and cli_parse("(0,255)") == (0.0, 255.0)
+    with pytest.raises(ValueError, match="'input_range' or a tuple"):
+        cli_parse("0..255")

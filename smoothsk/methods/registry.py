@@ -158,6 +158,8 @@ def _parser(name: str, constraints: list) -> tuple[Callable[[str], object], str]
             kinds.add(float)
     if choices:
         metavar = "{" + ",".join(sorted(choices)) + "}"
+        if tuple in kinds:
+            metavar += "|(LOW,HIGH)"
     elif bool in kinds:
         metavar = "{true,false}"
     elif tuple in kinds:
@@ -170,10 +172,10 @@ def _parser(name: str, constraints: list) -> tuple[Callable[[str], object], str]
     def parse(text: str):
         if allows_none and text.strip().lower() == "none":
             return None
-        if choices:
-            if text not in choices:
-                raise ValueError(f"expected one of {sorted(choices)}; got {text!r}")
+        if choices and text in choices:
             return text
+        if choices and tuple not in kinds:
+            raise ValueError(f"expected one of {sorted(choices)}; got {text!r}")
         if bool in kinds:
             lowered = text.strip().lower()
             if lowered not in ("true", "false", "1", "0", "yes", "no"):
@@ -186,7 +188,9 @@ def _parser(name: str, constraints: list) -> tuple[Callable[[str], object], str]
                 value = None
             if not (isinstance(value, tuple) and all(isinstance(v, (int, float))
                                                      for v in value)):
-                raise ValueError(f"expected a tuple of numbers such as (0,1); got {text!r}")
+                either = f"{sorted(choices)[0]!r} or " if choices else ""
+                raise ValueError(f"expected {either}a tuple of numbers such as (0,1); "
+                                 f"got {text!r}")
             return tuple(float(v) for v in value)
         try:
             return int(text) if kinds == {int} else float(text)

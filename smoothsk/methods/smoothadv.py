@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from sklearn.utils._param_validation import StrOptions
 
-from smoothsk.base import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, SmoothedClassifier
+from smoothsk.base import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SmoothedClassifier,
+    resolve_clip_range,
+)
 from smoothsk.methods.attacks import draw_noises, noisy_batch, smoothed_pgd_attack
 from smoothsk.methods.smoothmix import warmup_factor
 
@@ -67,8 +74,10 @@ class SmoothAdvClassifier(SmoothedClassifier):
     warmup : int, default=5
         Epochs over which ε ramps up as ``ε·min(1, (epoch+1)/warmup)`` (the authors'
         ``max_norm = min(ε, (epoch+1)·ε/warmup)``); 0 disables the warm-up.
-    clip_range : (float, float) or None, default=(0.0, 1.0)
-        Valid input range for the attack; None for unbounded inputs.
+    clip_range : (float, float), None or "input_range", default="input_range"
+        Range the attack's points are clipped to: ``"input_range"`` follows the
+        estimator's ``input_range`` (so inputs declared in [0, 255] are clipped there, and
+        an undeclared range clips nothing); None clips nothing.
     **kwargs
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes.
 
@@ -93,12 +102,12 @@ class SmoothAdvClassifier(SmoothedClassifier):
         "num_steps": NON_NEGATIVE_INT,
         "num_noise": POSITIVE_INT,
         "warmup": NON_NEGATIVE_INT,
-        "clip_range": [tuple, None],
+        "clip_range": [tuple, None, StrOptions({"input_range"})],
     }
 
     def __init__(self, module=None, *, epsilon: float = 255 / 256, num_steps: int = 10,
                  num_noise: int = 4, warmup: int = 5,
-                 clip_range: tuple[float, float] | None = (0.0, 1.0), **kwargs):
+                 clip_range: tuple[float, float] | str | None = "input_range", **kwargs):
         super().__init__(module, **kwargs)
         self.epsilon = epsilon
         self.num_steps = num_steps
@@ -114,5 +123,6 @@ class SmoothAdvClassifier(SmoothedClassifier):
     def training_loss(self, X, y):
         return smoothadv_loss(
             self.module_, X, y, self.noise_level_, epsilon=self.current_epsilon_,
-            num_steps=self.num_steps, num_noise=self.num_noise, clip_range=self.clip_range,
+            num_steps=self.num_steps, num_noise=self.num_noise,
+            clip_range=resolve_clip_range(self.clip_range, self.input_range),
         )

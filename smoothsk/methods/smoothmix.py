@@ -11,7 +11,7 @@ from numbers import Integral
 
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import Options
+from sklearn.utils._param_validation import Options, StrOptions
 
 from smoothsk.base import (
     NON_NEGATIVE,
@@ -19,6 +19,7 @@ from smoothsk.base import (
     POSITIVE,
     POSITIVE_INT,
     SmoothedClassifier,
+    resolve_clip_range,
 )
 from smoothsk.methods.attacks import (
     clip_to_range,
@@ -152,8 +153,10 @@ class SmoothMixClassifier(SmoothedClassifier):
         ``maxnorm``: l2 ball of the attack; None means no ball.
     warmup : int, default=5
         Epochs over which η and the one-step radius ramp up as ``min(1, (epoch+1)/warmup)``.
-    clip_range : (float, float) or None, default=(0.0, 1.0)
-        Valid input range for the attack; None for unbounded (e.g. standardised) inputs.
+    clip_range : (float, float), None or "input_range", default="input_range"
+        Range the attack's points are clipped to: ``"input_range"`` follows the
+        estimator's ``input_range`` (so inputs declared in [0, 255] are clipped there, and
+        an undeclared range clips nothing); None clips nothing.
     **kwargs
         Everything :class:`~smoothsk.base.SmoothedClassifier` takes (σ, n0, n, alpha, ...).
 
@@ -188,7 +191,7 @@ class SmoothMixClassifier(SmoothedClassifier):
         "mix_radius": [*NON_NEGATIVE, None],
         "attack_radius": [*NON_NEGATIVE, None],
         "warmup": NON_NEGATIVE_INT,
-        "clip_range": [tuple, None],
+        "clip_range": [tuple, None, StrOptions({"input_range"})],
     }
 
     def __init__(
@@ -203,7 +206,7 @@ class SmoothMixClassifier(SmoothedClassifier):
         mix_radius: float | None = None,
         attack_radius: float | None = None,
         warmup: int = 5,
-        clip_range: tuple[float, float] | None = (0.0, 1.0),
+        clip_range: tuple[float, float] | str | None = "input_range",
         **kwargs,
     ):
         super().__init__(module, **kwargs)
@@ -222,6 +225,7 @@ class SmoothMixClassifier(SmoothedClassifier):
             self.module_, X, y, self.noise_level_,
             num_noise=self.num_noise, num_steps=self.num_steps, step_size=self.step_size,
             eta=self.eta, mix_step=self.mix_step, mix_radius=self.mix_radius,
-            attack_radius=self.attack_radius, clip_range=self.clip_range,
+            attack_radius=self.attack_radius,
+            clip_range=resolve_clip_range(self.clip_range, self.input_range),
             warmup=warmup_factor(self.epoch_index_, self.warmup),
         )
