@@ -16,7 +16,7 @@ errors between methods.  The whole test set, σ = 0.5, as ``docs/results.md`` re
 
     python benchmarks/reproduce.py --out benchmarks/results/fashion-mnist-whole \
         --sigmas 0.5 --methods gaussian,consistency,smoothmix,smoothadv,catrs \
-        --train 60000 --epochs 30 --precision bf16 --test-every 1 --max-test 10000 \
+        --train 60000 --epochs 30 --test-every 1 --max-test 10000 \
         --n 100000 --radii 0.25,0.5,0.75,1,1.25,1.5
 """
 

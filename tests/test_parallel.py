@@ -97,3 +97,36 @@ def test_accelerate_composition_trains_and_certifies(digits):
     losses = clf.history[:, "train_loss"]
     assert losses[-1] < losses[0]
     assert clf.certify(X[400:460], n=200).is_correct(y[400:460]).mean() > 0.5
+
+
+def test_accelerate_training_stops_on_a_non_finite_loss(digits):
+    """The Accelerate step keeps the plain step's divergence check: a NaN loss stops fit
+    with what to do instead of training on."""
+    accelerate = pytest.importorskip("accelerate")
+    from smoothsk.hf import SmoothedAccelerateMixin
+
+    class Diverging(SmoothedAccelerateMixin, GaussianAugClassifier):
+        def training_loss(self, X, y):
+            return super().training_loss(X, y) * float("nan")
+
+    X, y = digits
+    clf = Diverging(accelerator=accelerate.Accelerator(cpu=True), device=None,
+                    **tiny_estimator_params(max_epochs=1))
+    with pytest.raises(FloatingPointError, match="diverged. Lower the learning rate"):
+        clf.fit(X[:64], y[:64])
+
+
+def test_accelerate_refuses_the_estimators_own_fp16_scaler(digits):
+    """fp16 under Accelerate is the accelerator's: the estimator's GradScaler would
+    unscale gradients that accelerator.backward never scaled."""
+    accelerate = pytest.importorskip("accelerate")
+    from smoothsk.hf import SmoothedAccelerateMixin
+
+    class Accelerated(SmoothedAccelerateMixin, GaussianAugClassifier):
+        pass
+
+    X, y = digits
+    clf = Accelerated(accelerator=accelerate.Accelerator(cpu=True), device=None,
+                      **tiny_estimator_params(max_epochs=1, precision="fp16"))
+    with pytest.raises(ValueError, match="mixed_precision"):
+        clf.fit(X[:64], y[:64])
