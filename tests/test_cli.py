@@ -505,3 +505,22 @@ def test_bad_values_and_orders_that_gave_tracebacks_or_half_written_files(model,
                       tmp_path / "c.jpg")
     assert result.returncode == 2 and "--plot must end in" in result.stderr
     assert not (tmp_path / "t.md").exists()  # nothing written before the refusal
+
+
+def test_train_refuses_to_overwrite_a_file_that_is_not_a_model(model, tmp_path):
+    """``train --out notes.txt`` used to replace the user's file with a model."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    result = run_here("train", "--dataset", "digits", "--method", "gaussian", "--epochs", "1",
+                      "--quiet", "--out", notes)
+    assert result.returncode == 2 and "exists and is not a smoothsk model file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert notes.read_text() == "my notes\n"
+    from smoothsk.io.model_file import is_model_file
+    assert is_model_file(model) and not is_model_file(notes)
+    assert not is_model_file(tmp_path / "absent.smoothsk") and not is_model_file(tmp_path)
+    copy = tmp_path / "again.smoothsk"  # a model file is replaced, as before
+    copy.write_bytes(Path(model).read_bytes())
+    assert run_here("train", "--dataset", "digits", "--method", "gaussian", "--epochs", "1",
+                    "--max-train", "64", "--quiet", "--out", copy).returncode == 0
+    assert copy.read_bytes() != Path(model).read_bytes()

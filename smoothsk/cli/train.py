@@ -313,6 +313,20 @@ def _save_trained(clf, args) -> str:
             "certify it with --trust-pickle)")
 
 
+def check_replaceable(out: Path, trust_pickle: bool) -> None:
+    """Refuse to overwrite an existing ``--out`` that is not a model file: it is not ours."""
+    from smoothsk.io.model_file import is_model_file
+
+    if not out.exists() or is_model_file(out):
+        return
+    with open(out, "rb") as stream:
+        pickled = stream.read(1) == b"\x80"  # a joblib model saved with --trust-pickle
+    if pickled and trust_pickle:
+        return
+    raise CommandError(f"--out {out} exists and is not a smoothsk model file; training "
+                       "would overwrite it. Choose another --out, or remove the file first.")
+
+
 def run(args) -> int:
     from smoothsk.certification.sampling import take_rows
     from smoothsk.io.checkpoint import TrainingCheckpoint, completed_epochs
@@ -321,6 +335,7 @@ def run(args) -> int:
     set_threads(args)
     check_device(args)
     check_writable(args.out)
+    check_replaceable(Path(args.out), args.trust_pickle)
     flat = _classifier_takes_flat_inputs(args)
     X, y = load_data(args, "train", flat=flat)
     if args.max_train is not None:

@@ -326,6 +326,21 @@ def _read_archive(path: Path) -> dict:
     return archive
 
 
+def is_model_file(path) -> bool:
+    """Whether ``path`` is a file in smoothsk's safe model format (read without running code).
+
+    For a command about to replace ``path``: a file that is not one is someone else's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        _read_archive(path)
+    except ValueError:
+        return False
+    return True
+
+
 def load_model(path, *, trusted: bool = False):
     """Load a fitted estimator saved by :func:`save_model`, without running any code.
 
