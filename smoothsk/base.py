@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 import numbers
 from numbers import Integral, Real
 
@@ -338,6 +339,33 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     # What each parameter accepts, checked at fit with scikit-learn's machinery (its
     # messages name the parameter, the allowed values and the value given); a subclass
     # adds its own: ``{**Parent._parameter_constraints, "name": [...]}``.
+    def __init_subclass__(cls, **kwargs):
+        """Give a subclass's ``__init__`` the full signature it accepts.
+
+        A method's ``__init__`` names only what it adds and passes the rest through
+        ``**kwargs``; its signature then hides σ, n, lr, ... from ``help``, IDEs and the
+        API reference.  This one lists them: the subclass's own parameters, then the
+        keyword-only parameters of the nearest parent's (full) signature that it does
+        not name, then ``**kwargs`` (skorch's ``module__*``, ``optimizer__*``, ...).
+        Only the signature changes: the parameters skorch and scikit-learn see are the
+        estimator's attributes, as before.
+        """
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        own = list(inspect.signature(init).parameters.values())
+        var_keyword = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]
+        if not var_keyword:
+            return
+        named = {p.name for p in own}
+        parent = next(base for base in cls.__mro__[1:] if "__init__" in base.__dict__)
+        inherited = [p for p in inspect.signature(parent.__init__).parameters.values()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in named]
+        init.__signature__ = inspect.Signature(
+            [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+            + inherited + var_keyword)
+
     _parameter_constraints: dict = {
         "sigma": POSITIVE,
         "n0": POSITIVE_INT,

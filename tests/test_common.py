@@ -47,3 +47,29 @@ def test_every_registered_method_is_checked():
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("cls", [*METHODS.values(), PretrainedSmoothingClassifier,
+                                 __import__("smoothsk").SmoothedEnsembleClassifier],
+                         ids=lambda cls: cls.__name__)
+def test_signature_lists_every_base_parameter_with_its_default(cls):
+    """help(), IDEs and the API reference see σ, n, lr, ... instead of ``**kwargs``;
+    the method's own parameters (and defaults) come first and win."""
+    import inspect
+
+    from smoothsk import SmoothedClassifier
+
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    base = {name: p.default for name, p in
+            inspect.signature(SmoothedClassifier.__init__).parameters.items()
+            if p.kind is keyword_only}
+    shown = inspect.signature(cls).parameters
+    assert set(base) <= set(shown)
+    assert list(shown)[-1] == "kwargs"  # skorch's module__*, optimizer__*, ... still pass
+    code = cls.__init__.__code__  # the names this class's own __init__ declares
+    declared = set(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])
+    for name, default in base.items():
+        if name not in declared:  # passed through **kwargs: the base's default applies
+            assert shown[name].default == default, name
+    assert "sigma" not in declared or shown["sigma"].default == \
+        inspect.signature(cls.__init__).parameters["sigma"].default
