@@ -25,6 +25,7 @@ from smoothsk.methods.denoised import (
     DenoisedSmoothingClassifier,
     PretrainedSmoothingClassifier,
     denoiser_loss,
+    finetune_denoiser,
 )
 from smoothsk.methods.ensemble import EnsembleNetwork, SmoothedEnsembleClassifier
 from smoothsk.methods.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
@@ -86,6 +87,7 @@ __all__ = [
     "smoothed_targets",
     "crt_loss",
     "denoiser_loss",
+    "finetune_denoiser",
     "macer_loss",
     "smoothadv_loss",
     "empirical_robustness",

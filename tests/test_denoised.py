@@ -342,3 +342,41 @@ def test_a_prefit_classifier_certifies_without_fit(split):
     assert clone(fresh).fit(Xt).score(Xt[:50], yt[:50]) == fitted.score(Xt[:50], yt[:50])
     with pytest.raises(NotFittedError):  # prefit=False trains a clone: fit first
         PretrainedSmoothingClassifier(logistic, prefit=False, sigma=0.25).predict(Xt[:3])
+
+
+def test_finetune_denoiser_restarts_the_optimiser_from_the_mse_denoiser(split, torch_net):
+    """The paper's two stages: an MSE denoiser, then stability at lr 1e-4 with a fresh
+    optimiser (analyze.py), not one run that switches objective with the same Adam."""
+    from smoothsk import finetune_denoiser
+
+    X, y, Xt, yt = split
+    mse = DenoisedSmoothingClassifier(torch_net, sigma=0.5, max_epochs=2, batch_size=200,
+                                      n_predict=100, random_state=0).fit(X, y)
+    before = copy.deepcopy(mse.module_.denoiser.state_dict())
+    seen = []
+
+    class Recording(DenoisedSmoothingClassifier):
+        def training_loss(self, X, y):  # the denoiser each fine-tuning step starts from
+            if not seen:
+                seen.append(copy.deepcopy(self.module_.denoiser.state_dict()))
+            return super().training_loss(X, y)
+
+    mse.__class__ = Recording  # copied by finetune_denoiser; restored below
+    try:
+        tuned = finetune_denoiser(mse, X, y, lr=1e-4, max_epochs=2)
+    finally:
+        mse.__class__ = DenoisedSmoothingClassifier
+    for name, tensor in mse.module_.denoiser.state_dict().items():  # first stage untouched
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+        torch.testing.assert_close(seen[0][name], before[name], rtol=0, atol=0)
+    assert tuned.objective == "stability" and len(tuned.history) == 4
+    assert [group["lr"] for group in tuned.optimizer_.param_groups] == [1e-4]
+    steps_per_epoch = -(-len(X) // 200)
+    # a fresh Adam: its step counts cover the fine-tuning only, not the MSE stage too
+    assert {int(state["step"]) for state in tuned.optimizer_.state.values()} == \
+        {2 * steps_per_epoch}
+    assert tuned.score(Xt, yt) > 0.5
+    with pytest.raises(ValueError, match="fit .*first"):
+        finetune_denoiser(DenoisedSmoothingClassifier(torch_net), X, y)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        finetune_denoiser(mse, X, y, objective="mse+stability")
