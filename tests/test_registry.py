@@ -100,3 +100,12 @@ def test_reports_name_methods_from_the_registry():
     assert display_name("pretrained") == "Pretrained"
     with pytest.raises(ValueError, match="method must be one of"):
         method_class("magic")
+
+
+def test_the_command_line_says_its_version(capsys):
+    from smoothsk import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"smoothsk {__version__}"

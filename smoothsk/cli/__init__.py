@@ -25,6 +25,9 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothsk", description="Randomized-smoothing training, certification and reports."
     )
+    from smoothsk import __version__
+
+    parser.add_argument("--version", action="version", version=f"smoothsk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: add_parser(*a, formatter_class=DefaultsHelpFormatter, **k)
