@@ -138,11 +138,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    report = write_grid_report if args.radii else write_report
     if args.report_only:
-        if args.radii:
-            write_grid_report(out, args)
-            return
-        write_report(out, args)
+        report(out, args)
         return
     out.mkdir(parents=True, exist_ok=True)
     X, y = load_fashion_mnist(args.root, split="train")
@@ -172,10 +170,7 @@ def main(argv=None):
                                random_state=0)
                 print(f"certified {method} σ={sigma} n={n}: {time.perf_counter() - start:.0f} s",
                       flush=True)
-    if args.radii:
-        write_grid_report(out, args)
-    else:
-        write_report(out, args)
+    report(out, args)
 
 
 def grid_of(args) -> list[float]:
@@ -225,9 +220,7 @@ def write_grid_report(out: Path, args):
                   "| method | images | " + " | ".join(f"r={r:g}" for r in grid) + " |",
                   "|---|---|" + "---|" * len(grid)]
         for method, run in at_sigma.items():
-            hits = _grid_hits(run, grid)
-            cells = [f"{100 * h.mean():.2f} ± {100 * h.std(ddof=1) / np.sqrt(len(h)):.2f}"
-                     for h in hits.T]
+            cells = _mean_se_cells(_grid_hits(run, grid), "")
             lines.append(f"| {LABEL[method]} | {len(run.idx):,} | " + " | ".join(cells) + " |")
         lines += ["", "Paired differences in certified accuracy (points, mean ± SE over the "
                   "images both runs certified):\n",
@@ -240,14 +233,19 @@ def write_grid_report(out: Path, args):
                 shared, ia, ib = np.intersect1d(a.idx, b.idx, return_indices=True)
                 if len(shared) < 2:
                     continue
-                diff = _grid_hits(b, grid)[ib] - _grid_hits(a, grid)[ia]
-                cells = [f"{100 * d.mean():+.2f} ± {100 * d.std(ddof=1) / np.sqrt(len(d)):.2f}"
-                         for d in diff.T]
+                cells = _mean_se_cells(_grid_hits(b, grid)[ib] - _grid_hits(a, grid)[ia], "+")
                 lines.append(f"| {LABEL[second]} − {LABEL[first]} | {len(shared):,} | "
                              + " | ".join(cells) + " |")
         lines.append("")
     atomic_write_text(out / "radii.md", "\n".join(lines))
     print("\n".join(lines))
+
+
+def _mean_se_cells(values: np.ndarray, sign: str) -> list[str]:
+    """``mean ± SE`` in points for each column of ``(images, radii)`` values."""
+    mean = 100 * values.mean(axis=0)
+    se = 100 * values.std(axis=0, ddof=1) / np.sqrt(len(values))
+    return [f"{m:{sign}.2f} ± {e:.2f}" for m, e in zip(mean, se)]
 
 
 def _grid_hits(run, grid) -> np.ndarray:

@@ -336,9 +336,6 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         self.random_state = random_state
         self.lr_schedule = lr_schedule
 
-    # What each parameter accepts, checked at fit with scikit-learn's machinery (its
-    # messages name the parameter, the allowed values and the value given); a subclass
-    # adds its own: ``{**Parent._parameter_constraints, "name": [...]}``.
     def __init_subclass__(cls, **kwargs):
         """Give a subclass's ``__init__`` the full signature it accepts.
 
@@ -366,6 +363,9 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
             + inherited + var_keyword)
 
+    # What each parameter accepts, checked at fit with scikit-learn's machinery (its
+    # messages name the parameter, the allowed values and the value given); a subclass
+    # adds its own: ``{**Parent._parameter_constraints, "name": [...]}``.
     _parameter_constraints: dict = {
         "sigma": POSITIVE,
         "n0": POSITIVE_INT,

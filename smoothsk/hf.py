@@ -35,7 +35,7 @@ class SmoothedAccelerateMixin(AccelerateMixin):
     """skorch's ``AccelerateMixin`` for smoothsk estimators (put it first in the bases)."""
 
     def initialize(self):
-        if getattr(self, "precision", "fp32") != "fp32":
+        if self.precision != "fp32":
             raise ValueError(
                 f"precision={self.precision!r} cannot be combined with Accelerate: set "
                 "precision='fp32' and pass Accelerator(mixed_precision='fp16' or 'bf16'), "

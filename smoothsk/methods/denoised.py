@@ -466,8 +466,7 @@ def finetune_denoiser(denoised: DenoisedSmoothingClassifier, X, y=None, *,
         raise ValueError(f"objective must be one of {OBJECTIVES[:3]} for the fine-tuning; "
                          f"got {objective!r}.")
     tuned = copy.deepcopy(denoised)
-    tuned.set_params(objective=objective, max_epochs=max_epochs, lr_schedule="constant")
-    tuned.set_params(lr=lr)
+    tuned.set_params(objective=objective, max_epochs=max_epochs, lr=lr, lr_schedule="constant")
     tuned._resolve_classifier(X, y)  # the new objective may need gradients through f
     tuned.initialize_callbacks()  # the constant schedule from the first fine-tuning epoch
     tuned.initialize_optimizer()  # a fresh optimiser, as the authors restart theirs

@@ -188,7 +188,7 @@ def _parser(name: str, constraints: list) -> tuple[Callable[[str], object], str]
                 value = None
             if not (isinstance(value, tuple) and all(isinstance(v, (int, float))
                                                      for v in value)):
-                either = f"{sorted(choices)[0]!r} or " if choices else ""
+                either = "".join(f"{choice!r} or " for choice in sorted(choices))
                 raise ValueError(f"expected {either}a tuple of numbers such as (0,1); "
                                  f"got {text!r}")
             return tuple(float(v) for v in value)
