@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from smoothsk.datasets import load_fashion_mnist
-from smoothsk.io.checkpoint import TrainingCheckpoint
+from smoothsk.io.checkpoint import TrainingCheckpoint, data_digest
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.report import (
     CertificationRun,
@@ -188,11 +188,20 @@ def certify_grid(clf, method, sigma, args, X_test, y_test, indices, out: Path):
 
     certify_to_tsv(clf, X_test[indices], y_test[indices], indices, tsv,
                    run_info={"method": method, "sigma": sigma, "train": args.train,
-                             "epochs": args.epochs},
+                             "epochs": args.epochs, "weights_sha256": weights_digest(clf)},
                    n0=100, n=args.n, alpha=0.001, batch_size=args.certify_batch,
                    random_state=0, radii=grid_of(args), rows_per_call=100, progress=progress)
     print(f"certified {method} σ={sigma} on the grid: {time.perf_counter() - start:.0f} s",
           flush=True)
+
+
+def weights_digest(clf) -> str:
+    """SHA-256 of the network's weights: a run that spans sessions resumes only on the
+    model that wrote its rows (model files are not committed, so a new checkout retrains,
+    and a retrained model that differs in one bit is refused rather than mixed in)."""
+    state = clf.module_.state_dict()
+    return data_digest(np.concatenate([state[k].detach().cpu().double().numpy().ravel()
+                                       for k in sorted(state)]))
 
 
 def write_grid_report(out: Path, args):
