@@ -1,60 +1,38 @@
 """The shared base of every smoothsk estimator.
 
 :class:`SmoothedClassifier` is a skorch ``NeuralNetClassifier`` that owns what all
-randomized-smoothing methods share: the noise level σ, the certification
-parameters, label encoding, the smoothed ``predict`` / ``predict_proba``,
-``certify`` and ``predict_or_abstain``, seeding, and scikit-learn tags.  A
-training method subclasses it and supplies one thing, :meth:`training_loss`,
-which calls a pure loss function of its own module.
+randomized-smoothing methods share.  It is assembled from three mixins, each a room of
+its own: :class:`~smoothsk.fit_data.FitDataMixin` (parameters, inputs, labels and the
+models only read, checked), :class:`~smoothsk.training.TrainingStepMixin` (the training
+step: precision, finite loss, loss scaling, schedule, checkpoints) and
+:class:`~smoothsk.smoothing.SmoothedPredictionMixin` (the smoothed ``predict``,
+``certify`` and the sequential certifications).  This module holds the parameters, the
+hooks a method author sets or overrides, the side models, ``fit`` / ``partial_fit`` and
+the network.  A training method subclasses it and supplies one thing,
+:meth:`training_loss`, which calls a pure loss function of its own module.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import inspect
-import numbers
-from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
-from sklearn.utils._param_validation import (  # scikit-learn's own declarative checks
-    Interval,
-    StrOptions,
-    validate_parameter_constraints,
-)
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    check_consistent_length,
-    check_is_fitted,
-    column_or_1d,
-    validate_data,
-)
+from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
-from skorch.callbacks import EpochScoring, LRScheduler
-from skorch.dataset import unpack_data
-from skorch.utils import to_numpy, to_tensor
 
-from smoothsk.certification import core, sampling
-from smoothsk.certification.adaptive import RadiusCertificate, certify_radius
-from smoothsk.certification.bounds import check_alpha
-from smoothsk.certification.core import Certificate, labels_or_marker, predict_from_counts
-from smoothsk.certification.noise import NOISES, check_noise_options, noise_test_alpha
-from smoothsk.certification.radii import DEFAULT_RADII_GROWTH, RadiiCertificate, certify_radii
-from smoothsk.certification.sampling import first_field, precision_context
-from smoothsk.models import MLP, LeNet, uses_channels_last
+from smoothsk.certification.noise import NOISES
+from smoothsk.fit_data import FitDataMixin
+from smoothsk.models import default_network, default_network_name, uses_channels_last
+from smoothsk.smoothing import SmoothedPredictionMixin
+from smoothsk.training import TrainingStepMixin, seeded_torch
+from smoothsk.validation import POSITIVE, POSITIVE_INT, PROBABILITY, SIGMA, StrOptions
 
 __all__ = ["SmoothedClassifier", "is_fitted_estimator", "unwrap_frozen"]
-
-# Constraints shared by the methods' ``_parameter_constraints`` tables.
-POSITIVE_INT = [Interval(Integral, 1, None, closed="left")]
-NON_NEGATIVE_INT = [Interval(Integral, 0, None, closed="left")]
-POSITIVE = [Interval(Real, 0, None, closed="neither")]
-NON_NEGATIVE = [Interval(Real, 0, None, closed="left")]
-
 
 def is_fitted_estimator(estimator) -> bool:
     """Whether ``estimator`` is a fitted smoothsk estimator (network and classes)."""
@@ -86,112 +64,14 @@ def unwrap_frozen(estimator):
     return estimator
 
 
-@contextlib.contextmanager
-def _seeded_torch(random_state, device):
-    """Seed torch's global generators inside the block and restore them after.
-
-    Training uses the global generator (weight init, DataLoader shuffling, training
-    noise); forking keeps a seeded ``fit`` from changing the caller's random stream.
-    """
-    if random_state is None:
-        yield
-        return
-    if isinstance(random_state, numbers.Integral):
-        seed = int(random_state)
-    else:
-        seed = int(random_state.randint(np.iinfo(np.int32).max))
-    devices = []
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        devices = [torch.device(device).index or 0]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
-def check_input_range(input_range) -> tuple[float, float] | None:
-    """``input_range`` as ``(low, high)`` floats with ``low < high``, or None."""
-    if input_range is None:
-        return None
-    try:
-        low, high = (float(v) for v in input_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"input_range must be (low, high) or None; got {input_range!r}.") \
-            from None
-    if not (np.isfinite(low) and np.isfinite(high) and low < high):
-        raise ValueError(f"input_range must be finite with low < high; got {input_range!r}.")
-    return low, high
 
 
-def resolve_clip_range(clip_range, input_range) -> tuple[float, float] | None:
-    """An attack's clip range: ``"input_range"`` follows the estimator's declared domain.
-
-    Parameters
-    ----------
-    clip_range : (float, float), None or "input_range"
-        What the estimator was given; None clips nothing.
-    input_range : (float, float) or None
-        The estimator's declared input domain (None: undeclared, so nothing is clipped).
-    """
-    if isinstance(clip_range, str):
-        if clip_range != "input_range":
-            raise ValueError(f"clip_range must be (low, high), None or 'input_range'; "
-                             f"got {clip_range!r}.")
-        return check_input_range(input_range)
-    return check_input_range(clip_range)
 
 
-def check_inputs_in_range(X: np.ndarray, input_range, owner: str) -> None:
-    """Refuse inputs outside the declared ``input_range`` (None: any values)."""
-    bounds = check_input_range(input_range)
-    if bounds is None or X.size == 0:
-        return
-    low, high = bounds
-    seen_low, seen_high = float(np.nanmin(X)), float(np.nanmax(X))
-    if seen_low >= low and seen_high <= high:
-        return
-    hint = ""
-    if seen_low >= 0 and seen_high > high:
-        scale = 255 if seen_high > 16 else round(seen_high)
-        hint = f" (e.g. X / {scale:g}{' for 8-bit images' if scale == 255 else ''})"
-    raise ValueError(
-        f"X holds values in [{seen_low:g}, {seen_high:g}], outside {owner}'s "
-        f"input_range={tuple(bounds)}: sigma and every certified radius are measured in the "
-        f"inputs' units, so inputs on another scale would be certified at radii that mean "
-        f"something else. Scale X to the range{hint}, or declare the range the model "
-        f"works in with input_range=(low, high) (None: any values, unchecked).")
-
-
-def default_network_name(input_shape, module_params: dict) -> str:
-    """``"LeNet"`` for square images of side ≥ 16 (``(channels, side, side)``), else
-    ``"MLP"`` — also when ``module__hidden_units`` asks for the MLP's widths."""
-    square = len(input_shape) == 3 and input_shape[1] == input_shape[2] >= 16
-    return "LeNet" if square and "hidden_units" not in module_params else "MLP"
-
-
-def _clean_accuracy(net, X, y) -> float:
-    """Accuracy of the base network's argmax on clean inputs against skorch's encoded targets.
-
-    Used as ``valid_acc`` with skorch's inference cache, so it costs no extra forward pass.
-    """
-    logits = net.forward(X, training=False)
-    return float((to_numpy(logits).argmax(axis=1) == np.asarray(y)).mean())
-
-
-def _given_classes(classes) -> np.ndarray:
-    """``classes`` as an array in the order given: class index ``k`` is ``classes[k]``.
-
-    The order is kept because it is the order of a network's outputs (a teacher's
-    logits, a Dataset's class indices); sorting it would permute the predictions.
-    """
-    classes = np.asarray(classes)
-    if classes.ndim != 1 or len(np.unique(classes)) != len(classes):
-        raise ValueError(
-            f"classes must be a 1-d list of distinct labels; got {classes.tolist()!r}."
-        )
-    return classes
-
-
-class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
+class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixin,
+                         NeuralNetClassifier, metaclass=abc.ABCMeta):
     """Base class of the smoothed classifiers ``g(x) = argmax_c P(f(x + δ) = c)``.
 
     Not used directly: subclasses implement :meth:`training_loss`.
@@ -367,10 +247,10 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
     # messages name the parameter, the allowed values and the value given); a subclass
     # adds its own: ``{**Parent._parameter_constraints, "name": [...]}``.
     _parameter_constraints: dict = {
-        "sigma": POSITIVE,
+        "sigma": SIGMA,
         "n0": POSITIVE_INT,
         "n": POSITIVE_INT,
-        "alpha": [Interval(Real, 0, 1, closed="neither")],
+        "alpha": PROBABILITY,
         "n_predict": POSITIVE_INT,
         "certify_batch_size": POSITIVE_INT,
         "precision": [StrOptions({"fp32", "bf16", "fp16"})],
@@ -378,7 +258,7 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         "shared_noise": ["boolean"],
         "input_range": [tuple, list, None],
         "noise": [StrOptions(set(NOISES))],
-        "noise_step": [None, Interval(Real, 0, None, closed="neither"), str],
+        "noise_step": [None, *POSITIVE, str],
         "random_state": ["random_state"],
         "max_epochs": POSITIVE_INT,
         "lr_schedule": [StrOptions({"cosine", "constant"})],
@@ -430,211 +310,10 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         # it is rebuilt by ``__init__``, so clone and set_params need not see it.
         return [name for name in super()._get_param_names() if not name.startswith("_")]
 
-    @property
-    def _default_callbacks(self):
-        # skorch's valid_acc calls predict, which here is the (slow) smoothed vote in
-        # labels; score the base network's clean logits from the cache instead.
-        callbacks = dict(super()._default_callbacks)
-        callbacks["valid_acc"] = EpochScoring(_clean_accuracy, name="valid_acc",
-                                              lower_is_better=False)
-        if isinstance(self.lr_schedule, str) and self.lr_schedule == "cosine" \
-                and not self._has_own_lr_scheduler():
-            # Adam's last iterates at a constant rate wander: on 5,000 Fashion-MNIST
-            # images the smoothed accuracy of 4 seeds spread over 2.2 points; decaying
-            # the rate to 0 over max_epochs ends every run at a settled model.
-            callbacks["lr_schedule"] = LRScheduler(
-                policy=torch.optim.lr_scheduler.CosineAnnealingLR, T_max=self.max_epochs)
-        return list(callbacks.items())
-
-    def _has_own_lr_scheduler(self) -> bool:
-        """Whether ``callbacks`` holds a learning-rate scheduler (it replaces ours)."""
-        if not isinstance(self.callbacks, (list, tuple)):
-            return False
-        return any(isinstance(cb, LRScheduler) or cb is LRScheduler
-                   for cb in (item[1] if isinstance(item, tuple) else item
-                              for item in self.callbacks))
-
     # ------------------------------------------------------------------ training
     @abc.abstractmethod
     def training_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scalar loss of one training batch (``X`` and encoded ``y`` on the device)."""
-
-    @property
-    def noise_level_(self) -> float:
-        """The σ in use: ``sigma`` here; subclasses may resolve it in ``fit``."""
-        return self.sigma
-
-    @property
-    def epoch_index_(self) -> int:
-        """Zero-based index of the current training epoch (for warm-up schedules)."""
-        return 0 if self.history is None else max(len(self.history) - 1, 0)
-
-    def train_step_single(self, batch, **fit_params):
-        self._set_training(True)
-        Xi, yi = unpack_data(batch)
-        with precision_context(self.precision, self.device):
-            loss = self.training_loss(to_tensor(Xi, self.device), to_tensor(yi, self.device))
-        self.check_training_loss(loss)
-        scaler = self._loss_scaler()
-        (loss if scaler is None else scaler.scale(loss)).backward()
-        return {"loss": loss, "y_pred": None}
-
-    def check_training_loss(self, loss: torch.Tensor) -> None:
-        """Raise ``FloatingPointError`` when a step's loss is not finite.
-
-        Every training step calls it (the Accelerate step of :mod:`smoothsk.hf` too), so
-        a diverged run stops with what to do instead of being saved as trained.  skorch
-        reads the loss as a number after every step anyway, so this costs no extra
-        device synchronisation.
-        """
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"The training loss is {loss.item()} at epoch {self.epoch_index_ + 1}: training "
-                "diverged. Lower the learning rate (lr) or sigma, or check the inputs."
-            )
-
-    def _loss_scaler(self):
-        """torch.amp's ``GradScaler`` for fp16 training, else None.
-
-        fp16 gradients underflow to zero without loss scaling (torch's mixed-precision
-        recipe: scale the loss, unscale the gradients, skip steps whose gradients
-        overflow); bf16 has fp32's exponent range and needs none.
-        """
-        if self.precision != "fp16":
-            return None
-        if getattr(self, "grad_scaler_", None) is None:
-            self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type)
-        return self.grad_scaler_
-
-    def _step_optimizer(self, step_fn):
-        scaler = self._loss_scaler()
-        if scaler is None:
-            return super()._step_optimizer(step_fn)
-        step_fn()  # the scaled backward pass; GradScaler.step takes no closure
-        for name in self._optimizers:
-            scaler.step(getattr(self, name + "_"))
-        scaler.update()
-        return None
-
-    def initialize_optimizer(self, *args, **kwargs):
-        self.grad_scaler_ = None  # a new run starts from the default loss scale
-        return super().initialize_optimizer(*args, **kwargs)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("grad_scaler_", None)  # device state, rebuilt when training continues
-        return state
-
-    def _check_smoothing_params(self):
-        """Every parameter against ``_parameter_constraints`` (scikit-learn's checks)."""
-        validate_parameter_constraints(
-            self._parameter_constraints,
-            {name: getattr(self, name) for name in self._parameter_constraints},
-            caller_name=type(self).__name__,
-        )
-        sampling.check_precision(self.precision, self.device)  # fp16 needs a CUDA device
-        check_noise_options(self.noise, self.noise_step)  # e.g. a bad fraction
-        check_input_range(self.input_range)
-
-    def _validate_X(self, X, *, reset: bool):
-        """Arrays and tensors become float32 arrays of a fixed per-sample shape."""
-        if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
-            if reset:
-                self.input_shape_ = tuple(torch.as_tensor(first_field(X[0])).shape)
-            return X
-        if isinstance(X, torch.Tensor):
-            X = X.detach().cpu().numpy()
-        X = validate_data(self, X, reset=reset, allow_nd=True, dtype=np.float32)
-        check_inputs_in_range(X, self.input_range, type(self).__name__)
-        if reset:
-            self.input_shape_ = tuple(X.shape[1:])
-        elif tuple(X.shape[1:]) != self.input_shape_:
-            raise ValueError(
-                f"X has per-sample shape {tuple(X.shape[1:])}, but {type(self).__name__} "
-                f"was fitted on inputs of shape {self.input_shape_}."
-            )
-        return X
-
-    def _prepare_fit_data(self, X, y, fit_params, *, reset: bool, classes=None):
-        """Validate ``X``, encode ``y`` against ``classes_`` (learned when ``reset``)."""
-        if fit_params:
-            raise TypeError(
-                f"{type(self).__name__}.fit does not accept {sorted(fit_params)}; "
-                "sample_weight and other fit parameters are not supported."
-            )
-        self._check_smoothing_params()
-        self._check_cuda_available()
-        X = self._validate_X(X, reset=reset)
-        if reset:  # a new fit chooses its default network from the new data
-            self.__dict__.pop("default_network_", None)
-        if not isinstance(X, np.ndarray):  # a torch Dataset of (x, class index) pairs
-            if reset:
-                classes = self._classes_for_fit() if classes is None else classes
-                if classes is None:
-                    raise ValueError("Pass classes=[...] when fitting on a torch Dataset.")
-                self.classes_fitted_ = _given_classes(classes)
-            return X, None
-        if y is None and not self.fit_needs_labels and reset:
-            self.classes_fitted_ = _given_classes(self._classes_for_fit())  # the model's own
-            return X, None
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
-        y = column_or_1d(y, warn=True)
-        check_consistent_length(X, y)
-        check_classification_targets(y)
-        if reset:
-            classes = self._classes_for_fit() if classes is None else classes
-            self.classes_fitted_ = np.unique(y) if classes is None else _given_classes(classes)
-            if len(self.classes_fitted_) < 2:
-                raise ValueError(
-                    "The training data has one class; a classifier needs at least 2 "
-                    f"classes. Got classes {self.classes_fitted_.tolist()}."
-                )
-        return X, self._encode_labels(y)
-
-    def _encode_labels(self, y, *, unseen: str = "raise") -> np.ndarray:
-        """Class indices of the labels ``y`` in ``classes_``.
-
-        ``unseen="raise"`` rejects labels not seen in fit; ``"mark"`` maps them to −1
-        (an index no prediction has, so they never count as correct).
-        """
-        y = np.asarray(y)
-        # classes_ keeps the order it was given in (a teacher's or a Dataset's class
-        # indices), so search through a sorting permutation instead of assuming order.
-        order = np.argsort(self.classes_, kind="stable")
-        rank = np.searchsorted(self.classes_[order], y).clip(0, len(self.classes_) - 1)
-        position = order[rank]
-        known = self.classes_[position] == y
-        if unseen == "raise" and not known.all():
-            raise ValueError(
-                f"y contains labels not seen in fit: {np.unique(y[~known]).tolist()}. With "
-                "partial_fit, pass every label on the first call: partial_fit(X, y, "
-                "classes=[...])."
-            )
-        return np.where(known, position, -1).astype(np.int64)
-
-    def _check_read_model(self, name: str, classes, X, y, input_shape=None) -> None:
-        """A model this estimator only reads (a CRT teacher, CAT-RS's target, a classifier
-        to smooth) must take inputs of the data's shape and know every label of ``y``
-        (of the ``classes`` parameter when ``X`` is a torch Dataset)."""
-        if input_shape is not None and tuple(input_shape) != tuple(self.input_shape_):
-            raise ValueError(f"{name} takes inputs of shape {tuple(input_shape)} but X has "
-                             f"per-sample shape {tuple(self.input_shape_)}.")
-        if y is not None and not isinstance(X, torch.utils.data.Dataset):
-            labels = np.unique(np.asarray(y))
-        else:
-            labels = np.asarray([] if self.classes is None else self.classes)
-        known = np.asarray(classes).tolist()
-        unknown = sorted(set(labels.tolist()) - set(known))
-        if unknown:
-            raise ValueError(f"y has labels {name} does not know: {unknown}; its classes are "
-                             f"{known}.")
-
-    def _classes_for_fit(self):
-        """Labels to learn in ``fit``: the ``classes`` parameter, or None to take ``y``'s."""
-        return None if self.classes is None or not len(self.classes) else self.classes
 
     def fit(self, X, y=None, **fit_params):
         """Learn ``classes_`` and train the base network with :meth:`training_loss`.
@@ -647,61 +326,17 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         checkpoint of the same run is restored and only the missing epochs are trained.
         """
         warm = self.warm_start and self.initialized_ and hasattr(self, "classes_fitted_")
-        X, y = self._prepare_fit_data(X, y, fit_params, reset=not warm)
-        with _seeded_torch(self.random_state, self.device), self._training_context():
+        X, y = self.prepare_fit_data(X, y, fit_params, reset=not warm)
+        with seeded_torch(self.random_state, self.device), self.training_context():
             if not warm:
                 self.initialize()
             if not warm:
-                self._check_network_output(X)
-            done = 0 if warm else self._restore_checkpoint(X, y)
+                self.check_network_output(X)
+            done = 0 if warm else self.restore_checkpoint(X, y)
             if done >= self.max_epochs:
                 return self
-            return NeuralNetClassifier.partial_fit(self, *self._training_data(X, y),
+            return NeuralNetClassifier.partial_fit(self, *self.training_data(X, y),
                                                    epochs=self.max_epochs - done)
-
-    def _check_network_output(self, X):
-        """Run the new network on one input: our error, not torch's, for a mismatch."""
-        sample = X[:1] if isinstance(X, np.ndarray) else \
-            np.asarray(first_field(X[0]), dtype=np.float32)[None]
-        was_training = self.module_.training
-        self.module_.eval()
-        try:
-            with torch.no_grad():
-                logits = self.module_(to_tensor(sample, self.device))
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise ValueError(
-                f"The network cannot process inputs of shape {tuple(sample.shape[1:])} "
-                f"({type(exc).__name__}: {exc}). A convolutional network needs image-shaped "
-                "inputs (N, channels, height, width): reshape X, e.g. "
-                "X.reshape(len(X), 1, 8, 8) for digits."
-            ) from exc
-        finally:
-            self.module_.train(was_training)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            raise ValueError("The network must return logits of shape (batch, n_classes); got "
-                             f"{getattr(logits, 'shape', type(logits))}.")
-        self._check_n_classes(logits.shape[1])
-
-    def _restore_checkpoint(self, X, y) -> int:
-        """Epochs restored from a :class:`~smoothsk.io.checkpoint.TrainingCheckpoint`."""
-        from smoothsk.io.checkpoint import TrainingCheckpoint, data_digest
-
-        checkpoints = [cb for _, cb in self.callbacks_ if isinstance(cb, TrainingCheckpoint)]
-        if not checkpoints:
-            return 0
-        self.training_data_digest_ = data_digest(X, y)  # the run's fingerprint reads it
-        return checkpoints[0].restore(self)
-
-    def initialize_callbacks(self):
-        """skorch's callbacks, with every :class:`~smoothsk.io.checkpoint.TrainingCheckpoint`
-        moved last: it records the state the next epoch starts from, so a learning-rate
-        scheduler listed after it must have stepped before it writes."""
-        from smoothsk.io.checkpoint import TrainingCheckpoint
-
-        super().initialize_callbacks()
-        self.callbacks_ = sorted(self.callbacks_,
-                                 key=lambda item: isinstance(item[1], TrainingCheckpoint))
-        return self
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """Train for ``max_epochs`` more epochs without re-initialising the network.
@@ -710,29 +345,17 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         are not re-seeded, so that they see fresh shuffles and noise.
         """
         first = not (self.initialized_ and hasattr(self, "classes_fitted_"))
-        X, y = self._prepare_fit_data(X, y, fit_params, reset=first, classes=classes)
+        X, y = self.prepare_fit_data(X, y, fit_params, reset=first, classes=classes)
         if first:
             self.initialize()
-            self._check_network_output(X)
-        with self._training_context():
-            return NeuralNetClassifier.partial_fit(self, *self._training_data(X, y))
+            self.check_network_output(X)
+        with self.training_context():
+            return NeuralNetClassifier.partial_fit(self, *self.training_data(X, y))
 
-    def _training_data(self, X, y):
+    def training_data(self, X, y):
         """What skorch iterates over in training: ``(X, y)`` here; a method whose loss
         needs more per example (CAT-RS's targets) returns a Dataset and None."""
         return X, y
-
-    @contextlib.contextmanager
-    def _training_context(self):
-        # Callbacks run inside fit see skorch's encoded targets (class indices); the
-        # scorers read this flag to map them back to labels.
-        self._fitting = True
-        try:
-            yield
-            # the σ the network was trained at: certifying at another is refused
-            self.trained_sigma_ = float(self.noise_level_)
-        finally:
-            del self._fitting
 
     @property
     def classes_(self) -> np.ndarray:
@@ -763,31 +386,16 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
         """The network of ``module=None``, sized from the data; its name is kept in
         ``default_network_`` (and in model files)."""
         kwargs = self.get_params_for("module")
-        name = getattr(self, "default_network_", None) or default_network_name(
-            self.input_shape_, kwargs)
-        self.default_network_ = name
-        if name == "LeNet":
-            channels, side = self.input_shape_[0], self.input_shape_[1]
-            return LeNet(**{"num_classes": len(self.classes_), "in_channels": channels,
-                            "image_size": side, **kwargs})
-        return MLP(**{"in_features": int(np.prod(self.input_shape_)),
-                      "num_classes": len(self.classes_), **kwargs})
-
-    # ------------------------------------------------------------------ smoothed inference
-    def _check_cuda_available(self, device="unset"):
-        device = self.device if device == "unset" else device
-        if device is not None and torch.device(device).type == "cuda" \
-                and not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r}, but torch sees no CUDA GPU here (or this torch build "
-                "has no CUDA support); set device='cpu'."
-            )
+        self.default_network_ = getattr(self, "default_network_", None) or \
+            default_network_name(self.input_shape_, kwargs)
+        return default_network(self.default_network_, self.input_shape_, len(self.classes_),
+                               kwargs)
 
     def set_params(self, **params):
         """As skorch's; a new ``device`` after ``fit`` also moves the fitted network, and a
         new ``device``, ``precision`` or ``channels_last`` sets its memory layout again."""
         if "device" in params:
-            self._check_cuda_available(params["device"])
+            self.check_device_available(params["device"])
         super().set_params(**params)
         if getattr(self, "initialized_", False):
             if "device" in params:
@@ -795,215 +403,6 @@ class SmoothedClassifier(NeuralNetClassifier, metaclass=abc.ABCMeta):
             if {"device", "precision", "channels_last"} & set(params):
                 self._apply_memory_format()
         return self
-
-    @contextlib.contextmanager
-    def _progress(self, total: int, description: str):
-        """A progress bar over inputs when ``verbose`` (tqdm, or log lines off a terminal)."""
-        from smoothsk.progress import progress_bar
-
-        bar = progress_bar(total, f"{type(self).__name__} {description}",
-                           enabled=bool(self.verbose))
-        try:
-            yield bar
-        finally:
-            bar.close()
-
-    def _check_fitted_X(self, X):
-        self.prepare_without_fit(X)
-        check_is_fitted(self, ["module_", "classes_fitted_"])
-        self._check_cuda_available()
-        self._check_sigma_unchanged()
-        return self._validate_X(X, reset=False)
-
-    def prepare_without_fit(self, X) -> None:
-        """The hook of an estimator that is ready before ``fit`` (a prefit classifier):
-        called with the inputs of the first ``predict`` or ``certify``; a no-op here."""
-
-    def _check_sigma_unchanged(self):
-        trained = getattr(self, "trained_sigma_", None)
-        if not self.sigma_fixed_by_training or trained is None:
-            return
-        if not np.isclose(float(self.noise_level_), trained, rtol=1e-12, atol=0):
-            raise ValueError(
-                f"This {type(self).__name__} was trained at sigma={trained:g}, but its sigma "
-                f"is now {self.noise_level_:g} (set_params after fit): its certificates would "
-                "describe a smoothed classifier its network was not trained for. Set sigma "
-                f"back to {trained:g}, or fit again to train at the new sigma (to smooth a "
-                "fitted classifier at any sigma, use PretrainedSmoothingClassifier).")
-
-    def _smoothed_counts(self, X) -> np.ndarray:
-        X = self._check_fitted_X(X)
-        with self._progress(len(X), "predict") as bar:
-            counts = sampling.class_counts(
-                self.module_, X, self.noise_level_, self.n_predict,
-                batch_size=self.certify_batch_size, random_state=self.random_state,
-                precision=self.precision, progress=bar.update, shared_noise=self.shared_noise,
-                **self.noise_options(),
-            )
-        self._check_n_classes(counts.shape[1])
-        return counts
-
-    def noise_options(self) -> dict:
-        """The ``noise`` and ``noise_step`` every certification and prediction uses."""
-        return {"noise": self.noise, "noise_step": self.noise_step}
-
-    def _check_n_classes(self, n_outputs: int):
-        if n_outputs != len(self.classes_):
-            raise ValueError(
-                f"The network returns {n_outputs} logits but fit saw {len(self.classes_)} "
-                "classes; set the network's number of outputs (e.g. module__num_classes)."
-            )
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Monte Carlo estimate of ``P(f(x + δ) = c)`` from ``n_predict`` draws per input.
-
-        Columns follow ``classes_``; rows sum to 1.
-        """
-        return self._smoothed_counts(X) / self.n_predict
-
-    def predict(self, X) -> np.ndarray:
-        """The smoothed classifier's vote ``argmax_c P(f(x + δ) = c)``, as labels.
-
-        Never abstains; :meth:`predict_or_abstain` adds Cohen's significance test.
-        """
-        votes = self._smoothed_counts(X).argmax(axis=1)
-        return self.classes_[votes]
-
-    def score(self, X, y, sample_weight=None) -> float:
-        """Accuracy of the smoothed classifier's vote (:meth:`predict`) on ``(X, y)``.
-
-        As scikit-learn's ``ClassifierMixin.score``; labels the model cannot predict
-        raise instead of counting as wrong.
-        """
-        self._encode_labels(np.asarray(y))
-        return super().score(X, y, sample_weight=sample_weight)
-
-    def predict_or_abstain(self, X, *, abstain_label=None) -> np.ndarray:
-        """Cohen et al.'s PREDICT with ``n_predict`` draws and failure probability ``alpha``.
-
-        Returns labels from ``classes_`` with ``abstain_label`` where the two-sided
-        binomial test between the top two classes is not significant at ``alpha``.
-        The returned label differs from ``g(x)`` with probability at most ``alpha``.
-        ``abstain_label=None`` uses :func:`smoothsk.certification.core.default_abstain_label`
-        (−1 for integer labels, ``"abstain"`` for strings): a marker of the labels'
-        dtype, which scikit-learn's metrics accept (abstentions count as wrong).
-        """
-        alpha = check_alpha(self.alpha)  # set_params may have changed it since fit
-        counts = self._smoothed_counts(X)
-        alpha = noise_test_alpha(alpha, self.n_predict, X, sigma=self.noise_level_,
-                                 **self.noise_options())
-        index = predict_from_counts(counts, alpha)
-        return labels_or_marker(self.classes_, index, abstain_label)
-
-    def certify(
-        self, X, *, n0=None, n=None, alpha=None, batch_size=None, random_state=None,
-        index_offset: int = 0, n_jobs: int | None = None, chunk_size: int | None = None,
-        threads_per_worker: int | None = None, bound: str = "binary",
-        interval: str = "clopper-pearson", sequential: bool = False,
-        max_n: int | None = None, tolerance: float | None = None,
-    ) -> Certificate:
-        """Cohen et al.'s CERTIFY on every input (see :func:`smoothsk.certify`).
-
-        Defaults come from the estimator's ``n0``, ``n``, ``alpha``,
-        ``certify_batch_size`` and ``random_state``.  The result's ``labels()``
-        maps class indices to ``classes_``; ``is_correct(y)`` compares with labels.
-        ``n_jobs`` spreads the inputs over joblib workers (identical certificates).
-        ``bound`` ("binary", "two-class") and ``interval`` ("clopper-pearson",
-        "randomized") choose how the counts become a radius
-        (:func:`smoothsk.certification.radius.certified_radius`).  ``sequential=True``
-        (with ``max_n`` and ``tolerance``) is the anytime CERTIFY of
-        :func:`smoothsk.certify`.
-        """
-        X = self._check_fitted_X(X)
-        with self._progress(len(X), "certify") as bar:
-            result = core.certify(
-                self.module_, X, self.noise_level_,
-                n0=self.n0 if n0 is None else n0,
-                n=self.n if n is None else n,
-                alpha=self.alpha if alpha is None else alpha,
-                batch_size=self.certify_batch_size if batch_size is None else batch_size,
-                random_state=self.random_state if random_state is None else random_state,
-                index_offset=index_offset, n_jobs=n_jobs, chunk_size=chunk_size,
-                threads_per_worker=threads_per_worker, precision=self.precision,
-                progress=bar.update, shared_noise=self.shared_noise, bound=bound,
-                interval=interval, sequential=sequential, max_n=max_n, tolerance=tolerance,
-                **self.noise_options(),
-            )
-        self._check_n_classes(result.counts.shape[1])
-        result.classes = self.classes_
-        return result
-
-    def _label_indices(self, X, y):
-        """Labels ``y`` as class indices for the sequential certifications (None stays
-        None; labels the model never saw are marked so they never match)."""
-        if y is None:
-            return None
-        y = column_or_1d(y)
-        if len(y) != len(X):
-            raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
-        return self._encode_labels(y, unseen="mark")
-
-    def certify_radius(
-        self, X, radius: float, *, y=None, n0=None, n=None, alpha=None, test: str = "rounds",
-        first_round: int = 64, growth: float | None = None, batch_size=None,
-        random_state=None, index_offset: int = 0,
-    ) -> RadiusCertificate:
-        """Adaptive fixed-radius certification (see :func:`smoothsk.certify_radius`).
-
-        Decides per input whether the smoothed classifier is certified at ``radius``,
-        stopping each input's sampling as soon as the answer is known; ``n`` is the
-        largest number of estimation draws.  With ``y`` (labels), inputs whose
-        selected class is not their label draw no estimation samples.  ``test`` picks
-        the sequential test (``"rounds"`` or ``"betting"``).  Defaults come from the
-        estimator as in :meth:`certify`.
-        """
-        X = self._check_fitted_X(X)
-        y_index = self._label_indices(X, y)
-        with self._progress(len(X), f"certify at r={radius:g}") as bar:
-            result = certify_radius(
-                self.module_, X, self.noise_level_, radius, y=y_index,
-                n0=self.n0 if n0 is None else n0,
-                n=self.n if n is None else n,
-                alpha=self.alpha if alpha is None else alpha,
-                test=test, first_round=first_round, growth=growth,
-                batch_size=self.certify_batch_size if batch_size is None else batch_size,
-                random_state=self.random_state if random_state is None else random_state,
-                index_offset=index_offset, precision=self.precision, progress=bar.update,
-                shared_noise=self.shared_noise, **self.noise_options(),
-            )
-        self._check_n_classes(result.selection_counts.shape[1])
-        result.classes = self.classes_
-        return result
-
-    def certify_radii(
-        self, X, radii, *, y=None, n0=None, max_n=None, alpha=None, first_round: int = 64,
-        growth: float | None = None, batch_size=None, random_state=None,
-        index_offset: int = 0,
-    ) -> RadiiCertificate:
-        """The certified-accuracy curve at the grid ``radii``, sequentially (see
-        :func:`smoothsk.certify_radii`): each input draws until every grid radius is
-        decided, or ``max_n`` (default: ``n``) estimation draws.  With ``y`` (labels),
-        inputs whose selected class is not their label draw no estimation samples.
-        Defaults come from the estimator as in :meth:`certify`.
-        """
-        X = self._check_fitted_X(X)
-        y_index = self._label_indices(X, y)
-        with self._progress(len(X), "certify radii") as bar:
-            result = certify_radii(
-                self.module_, X, self.noise_level_, radii, y=y_index,
-                n0=self.n0 if n0 is None else n0,
-                max_n=self.n if max_n is None else max_n,
-                alpha=self.alpha if alpha is None else alpha,
-                first_round=first_round,
-                growth=DEFAULT_RADII_GROWTH if growth is None else growth,
-                batch_size=self.certify_batch_size if batch_size is None else batch_size,
-                random_state=self.random_state if random_state is None else random_state,
-                index_offset=index_offset, precision=self.precision, progress=bar.update,
-                shared_noise=self.shared_noise, **self.noise_options(),
-            )
-        self._check_n_classes(result.selection_counts.shape[1])
-        result.classes = self.classes_
-        return result
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -122,13 +122,13 @@ class _CertificationScorer:
                 f"{type(smoothed).__name__} has no certify method; score a smoothsk estimator "
                 "or a Pipeline ending in one."
             )
-        if getattr(smoothed, "_fitting", False):
+        if getattr(smoothed, "fitting", False):
             # Called from a skorch callback (EpochScoring) inside fit: skorch hands over
             # the targets it trains on, which are the encoded class indices.
             y = smoothed.classes_[np.asarray(y, dtype=np.int64)]
         # As score() does: labels the model cannot predict (another dtype, a typo) would
         # count as wrong everywhere and score a silent 0.0 that a grid search trusts.
-        smoothed._encode_labels(np.asarray(y))
+        smoothed.encode_labels(np.asarray(y))
         if self.adaptive:  # radius r in input space is r / scale in the smoothed step's
             result = smoothed.certify_radius(X, self.radius / scale, y=y, **self.overrides)
             return float(np.mean(result.is_correct(y)))

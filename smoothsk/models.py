@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +29,8 @@ __all__ = [
     "Normalize",
     "compile_fitted",
     "count_parameters",
+    "default_network",
+    "default_network_name",
     "network_for_dataset",
     "uses_channels_last",
 ]
@@ -351,3 +354,24 @@ class ImageNetResNet50(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
+
+
+def default_network_name(input_shape, module_params: dict) -> str:
+    """The network of ``module=None`` for inputs of ``input_shape``.
+
+    ``"LeNet"`` for square images of side ≥ 16 (``(channels, side, side)``), else
+    ``"MLP"`` — also when ``module_params`` holds ``hidden_units`` (the MLP's widths).
+    """
+    square = len(input_shape) == 3 and input_shape[1] == input_shape[2] >= 16
+    return "LeNet" if square and "hidden_units" not in module_params else "MLP"
+
+
+def default_network(name: str, input_shape, n_classes: int, module_params: dict) -> nn.Module:
+    """The default network ``name`` (:func:`default_network_name`) sized for
+    ``input_shape`` and ``n_classes``; ``module_params`` (``module__*``) override."""
+    if name == "LeNet":
+        channels, side = input_shape[0], input_shape[1]
+        return LeNet(**{"num_classes": n_classes, "in_channels": channels,
+                        "image_size": side, **module_params})
+    return MLP(**{"in_features": int(np.prod(input_shape)), "num_classes": n_classes,
+                  **module_params})

@@ -107,13 +107,13 @@ def empirical_robustness(
             f"{type(smoothed).__name__} is not a fitted smoothsk estimator; fit one (or a "
             "Pipeline ending in one) before attacking it."
         )
-    X = smoothed._check_fitted_X(X)
+    X = smoothed.check_fitted_inputs(X)
     if not isinstance(X, np.ndarray):
         raise ValueError("empirical_robustness needs X as an array or tensor, not a Dataset.")
     y = np.asarray(y)
     if len(y) != len(X):
         raise ValueError(f"X has {len(X)} inputs but y has {len(y)} labels.")
-    y_index = smoothed._encode_labels(y)
+    y_index = smoothed.encode_labels(y)
     radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
     if radii.ndim != 1 or np.any(radii < 0) or not np.all(np.isfinite(radii)):
         raise ValueError(f"radii must be finite and >= 0; got {radii!r}.")

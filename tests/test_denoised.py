@@ -311,7 +311,7 @@ def test_labels_and_shapes_the_classifier_does_not_know(split, sk_mlp):
 
 def test_denoised_logits_flow_to_the_denoiser_only(torch_net):
     clf = DenoisedSmoothingClassifier(torch_net, objective="stability", max_epochs=1)
-    clf._check_smoothing_params()
+    clf.validate_parameters()
     clf._resolve_classifier()
     clf.input_shape_ = (64,)
     clf.initialize()

@@ -202,7 +202,7 @@ def test_base_class_needs_a_training_loss():
 def test_every_smoothsk_parameter_has_a_declared_constraint(digits):
     import inspect
 
-    from sklearn.utils._param_validation import InvalidParameterError
+    from smoothsk.validation import InvalidParameterError
 
     import smoothsk
 
@@ -219,6 +219,11 @@ def test_every_smoothsk_parameter_has_a_declared_constraint(digits):
                                                          - set(cls._parameter_constraints))
     X, y = digits
     with pytest.raises(InvalidParameterError, match=r"The 'sigma' parameter of "
-                       r"GaussianAugClassifier must be a float in the range \(0.0, inf\)\. "
+                       r"GaussianAugClassifier must be a float in the range \(0.0, 5\.3\d*e\+36\)\. "
                        r"Got -1 instead\."):
         _fast(sigma=-1).fit(X[:20], y[:20])
+    # a bool is no count, though Python's True is an Integral
+    with pytest.raises(InvalidParameterError, match=r"The 'n' parameter of "
+                       r"GaussianAugClassifier must be an int in the range \[1, inf\)\. "
+                       r"Got True instead\."):
+        _fast(n=True).fit(X[:20], y[:20])

@@ -196,12 +196,12 @@ def test_attack_moves_inputs_in_training(digits):
     (None, (0, 1), None),
 ])
 def test_clip_range_follows_the_declared_input_range(clip_range, input_range, expected):
-    from smoothsk.base import resolve_clip_range
+    from smoothsk.validation import resolve_clip_range
     assert resolve_clip_range(clip_range, input_range) == expected
 
 
 def test_a_bad_clip_range_is_refused_with_the_choices():
-    from smoothsk.base import resolve_clip_range
+    from smoothsk.validation import resolve_clip_range
     with pytest.raises(ValueError, match="'input_range'"):
         resolve_clip_range("input-range", (0, 1))
     with pytest.raises(ValueError, match="low < high"):

@@ -197,7 +197,7 @@ class TrainingCheckpoint(Callback):
         net.optimizer_.load_state_dict(state["optimizer"])
         self.resumed_lrs_ = [group["lr"] for group in net.optimizer_.param_groups]
         net.history = History(json.loads(state["history"]))
-        scaler_state, scaler = json.loads(state.get("grad_scaler", "{}")), net._loss_scaler()
+        scaler_state, scaler = json.loads(state.get("grad_scaler", "{}")), net.loss_scaler()
         if scaler_state and scaler is not None:
             scaler.load_state_dict(scaler_state)
         torch.set_rng_state(state["cpu_rng"])

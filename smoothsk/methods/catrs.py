@@ -17,17 +17,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import clone
 
-from smoothsk.base import (
-    NON_NEGATIVE,
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    SmoothedClassifier,
-    is_fitted_estimator,
-    unwrap_frozen,
-)
+from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
 from smoothsk.certification import sampling
 from smoothsk.methods.attacks import draw_noises, frozen, noisy_batch
+from smoothsk.validation import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT
 
 __all__ = ["CATRSClassifier", "catrs_loss", "kl_pgd_noise_attack", "smoothed_targets"]
 
@@ -314,10 +307,10 @@ class CATRSClassifier(SmoothedClassifier):
         return GaussianAugClassifier(**clone(params, safe=False)).fit(X, y)
 
     def _prepare_target(self, X, y):
-        X_checked = self._validate_X(X, reset=True)
+        X_checked = self.check_inputs(X, reset=True)
         target = unwrap_frozen(self.target_model)
         if target is None:
-            self._check_smoothing_params()
+            self.validate_parameters()
             target = self._fit_target_model(X, y)
         elif not isinstance(target, SmoothedClassifier):
             raise ValueError(
@@ -326,7 +319,7 @@ class CATRSClassifier(SmoothedClassifier):
             )
         elif not is_fitted_estimator(target):
             target = clone(target).fit(X, y)
-        self._check_read_model("target_model", target.classes_, X_checked, y,
+        self.check_read_model("target_model", target.classes_, X_checked, y,
                                target.input_shape_)
         self.target_model_ = target
 
@@ -340,11 +333,11 @@ class CATRSClassifier(SmoothedClassifier):
             self._prepare_target(X, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)
 
-    def _classes_for_fit(self):
+    def classes_for_fit(self):
         # p̂'s columns are the target model's classes, in its order.
         return self.target_model_.classes_
 
-    def _training_data(self, X, y):
+    def training_data(self, X, y):
         self.target_prob_ = smoothed_targets(self.target_model_, X, self.target_draws,
                                              random_state=self.random_state)
         return _WithTargets(X, y, self.target_prob_), None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.base import NON_NEGATIVE, POSITIVE_INT, SmoothedClassifier
+from smoothsk.base import SmoothedClassifier
 from smoothsk.methods.attacks import draw_noises, noisy_batch
+from smoothsk.validation import NON_NEGATIVE, POSITIVE_INT
 
 __all__ = ["ConsistencyClassifier", "consistency_loss"]
 

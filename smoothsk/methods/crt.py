@@ -9,23 +9,17 @@ Gaussian augmentation (one extra forward pass of the teacher).
 from __future__ import annotations
 
 import copy
-from numbers import Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import clone
-from sklearn.utils._param_validation import Interval
 
-from smoothsk.base import (
-    POSITIVE,
-    SmoothedClassifier,
-    is_fitted_estimator,
-    unwrap_frozen,
-)
+from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
 from smoothsk.certification import sampling
 from smoothsk.certification.sampling import first_field
 from smoothsk.methods.attacks import frozen
+from smoothsk.validation import POSITIVE, Float
 
 __all__ = ["CRTStudent", "crt_loss"]
 
@@ -113,7 +107,7 @@ class CRTStudent(SmoothedClassifier):
         **SmoothedClassifier._parameter_constraints,
         "sigma": [*POSITIVE, None],  # None: the teacher's σ, resolved in fit
         "teacher": "no_validation",  # checked against the data in fit
-        "transfer_weight": [Interval(Real, 0, 1, closed="both")],
+        "transfer_weight": [Float(0, 1, closed="both")],
         "allow_sigma_mismatch": ["boolean"],
     }
 
@@ -180,9 +174,9 @@ class CRTStudent(SmoothedClassifier):
         return super().partial_fit(X, y, classes=classes, **fit_params)
 
     def _prepare_teacher(self, X, y):
-        X_checked = self._validate_X(X, reset=True)
+        X_checked = self.check_inputs(X, reset=True)
         teacher_classes, teacher_shape = self._resolve_teacher(X, y)
-        self._check_read_model("the teacher", teacher_classes, X_checked, y, teacher_shape)
+        self.check_read_model("the teacher", teacher_classes, X_checked, y, teacher_shape)
         device = torch.device(self.device)
         network = self.teacher_network_.module
         teacher_device, teacher_dtype = sampling.module_device_dtype(network)
@@ -201,7 +195,7 @@ class CRTStudent(SmoothedClassifier):
             )
         self.teacher_classes_ = np.asarray(teacher_classes)
 
-    def _classes_for_fit(self):
+    def classes_for_fit(self):
         # The student predicts the teacher's classes, in the teacher's order, even when
         # a training fold lacks one of them.
         return self.teacher_classes_

@@ -17,17 +17,12 @@ import torch.nn.functional as F
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_array
-from sklearn.utils._param_validation import StrOptions
 
-from smoothsk.base import (
-    NON_NEGATIVE_INT,
-    SmoothedClassifier,
-    is_fitted_estimator,
-    unwrap_frozen,
-)
+from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
 from smoothsk.certification.adapters import SklearnClassifierNetwork, as_base_network
 from smoothsk.methods.attacks import frozen
 from smoothsk.models import DnCNN, MLPDenoiser
+from smoothsk.validation import NON_NEGATIVE_INT, StrOptions
 
 __all__ = [
     "DenoisedNetwork",
@@ -223,7 +218,7 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
         gradients = None if isinstance(network, SklearnClassifierNetwork) \
             else self.classifier_network_
         object.__setattr__(self, "gradient_network_", gradients)
-        self._check_read_model("the classifier", self.classifier_classes_, X, y)
+        self.check_read_model("the classifier", self.classifier_classes_, X, y)
 
     def fit(self, X, y=None, **fit_params):
         """Check the classifier against ``(X, y)`` (with ``prefit=False``: fit it first).
@@ -235,11 +230,11 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
             raise ValueError(f"{type(self).__name__} trains no network; module must be None "
                              "(DenoisedSmoothingClassifier trains a denoiser in front of "
                              "the classifier).")
-        self._check_smoothing_params()
+        self.validate_parameters()
         self._resolve_classifier(X, y)
-        X, _ = self._prepare_fit_data(X, y, fit_params, reset=True)
+        X, _ = self.prepare_fit_data(X, y, fit_params, reset=True)
         self.initialize()
-        self._check_network_output(X)
+        self.check_network_output(X)
         return self
 
     def prepare_without_fit(self, X) -> None:
@@ -267,10 +262,10 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
         nothing to train incrementally."""
         if not is_fitted_estimator(self):
             return self.fit(X, y, **fit_params)
-        self._prepare_fit_data(X, y, fit_params, reset=False)
+        self.prepare_fit_data(X, y, fit_params, reset=False)
         return self
 
-    def _classes_for_fit(self):
+    def classes_for_fit(self):
         return self.classifier_classes_
 
     def initialize_module(self):
@@ -381,13 +376,13 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
 
     def fit(self, X, y=None, **fit_params):
         """Train the denoiser in front of the frozen classifier."""
-        self._check_smoothing_params()
+        self.validate_parameters()
         self._resolve_classifier(X, y)
         return SmoothedClassifier.fit(self, X, y, **fit_params)
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         if not hasattr(self, "classifier_network_"):
-            self._check_smoothing_params()
+            self.validate_parameters()
             self._resolve_classifier(X, y)
         return SmoothedClassifier.partial_fit(self, X, y, classes=classes, **fit_params)
 

@@ -21,8 +21,9 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.utils import Bunch
 
-from smoothsk.base import POSITIVE, SmoothedClassifier, is_fitted_estimator, unwrap_frozen
+from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
 from smoothsk.methods.denoised import PretrainedSmoothingClassifier
+from smoothsk.validation import POSITIVE
 
 __all__ = ["EnsembleNetwork", "SmoothedEnsembleClassifier"]
 
@@ -233,7 +234,7 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
         object.__setattr__(self, "classifier_network_", network)
         object.__setattr__(self, "gradient_network_", network)
         self.classifier_classes_ = classes[0]
-        self._check_read_model("the members", self.classifier_classes_, X, y)
+        self.check_read_model("the members", self.classifier_classes_, X, y)
 
     def fit(self, X, y=None, **fit_params):
         """Fit clones of the members (``prefit=False``), or check fitted ones, against

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import StrOptions
 
-from smoothsk.base import (
+from smoothsk.base import SmoothedClassifier
+from smoothsk.methods.attacks import draw_noises, noisy_batch, smoothed_pgd_attack
+from smoothsk.methods.smoothmix import warmup_factor
+from smoothsk.validation import (
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
     POSITIVE_INT,
-    SmoothedClassifier,
+    StrOptions,
     resolve_clip_range,
 )
-from smoothsk.methods.attacks import draw_noises, noisy_batch, smoothed_pgd_attack
-from smoothsk.methods.smoothmix import warmup_factor
 
 __all__ = ["SmoothAdvClassifier", "smoothadv_loss"]
 

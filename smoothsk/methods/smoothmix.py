@@ -11,22 +11,23 @@ from numbers import Integral
 
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import Options, StrOptions
 
-from smoothsk.base import (
-    NON_NEGATIVE,
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    SmoothedClassifier,
-    resolve_clip_range,
-)
+from smoothsk.base import SmoothedClassifier
 from smoothsk.methods.attacks import (
     clip_to_range,
     draw_noises,
     noisy_batch,
     project_l2,
     smoothed_pgd_attack,
+)
+from smoothsk.validation import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Options,
+    StrOptions,
+    resolve_clip_range,
 )
 
 __all__ = ["SmoothMixClassifier", "mixup_towards_uniform", "smoothmix_loss", "warmup_factor"]

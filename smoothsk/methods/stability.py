@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smoothsk.base import NON_NEGATIVE, SmoothedClassifier
+from smoothsk.base import SmoothedClassifier
+from smoothsk.validation import NON_NEGATIVE
 
 __all__ = ["StabilityClassifier", "stability_loss"]
 

@@ -1,0 +1,185 @@
+"""What ``fit`` receives, checked: parameters, inputs, labels and the models only read.
+
+:class:`FitDataMixin` validates every parameter against ``_parameter_constraints``
+(:mod:`smoothsk.validation`), turns arrays and tensors into float32 arrays of a fixed
+per-sample shape inside the declared ``input_range``, learns ``classes_`` and encodes
+labels as class indices, and checks that a model the estimator only reads (a teacher, a
+target, a classifier to smooth) fits the data.  Method authors call its public methods
+from their own ``fit`` preparation and may override :meth:`~FitDataMixin.classes_for_fit`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_consistent_length, column_or_1d, validate_data
+from skorch.utils import to_tensor
+
+from smoothsk.certification import sampling
+from smoothsk.certification.noise import check_noise_options
+from smoothsk.certification.sampling import first_field
+from smoothsk.validation import check_input_range, check_inputs_in_range, check_parameters
+
+__all__ = ["FitDataMixin", "given_classes"]
+
+
+def given_classes(classes) -> np.ndarray:
+    """``classes`` as an array in the order given: class index ``k`` is ``classes[k]``.
+
+    The order is kept because it is the order of a network's outputs (a teacher's
+    logits, a Dataset's class indices); sorting it would permute the predictions.
+    """
+    classes = np.asarray(classes)
+    if classes.ndim != 1 or len(np.unique(classes)) != len(classes):
+        raise ValueError(
+            f"classes must be a 1-d list of distinct labels; got {classes.tolist()!r}."
+        )
+    return classes
+
+
+class FitDataMixin:
+    """Parameter, input and label checks of a smoothsk estimator's ``fit``."""
+
+    def validate_parameters(self):
+        """Every parameter against ``_parameter_constraints`` (scikit-learn's checks)."""
+        check_parameters(
+            self._parameter_constraints,
+            {name: getattr(self, name) for name in self._parameter_constraints},
+            type(self).__name__,
+        )
+        sampling.check_precision(self.precision, self.device)  # fp16 needs a CUDA device
+        check_noise_options(self.noise, self.noise_step)  # e.g. a bad fraction
+        check_input_range(self.input_range)
+
+    def check_inputs(self, X, *, reset: bool):
+        """Arrays and tensors become float32 arrays of a fixed per-sample shape."""
+        if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
+            if reset:
+                self.input_shape_ = tuple(torch.as_tensor(first_field(X[0])).shape)
+            return X
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        X = validate_data(self, X, reset=reset, allow_nd=True, dtype=np.float32)
+        check_inputs_in_range(X, self.input_range, type(self).__name__)
+        if reset:
+            self.input_shape_ = tuple(X.shape[1:])
+        elif tuple(X.shape[1:]) != self.input_shape_:
+            raise ValueError(
+                f"X has per-sample shape {tuple(X.shape[1:])}, but {type(self).__name__} "
+                f"was fitted on inputs of shape {self.input_shape_}."
+            )
+        return X
+
+    def prepare_fit_data(self, X, y, fit_params, *, reset: bool, classes=None):
+        """Validate ``X``, encode ``y`` against ``classes_`` (learned when ``reset``)."""
+        if fit_params:
+            raise TypeError(
+                f"{type(self).__name__}.fit does not accept {sorted(fit_params)}; "
+                "sample_weight and other fit parameters are not supported."
+            )
+        self.validate_parameters()
+        self.check_device_available()
+        X = self.check_inputs(X, reset=reset)
+        if reset:  # a new fit chooses its default network from the new data
+            self.__dict__.pop("default_network_", None)
+        if not isinstance(X, np.ndarray):  # a torch Dataset of (x, class index) pairs
+            if reset:
+                classes = self.classes_for_fit() if classes is None else classes
+                if classes is None:
+                    raise ValueError("Pass classes=[...] when fitting on a torch Dataset.")
+                self.classes_fitted_ = given_classes(classes)
+            return X, None
+        if y is None and not self.fit_needs_labels and reset:
+            self.classes_fitted_ = given_classes(self.classes_for_fit())  # the model's own
+            return X, None
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        y = column_or_1d(y, warn=True)
+        check_consistent_length(X, y)
+        check_classification_targets(y)
+        if reset:
+            classes = self.classes_for_fit() if classes is None else classes
+            self.classes_fitted_ = np.unique(y) if classes is None else given_classes(classes)
+            if len(self.classes_fitted_) < 2:
+                raise ValueError(
+                    "The training data has one class; a classifier needs at least 2 "
+                    f"classes. Got classes {self.classes_fitted_.tolist()}."
+                )
+        return X, self.encode_labels(y)
+
+    def encode_labels(self, y, *, unseen: str = "raise") -> np.ndarray:
+        """Class indices of the labels ``y`` in ``classes_``.
+
+        ``unseen="raise"`` rejects labels not seen in fit; ``"mark"`` maps them to −1
+        (an index no prediction has, so they never count as correct).
+        """
+        y = np.asarray(y)
+        # classes_ keeps the order it was given in (a teacher's or a Dataset's class
+        # indices), so search through a sorting permutation instead of assuming order.
+        order = np.argsort(self.classes_, kind="stable")
+        rank = np.searchsorted(self.classes_[order], y).clip(0, len(self.classes_) - 1)
+        position = order[rank]
+        known = self.classes_[position] == y
+        if unseen == "raise" and not known.all():
+            raise ValueError(
+                f"y contains labels not seen in fit: {np.unique(y[~known]).tolist()}. With "
+                "partial_fit, pass every label on the first call: partial_fit(X, y, "
+                "classes=[...])."
+            )
+        return np.where(known, position, -1).astype(np.int64)
+
+    def check_read_model(self, name: str, classes, X, y, input_shape=None) -> None:
+        """A model this estimator only reads (a CRT teacher, CAT-RS's target, a classifier
+        to smooth) must take inputs of the data's shape and know every label of ``y``
+        (of the ``classes`` parameter when ``X`` is a torch Dataset)."""
+        if input_shape is not None and tuple(input_shape) != tuple(self.input_shape_):
+            raise ValueError(f"{name} takes inputs of shape {tuple(input_shape)} but X has "
+                             f"per-sample shape {tuple(self.input_shape_)}.")
+        if y is not None and not isinstance(X, torch.utils.data.Dataset):
+            labels = np.unique(np.asarray(y))
+        else:
+            labels = np.asarray([] if self.classes is None else self.classes)
+        known = np.asarray(classes).tolist()
+        unknown = sorted(set(labels.tolist()) - set(known))
+        if unknown:
+            raise ValueError(f"y has labels {name} does not know: {unknown}; its classes are "
+                             f"{known}.")
+
+    def classes_for_fit(self):
+        """Labels to learn in ``fit``: the ``classes`` parameter, or None to take ``y``'s."""
+        return None if self.classes is None or not len(self.classes) else self.classes
+
+    def check_network_output(self, X):
+        """Run the new network on one input: our error, not torch's, for a mismatch."""
+        sample = X[:1] if isinstance(X, np.ndarray) else \
+            np.asarray(first_field(X[0]), dtype=np.float32)[None]
+        was_training = self.module_.training
+        self.module_.eval()
+        try:
+            with torch.no_grad():
+                logits = self.module_(to_tensor(sample, self.device))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"The network cannot process inputs of shape {tuple(sample.shape[1:])} "
+                f"({type(exc).__name__}: {exc}). A convolutional network needs image-shaped "
+                "inputs (N, channels, height, width): reshape X, e.g. "
+                "X.reshape(len(X), 1, 8, 8) for digits."
+            ) from exc
+        finally:
+            self.module_.train(was_training)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ValueError("The network must return logits of shape (batch, n_classes); got "
+                             f"{getattr(logits, 'shape', type(logits))}.")
+        self.check_n_classes(logits.shape[1])
+
+    def check_device_available(self, device="unset"):
+        device = self.device if device == "unset" else device
+        if device is not None and torch.device(device).type == "cuda" \
+                and not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r}, but torch sees no CUDA GPU here (or this torch build "
+                "has no CUDA support); set device='cpu'."
+            )
