@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from smoothsk import certify
-from smoothsk.certification.sampling import precision_context
+from smoothsk.certification.precision import precision_context
 from smoothsk.io.files import atomic_write_text
 from smoothsk.models import CIFARResNet, LeNet
 

@@ -6,7 +6,7 @@ runs in a fresh Python process of its own, settings interleaved, best of ``--rep
 - ``before``: the free heap trimmed after every chunk of inputs and glibc's thresholds as
   a fresh process has them (smoothsk up to this change);
 - ``now``: trimmed once per ``TRIM_EVERY_BYTES`` of noisy inputs and at the end of the
-  call, thresholds raised first (``sampling.raise_heap_thresholds``; the default).
+  call, thresholds raised first (``heap.raise_heap_thresholds``; the default).
 
 Reported per case: noisy samples per second, page faults per forward batch and the ratio
 now / before; and, for a long call (LeNet bf16 + channels-last, ``--memory-inputs``
@@ -49,15 +49,15 @@ def worker(spec: dict) -> dict:
     import torch
 
     from smoothsk import certify
-    from smoothsk.certification import sampling
+    from smoothsk.certification import heap
     from smoothsk.models import MLP, CIFARResNet, LeNet
 
     torch.set_num_threads(spec["threads"])
     if spec["mode"] == "before":
-        sampling.TRIM_EVERY_BYTES = 0  # after every chunk
-        sampling.raise_heap_thresholds = lambda: None
+        heap.TRIM_EVERY_BYTES = 0  # after every chunk
+        heap.raise_heap_thresholds = lambda: None
     elif spec["mode"] == "never":
-        sampling.release_free_memory = lambda: None
+        heap.release_free_memory = lambda: None
     network, precision, last, batch, n0, n, inputs = spec["case"]
     torch.manual_seed(0)
     net, shape = {"lenet": (LeNet, (1, 28, 28)),

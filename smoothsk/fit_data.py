@@ -16,9 +16,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, column_or_1d, validate_data
 from skorch.utils import to_tensor
 
-from smoothsk.certification import sampling
+from smoothsk.certification.inputs import first_field
 from smoothsk.certification.noise import check_noise_options
-from smoothsk.certification.sampling import first_field
+from smoothsk.certification.precision import check_precision
 from smoothsk.validation import check_input_range, check_inputs_in_range, check_parameters
 
 __all__ = ["FitDataMixin", "given_classes"]
@@ -48,7 +48,7 @@ class FitDataMixin:
             {name: getattr(self, name) for name in self._parameter_constraints},
             type(self).__name__,
         )
-        sampling.check_precision(self.precision, self.device)  # fp16 needs a CUDA device
+        check_precision(self.precision, self.device)  # fp16 needs a CUDA device
         check_noise_options(self.noise, self.noise_step)  # e.g. a bad fraction
         check_input_range(self.input_range)
 

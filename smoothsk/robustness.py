@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smoothsk.certification import bounds, core, sampling
+from smoothsk.certification import bounds, core, inputs
 from smoothsk.certification.core import ABSTAIN
 from smoothsk.methods.attacks import smoothed_pgd_attack
 from smoothsk.metrics import smoothed_step
@@ -117,16 +117,16 @@ def empirical_robustness(
     radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
     if radii.ndim != 1 or np.any(radii < 0) or not np.all(np.isfinite(radii)):
         raise ValueError(f"radii must be finite and >= 0; got {radii!r}.")
-    num_steps = sampling.check_positive_int(num_steps, "num_steps")
-    num_noise = sampling.check_positive_int(num_noise, "num_noise")
-    attack_batch_size = sampling.check_positive_int(attack_batch_size, "attack_batch_size")
-    n = sampling.check_positive_int(n, "n")
+    num_steps = inputs.check_positive_int(num_steps, "num_steps")
+    num_noise = inputs.check_positive_int(num_noise, "num_noise")
+    attack_batch_size = inputs.check_positive_int(attack_batch_size, "attack_batch_size")
+    n = inputs.check_positive_int(n, "n")
     alpha = bounds.check_alpha(alpha)
-    seed = sampling.base_seed(random_state)
+    seed = inputs.base_seed(random_state)
 
     module = smoothed.module_
     sigma = smoothed.noise_level_
-    device, dtype = sampling.module_device_dtype(module)
+    device, dtype = inputs.module_device_dtype(module)
     X_t = torch.as_tensor(X, dtype=dtype)
     y_t = torch.as_tensor(y_index)
     generator = torch.Generator(device=device)

@@ -17,7 +17,7 @@ from skorch.callbacks import EpochScoring, LRScheduler
 from skorch.dataset import unpack_data
 from skorch.utils import to_numpy, to_tensor
 
-from smoothsk.certification.sampling import precision_context
+from smoothsk.certification.precision import precision_context
 
 __all__ = ["TrainingStepMixin", "clean_accuracy", "seeded_torch"]
 

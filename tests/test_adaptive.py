@@ -139,10 +139,10 @@ def test_adaptive_rounds_return_the_free_heap_once_per_trim_interval(linear, mon
     """The rounds trim glibc's heap like CERTIFY does (oneDNN's buffers otherwise grow the
     resident memory with every input): once per ``TRIM_EVERY_BYTES`` of noisy inputs, and
     once more when the call ends."""
-    from smoothsk.certification import sampling
+    from smoothsk.certification import heap
 
     calls = []
-    monkeypatch.setattr(sampling, "_MALLOC_TRIM", lambda pad: calls.append(pad))
+    monkeypatch.setattr(heap, "_MALLOC_TRIM", lambda pad: calls.append(pad))
     # p_A = Φ(0.1 / 0.5) is the threshold of r = 0.1 itself: inputs stay undecided for rounds
     X = np.zeros((4, 3), np.float32)
     kwargs = dict(n0=10, n=400, first_round=50, growth=2.0, random_state=0, batch_size=1000)
@@ -152,7 +152,7 @@ def test_adaptive_rounds_return_the_free_heap_once_per_trim_interval(linear, mon
     assert baseline == 1 + first.rounds.max()
     calls.clear()
     # each input is 12 bytes; with a 1-byte interval every evaluated chunk of a round is due
-    monkeypatch.setattr(sampling, "TRIM_EVERY_BYTES", 1)
+    monkeypatch.setattr(heap, "TRIM_EVERY_BYTES", 1)
     result = certify_radius(linear, X, 0.5, 0.1, **kwargs)
     assert result.rounds.max() > 1
     assert len(calls) > baseline + result.rounds.max()

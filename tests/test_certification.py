@@ -12,7 +12,7 @@ from smoothsk import (
     predict,
     upper_confidence_bound,
 )
-from smoothsk.certification import sampling
+from smoothsk.certification import heap, sampling
 
 # ----------------------------------------------------------------------------- bounds
 
@@ -238,35 +238,35 @@ def test_free_heap_is_returned_once_per_trim_interval_and_at_the_end(monkeypatch
     """Long calls trim glibc's heap (oneDNN convolutions otherwise fragment it and resident
     memory grows with every input), but once per ``TRIM_EVERY_BYTES`` of noisy inputs, not
     after every chunk: each trim costs the next batches their page faults again."""
-    from smoothsk.certification import sampling
+    from smoothsk.certification import heap, sampling
 
     calls = []
-    monkeypatch.setattr(sampling, "_MALLOC_TRIM", lambda pad: calls.append(pad))
+    monkeypatch.setattr(heap, "_MALLOC_TRIM", lambda pad: calls.append(pad))
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     # batch_size 10 with 5 draws each: chunks of 2 inputs, each 2 · 5 · 4 · 4 = 160 bytes of
     # noisy rows; with a 300-byte interval the 2nd, 4th and 6th chunk are due (320 bytes
     # each time), and the call ends with one more trim
-    monkeypatch.setattr(sampling, "TRIM_EVERY_BYTES", 300)
+    monkeypatch.setattr(heap, "TRIM_EVERY_BYTES", 300)
     sampling.class_counts(net, np.zeros((12, 4), np.float32), 0.5, 5, batch_size=10,
                           random_state=0)
     assert calls == [0, 0, 0, 0]
     calls.clear()
     # the default interval (64 MiB) is far beyond this call: only the final trim
     monkeypatch.undo()
-    monkeypatch.setattr(sampling, "_MALLOC_TRIM", lambda pad: calls.append(pad))
+    monkeypatch.setattr(heap, "_MALLOC_TRIM", lambda pad: calls.append(pad))
     sampling.class_counts(net, np.zeros((12, 4), np.float32), 0.5, 5, batch_size=10,
                           random_state=0)
     assert calls == [0]
-    sampling.release_free_memory()  # callable on any platform
+    heap.release_free_memory()  # callable on any platform
     assert calls == [0, 0]
 
 
 _HEAP_SCRIPT = """
 import ctypes, resource, sys
-from smoothsk.certification import sampling
+from smoothsk.certification import heap, sampling
 if sys.argv[1] == "raise":
-    sampling.raise_heap_thresholds()
-_, malloc, free = sampling._GLIBC
+    heap.raise_heap_thresholds()
+_, malloc, free = heap._GLIBC
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
     batch = [malloc(2**21) for _ in range(4)]  # a batch's activations: 4 x 2 MiB at once
@@ -279,7 +279,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(sampling._GLIBC is None, reason="glibc's allocator only")
+@pytest.mark.skipif(heap._GLIBC is None, reason="glibc's allocator only")
 def test_raised_heap_thresholds_keep_a_batchs_activations_for_the_next_batch():
     """In a fresh process glibc returns the heap's top to the OS once twice its (still
     low) mmap threshold is free there, so every batch faults its activations in again;
@@ -299,7 +299,7 @@ def test_raised_heap_thresholds_keep_a_batchs_activations_for_the_next_batch():
 
 def test_sampling_raises_the_heap_thresholds_before_its_batches(monkeypatch):
     calls = []
-    monkeypatch.setattr(sampling, "raise_heap_thresholds", lambda: calls.append(True))
+    monkeypatch.setattr(heap, "raise_heap_thresholds", lambda: calls.append(True))
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     sampling.class_counts(net, np.zeros((3, 4), np.float32), 0.5, 5, random_state=0)
     assert calls == [True]

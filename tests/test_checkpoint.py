@@ -158,9 +158,11 @@ def test_fp16_training_scales_the_loss_and_resumes_with_its_scale(tmp_path, monk
     # fp16 is refused on a CPU (it is a CUDA format); the loss-scaling logic does not
     # depend on the device, and torch's CPU autocast and GradScaler take fp16, so it is
     # exercised here with the device check lifted.  tests/test_gpu.py trains fp16 on CUDA.
+    from smoothsk import fit_data
     from smoothsk.certification import sampling
 
-    monkeypatch.setattr(sampling, "check_precision", lambda precision, device=None: precision)
+    for module in (fit_data, sampling):  # where training and sampling look it up
+        monkeypatch.setattr(module, "check_precision", lambda precision, device=None: precision)
     rng = np.random.default_rng(0)
     X = rng.random((200, 16)).astype(np.float32)
     y = (X[:, 0] > 0.5).astype(int)

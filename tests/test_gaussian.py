@@ -202,9 +202,8 @@ def test_base_class_needs_a_training_loss():
 def test_every_smoothsk_parameter_has_a_declared_constraint(digits):
     import inspect
 
-    from smoothsk.validation import InvalidParameterError
-
     import smoothsk
+    from smoothsk.validation import InvalidParameterError
 
     skorch_owned = {"self", "module", "kwargs", "criterion", "optimizer", "lr", "batch_size",
                     "train_split", "verbose"}
@@ -219,7 +218,8 @@ def test_every_smoothsk_parameter_has_a_declared_constraint(digits):
                                                          - set(cls._parameter_constraints))
     X, y = digits
     with pytest.raises(InvalidParameterError, match=r"The 'sigma' parameter of "
-                       r"GaussianAugClassifier must be a float in the range \(0.0, 5\.3\d*e\+36\)\. "
+                       r"GaussianAugClassifier must be a float in the range "
+                       r"\(0.0, 5\.3\d*e\+36\)\. "
                        r"Got -1 instead\."):
         _fast(sigma=-1).fit(X[:20], y[:20])
     # a bool is no count, though Python's True is an Integral

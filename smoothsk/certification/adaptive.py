@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from smoothsk.certification import bounds, sampling
+from smoothsk.certification import bounds, inputs, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothsk.certification.noise import noise_test_alpha, recorded_step
@@ -56,8 +56,8 @@ DEFAULT_GROWTH = {"rounds": 2.0, "betting": 1.25}
 
 def round_sizes(first_round: int, growth: float, n: int) -> np.ndarray:
     """Cumulative sample sizes ``n_j = min(n, ⌈first_round · growth^(j−1)⌉)``, ending at ``n``."""
-    first_round = sampling.check_positive_int(first_round, "first_round")
-    n = sampling.check_positive_int(n, "n")
+    first_round = inputs.check_positive_int(first_round, "first_round")
+    n = inputs.check_positive_int(n, "n")
     if isinstance(growth, bool) or not isinstance(growth, numbers.Real) or not growth > 1:
         raise ValueError(f"growth must be a float > 1; got {growth!r}.")
     sizes, size = [], float(first_round)
@@ -128,7 +128,7 @@ class RadiusCertificate:
                 f"y_true has shape {y_true.shape}; expected {self.prediction.shape}."
             )
         if self.classes is None:
-            sampling.check_class_indices(y_true, self.selection_counts.shape[1])
+            inputs.check_class_indices(y_true, self.selection_counts.shape[1])
         predicted = self.prediction if self.classes is None else self.classes[self.prediction]
         return self.certified & (predicted == y_true)
 
@@ -197,7 +197,7 @@ def certify_radius(
         raise ValueError(f"radius must be a finite float >= 0; got {radius!r}.")
     if test not in TESTS:
         raise ValueError(f"test must be one of {TESTS}; got {test!r}.")
-    n0 = sampling.check_positive_int(n0, "n0")
+    n0 = inputs.check_positive_int(n0, "n0")
     alpha = bounds.check_alpha(alpha)
     sizes = round_sizes(first_round, DEFAULT_GROWTH[test] if growth is None else growth, n)
     threshold = float(norm.cdf(radius / sigma))
@@ -206,7 +206,7 @@ def certify_radius(
     decide = decision_rule(test, threshold, level, sizes)
     noise_args = {"noise": noise, "noise_step": noise_step}
 
-    seed = sampling.base_seed(random_state)  # one seed for both streams
+    seed = inputs.base_seed(random_state)  # one seed for both streams
     (selection,) = sample_counts(
         module, X, sigma, [n0], batch_size=batch_size, random_state=seed,
         index_offset=index_offset, streams=[STREAM_SELECTION], precision=precision,

@@ -22,17 +22,19 @@ from scipy.stats import binomtest
 from smoothsk._version import __version__
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import check_alpha
+from smoothsk.certification.inputs import (
+    base_seed,
+    check_class_indices,
+    check_positive_int,
+    global_indices,
+)
 from smoothsk.certification.noise import check_noise_options, noise_test_alpha, recorded_step
 from smoothsk.certification.parallel import map_input_chunks
 from smoothsk.certification.radius import BOUNDS, INTERVALS, certified_radius, uniform_variates
 from smoothsk.certification.sampling import (
     STREAM_ESTIMATION,
     STREAM_SELECTION,
-    base_seed,
-    check_class_indices,
-    check_positive_int,
     class_counts,
-    global_indices,
     sample_counts,
 )
 

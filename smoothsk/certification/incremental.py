@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from smoothsk.certification import bounds, sampling
+from smoothsk.certification import bounds, inputs
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.core import ABSTAIN, Certificate, certify
+from smoothsk.certification.precision import check_precision, precision_context
 from smoothsk.certification.sampling import sample_counts
 
 __all__ = ["DisagreementNetwork", "certify_incremental"]
@@ -48,8 +49,8 @@ class DisagreementNetwork(torch.nn.Module):
         self.original_precision = original_precision
 
     def _run(self, network, x, precision):
-        with sampling.precision_context(precision, x.device):  # fp32: no autocast
-            return network(x.to(sampling.module_device_dtype(network)[1])).argmax(1)
+        with precision_context(precision, x.device):  # fp32: no autocast
+            return network(x.to(inputs.module_device_dtype(network)[1])).argmax(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         differ = self._run(self.original, x, self.original_precision) != \
@@ -99,9 +100,9 @@ def certify_incremental(
     """
     modified_net, _ = as_base_network(modified)
     original_net, classes = as_base_network(original)
-    n_zeta = sampling.check_positive_int(n_zeta, "n_zeta")
+    n_zeta = inputs.check_positive_int(n_zeta, "n_zeta")
     alpha_zeta = bounds.check_alpha(alpha_zeta)
-    sampling.check_precision(modified_precision)
+    check_precision(modified_precision)
     if len(certificate) != len(X):
         raise ValueError(f"the certificate holds {len(certificate)} inputs but X has {len(X)}.")
     if certificate.sequential or certificate.bound != "binary" or \
@@ -128,8 +129,8 @@ def certify_incremental(
     samples = np.where(kept, n_zeta, 0).astype(np.int64)
     fallback = np.flatnonzero(~certified)
     if len(fallback):
-        offsets = sampling.global_indices(index_offset, len(X))[fallback]
-        plain = certify(modified_net, sampling.take_rows(X, fallback), sigma,
+        offsets = inputs.global_indices(index_offset, len(X))[fallback]
+        plain = certify(modified_net, inputs.take_rows(X, fallback), sigma,
                         n0=certificate.n0, n=certificate.n, alpha=alpha,
                         batch_size=batch_size, random_state=random_state,
                         index_offset=offsets, precision=modified_precision)

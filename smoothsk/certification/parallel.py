@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from joblib import Parallel, delayed, effective_n_jobs
 
-from smoothsk.certification.sampling import (
+from smoothsk.certification.inputs import (
     base_seed,
     check_positive_int,
     global_indices,

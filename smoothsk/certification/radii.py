@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from smoothsk.certification import bounds, sampling
+from smoothsk.certification import bounds, inputs, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.adaptive import decision_rule, round_sizes
 from smoothsk.certification.core import ABSTAIN, Certificate, labels_or_marker
@@ -110,7 +110,7 @@ class RadiiCertificate:
             raise ValueError(f"y_true has shape {y_true.shape}; expected "
                              f"{self.prediction.shape}.")
         if self.classes is None:
-            sampling.check_class_indices(y_true, self.selection_counts.shape[1])
+            inputs.check_class_indices(y_true, self.selection_counts.shape[1])
             predicted = self.prediction
         else:
             predicted = np.asarray(self.classes)[self.prediction]
@@ -149,8 +149,8 @@ def grid_run(module, X, sigma, radii, *, y, n0, max_n, alpha, first_round, growt
     also stops an input once the smallest grid radius shown out of reach is within
     ``tolerance`` of its certified one (stopping only: soundness is unchanged).
     """
-    n0 = sampling.check_positive_int(n0, "n0")
-    max_n = sampling.check_positive_int(max_n, "max_n")
+    n0 = inputs.check_positive_int(n0, "n0")
+    max_n = inputs.check_positive_int(max_n, "max_n")
     sizes = round_sizes(first_round, growth, max_n)
     thresholds = norm.cdf(radii / sigma)
     level = noise_test_alpha(alpha, n0 + max_n, X, sigma=sigma, noise=noise,
@@ -159,7 +159,7 @@ def grid_run(module, X, sigma, radii, *, y, n0, max_n, alpha, first_round, growt
     noise_args = {"noise": noise, "noise_step": noise_step, "precision": precision,
                   "shared_noise": shared_noise, "batch_size": batch_size}
 
-    seed = sampling.base_seed(random_state)
+    seed = inputs.base_seed(random_state)
     (selection,) = sample_counts(module, X, sigma, [n0], random_state=seed,
                                  index_offset=index_offset, streams=[STREAM_SELECTION],
                                  **noise_args)

@@ -30,7 +30,7 @@ def uniform_variates(random_state, indices) -> np.ndarray:
     Parameters
     ----------
     random_state : int
-        The run's base seed (as :func:`smoothsk.certification.sampling.base_seed` gives).
+        The run's base seed (as :func:`smoothsk.certification.inputs.base_seed` gives).
     indices : array of int
         Global indices of the inputs.
     """

@@ -1,4 +1,4 @@
-"""The base network's votes on noisy copies of inputs: input checks, chunking and noise.
+"""The base network's votes on noisy copies of inputs: the one sampling loop.
 
 Noise for input ``i`` is drawn in fixed blocks of ``NOISE_BLOCK`` rows, each block
 seeded from ``(random_state, i, stream, block)`` alone.  Counts therefore never
@@ -9,18 +9,25 @@ rely on this.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import numbers
-from collections.abc import Iterator
-
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
 
+from smoothsk.certification import heap
 from smoothsk.certification.adapters import as_base_network
+from smoothsk.certification.inputs import (
+    base_seed,
+    check_index_offset,
+    check_positive_int,
+    check_shared_noise,
+    chunk_indices,
+    evaluating,
+    global_indices,
+    input_chunks,
+    module_device_dtype,
+    take_rows,
+)
 from smoothsk.certification.noise import LatticeGaussian, check_sigma, make_noise
+from smoothsk.certification.precision import check_precision, precision_context
 
 NOISE_BLOCK = 1024
 # Inputs that share each noise block.  Per-chunk costs (drawing the blocks, the heap trim,
@@ -30,197 +37,10 @@ NOISE_BLOCK = 1024
 SHARED_NOISE_CHUNK = 256
 
 
-def _load_glibc():
-    """glibc's ``malloc``, ``free`` and ``malloc_trim``, or None elsewhere (musl, macOS,
-    Windows): the heap helpers below are for glibc's allocator and do nothing elsewhere."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim, malloc, free = libc.malloc_trim, libc.malloc, libc.free
-    except (OSError, AttributeError, TypeError):
-        return None
-    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    free.restype, free.argtypes = None, [ctypes.c_void_p]
-    return trim, malloc, free
-
-
-_GLIBC = _load_glibc()
-_MALLOC_TRIM = _GLIBC[0] if _GLIBC else None
-
-
-def release_free_memory() -> None:
-    """Return the C heap's free pages to the OS (glibc ``malloc_trim(0)``; else nothing).
-
-    CPU convolutions (oneDNN) interleave large transient buffers with small long-lived
-    ones; glibc then keeps the freed space, and a long call's resident memory grows with
-    every input, by gigabytes over a data set.  :func:`sample_counts` trims once per
-    ``TRIM_EVERY_BYTES`` of noisy inputs and at the end of the call, which keeps it flat
-    (docs/benchmarks.md, "the C heap").
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-# Trimming costs the batches after it their page faults again (and at large n a chunk is
-# one input), so the heap is trimmed once per this many bytes of noisy inputs evaluated,
-# and at the end of a call.
-TRIM_EVERY_BYTES = 64 * 2**20
-
-
-class HeapTrimmer:
-    """Calls :func:`release_free_memory` once per ``TRIM_EVERY_BYTES`` of noisy inputs."""
-
-    def __init__(self):
-        self.untrimmed = 0
-
-    def evaluated(self, chunk: torch.Tensor, draws: int) -> None:
-        """``draws`` noisy copies of every input of ``chunk`` went through the network."""
-        self.untrimmed += chunk.numel() * chunk.element_size() * draws
-        if self.untrimmed >= TRIM_EVERY_BYTES:
-            release_free_memory()
-            self.untrimmed = 0
-
-
-# Under glibc's 32 MiB cap on its dynamic mmap threshold (mallopt(3)).
-HEAP_THRESHOLD_BYTES = 31 * 2**20
-
-
-def raise_heap_thresholds() -> None:
-    """Let glibc keep freed blocks of up to ``HEAP_THRESHOLD_BYTES`` for reuse.
-
-    glibc serves blocks above its mmap threshold (128 KiB in a fresh process) with fresh
-    mmaps, and gives the heap's top back to the OS once twice that threshold is free
-    there; both thresholds rise only when a larger mmapped block is freed (mallopt(3)).
-    Until then a network's per-batch activations, megabytes each, are page-faulted in
-    anew on every batch: thousands of faults per batch of a bf16 channels-last LeNet,
-    which certified markedly slower in a fresh process than after any large allocation
-    (``benchmarks/heap.py``; docs/benchmarks.md, "the C heap").  Freeing one mmapped
-    block of ``HEAP_THRESHOLD_BYTES`` raises the thresholds as such a block would, without
-    a setting of our own: glibc keeps adjusting them, and ``malloc_trim``
-    (:func:`release_free_memory`) still returns the free heap.  Nothing is touched, so
-    nothing is faulted in; elsewhere a no-op.
-    """
-    if _GLIBC is not None:
-        _, malloc, free = _GLIBC
-        free(malloc(HEAP_THRESHOLD_BYTES))
-
-
 STREAM_SELECTION, STREAM_ESTIMATION, STREAM_PREDICTION = 0, 1, 2
 # The "index" of the noise every input shares (shared_noise=True): no input's global
 # index reaches it, so shared blocks never coincide with an input's own.
 SHARED_NOISE_INDEX = 2**63
-
-
-# --------------------------------------------------------------------------- inputs
-def check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return int(value)
-
-
-def check_class_indices(y_true: np.ndarray, n_classes: int) -> None:
-    """Refuse labels where class indices are expected: compared with indices they would
-    count every input as wrong, in silence."""
-    if y_true.dtype.kind not in "iub" and not (
-            y_true.dtype.kind == "f" and np.all(np.mod(y_true, 1) == 0)):
-        raise ValueError(
-            f"This certificate holds class indices (it was computed on a bare network), "
-            f"but y_true holds labels of dtype {y_true.dtype}. Pass class indices "
-            "(0 … C−1, the network's outputs), or certify the fitted estimator "
-            "(clf.certify(X)), whose certificates compare with labels.")
-    if len(y_true) and (y_true.min() < 0 or y_true.max() >= n_classes):
-        raise ValueError(
-            f"y_true holds values outside 0 … {n_classes - 1}, but this certificate holds "
-            f"class indices of a {n_classes}-class network: pass class indices (e.g. "
-            "np.searchsorted(clf.classes_, y)), or certify the fitted estimator.")
-
-
-def base_seed(random_state) -> int:
-    """An int that, with an input's index, determines all of its noise."""
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state must be >= 0; got {random_state!r}.")
-        return int(random_state)
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-
-
-def module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in (*module.parameters(), *module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
-
-
-def first_field(batch):
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def take_rows(X, rows):
-    """``X[rows]`` for arrays and tensors; a ``Subset`` for a torch Dataset.
-
-    ``rows`` is a slice or a sequence of integer indices.
-    """
-    if isinstance(X, (np.ndarray, torch.Tensor)):
-        return X[rows]
-    if isinstance(rows, slice):
-        rows = range(len(X))[rows]
-    return torch.utils.data.Subset(X, [int(i) for i in rows])
-
-
-def input_chunks(X, chunk_size: int) -> Iterator[torch.Tensor]:
-    """Yield ``X`` in chunks of inputs: arrays, tensors, Datasets or DataLoaders.
-
-    Dataset items and DataLoader batches may be ``(x, y)`` pairs; only ``x`` is used.
-    """
-    if isinstance(X, torch.utils.data.DataLoader):
-        for batch in X:
-            yield torch.as_tensor(first_field(batch))
-        return
-    if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
-        loader = torch.utils.data.DataLoader(X, batch_size=chunk_size, shuffle=False)
-        yield from input_chunks(loader, chunk_size)
-        return
-    if isinstance(X, torch.Tensor):
-        tensor = X.detach()
-    else:
-        array = np.asarray(X)
-        if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"X must be numeric; got an array of dtype {array.dtype}.")
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if tensor.is_complex():  # casting to the network's dtype would drop the imaginary part
-        raise ValueError(f"X is complex ({tensor.dtype}); pass real inputs (e.g. X.real or "
-                         "np.abs(X), whichever your classifier expects).")
-    if tensor.ndim < 2:
-        raise ValueError(
-            f"X must have shape (n_samples, ...) with at least 2 dimensions; got shape "
-            f"{tuple(tensor.shape)}. Reshape a single sample with X[None]."
-        )
-    for start in range(0, len(tensor), chunk_size):
-        yield tensor[start : start + chunk_size]
-
-
-# --------------------------------------------------------------------------- precision
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision, device=None) -> str:
-    """``precision`` as one of ``PRECISIONS``; fp16 only where autocast supports it (CUDA)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}.")
-    if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
-        raise ValueError("precision='fp16' needs a CUDA device; on a CPU use 'bf16'.")
-    return precision
-
-
-def precision_context(precision: str, device):
-    """Autocast for the network's forward pass at ``precision`` (a no-op for fp32).
-
-    Only the network runs at reduced precision: noise is drawn and added in the input's
-    dtype before, so the smoothed classifier is that of the network *as computed*.
-    """
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -465,66 +285,12 @@ def all_finite(values: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(low) & torch.isfinite(high)
 
 
-def check_shared_noise(shared_noise) -> bool:
-    if not isinstance(shared_noise, (bool, np.bool_)):
-        raise ValueError(f"shared_noise must be True or False; got {shared_noise!r}.")
-    return bool(shared_noise)
-
-
 def noise_chunk_size(batch_size: int, num: int, shared_noise: bool) -> int:
     """Inputs per chunk: about one forward batch of ``num`` draws each; with shared noise
     at least ``SHARED_NOISE_CHUNK``, over which each noise block's cost is spread (memory
     stays ``batch_size + NOISE_BLOCK`` noisy rows: inputs join the batch one by one)."""
     size = max(1, batch_size // max(1, num))
     return max(size, SHARED_NOISE_CHUNK) if shared_noise else size
-
-
-def check_index_offset(index_offset):
-    """An int (global index of the first input) or a 1-D array of every input's index."""
-    if np.ndim(index_offset) == 1:
-        indices = np.asarray(index_offset)
-        if indices.dtype.kind not in "iu" or np.any(indices < 0):
-            raise ValueError("index_offset given as an array must hold non-negative integers.")
-        return indices.astype(np.int64)
-    offset_ok = isinstance(index_offset, numbers.Integral) and not isinstance(index_offset, bool)
-    if not offset_ok or index_offset < 0:
-        raise ValueError(
-            f"index_offset must be a non-negative integer or an array of them; got "
-            f"{index_offset!r}."
-        )
-    return int(index_offset)
-
-
-def global_indices(index_offset, count: int) -> np.ndarray:
-    """Every input's global index: ``index_offset + arange(count)``, or the array given."""
-    offset = check_index_offset(index_offset)
-    if not isinstance(offset, np.ndarray):
-        return offset + np.arange(count)
-    if len(offset) != count:
-        raise ValueError(f"index_offset holds {len(offset)} indices for {count} inputs.")
-    return offset
-
-
-@contextlib.contextmanager
-def evaluating(module: torch.nn.Module):
-    """Eval mode and ``torch.inference_mode`` inside; the module's mode restored after."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            yield module
-    finally:
-        module.train(was_training)
-
-
-def chunk_indices(index_offset, seen: int, size: int):
-    if isinstance(index_offset, np.ndarray):
-        if seen + size > len(index_offset):
-            raise ValueError(
-                f"index_offset holds {len(index_offset)} indices but X has more inputs."
-            )
-        return index_offset[seen : seen + size]
-    return index_offset + seen
 
 
 def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
@@ -573,9 +339,9 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
                              lattice) for s in streams]
     device, dtype = samplers[0].device, samplers[0].dtype
     chunk_size = noise_chunk_size(batch_size, min(nums), shared_noise)
-    raise_heap_thresholds()
+    heap.raise_heap_thresholds()
     parts = [[] for _ in streams]  # (rows, counts) of every evaluated chunk
-    seen, trimmer = 0, HeapTrimmer()
+    seen, trimmer = 0, heap.HeapTrimmer()
     with evaluating(module):
         for chunk in input_chunks(X, chunk_size):
             size = len(chunk)
@@ -599,7 +365,7 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
                 trimmer.evaluated(chunk, sum(nums))
             if progress is not None:
                 progress(size)
-    release_free_memory()
+    heap.release_free_memory()
     if seen == 0:
         raise ValueError("X is empty; pass at least one input.")
     if isinstance(index_offset, np.ndarray) and seen != len(index_offset):

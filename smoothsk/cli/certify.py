@@ -94,8 +94,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from smoothsk import PretrainedSmoothingClassifier, SmoothedClassifier
+    from smoothsk.certification.inputs import take_rows
     from smoothsk.certification.noise import check_noise_options
-    from smoothsk.certification.sampling import check_precision, take_rows
+    from smoothsk.certification.precision import check_precision
     from smoothsk.datasets import LATTICE_STEPS
     from smoothsk.io.files import file_digest
     from smoothsk.io.model_file import load_classifier
@@ -211,7 +212,7 @@ def run(args) -> int:
 
 
 def _check_model_fits_data(clf, X, args):
-    from smoothsk.certification.sampling import first_field
+    from smoothsk.certification.inputs import first_field
 
     sample = X[0] if not isinstance(X, np.ndarray) else X[:1][0]
     shape = tuple(np.shape(first_field(sample)))

@@ -328,7 +328,7 @@ def check_replaceable(out: Path, trust_pickle: bool) -> None:
 
 
 def run(args) -> int:
-    from smoothsk.certification.sampling import take_rows
+    from smoothsk.certification.inputs import take_rows
     from smoothsk.io.checkpoint import TrainingCheckpoint, completed_epochs
     from smoothsk.io.runs import RunLockedError, exclusive_run
 

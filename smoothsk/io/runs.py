@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from joblib import effective_n_jobs
 
+from smoothsk.certification.inputs import take_rows
 from smoothsk.certification.noise import recorded_step
-from smoothsk.certification.sampling import take_rows
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.model_file import load_model, save_model
 

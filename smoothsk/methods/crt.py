@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from sklearn.base import clone
 
 from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
-from smoothsk.certification import sampling
-from smoothsk.certification.sampling import first_field
+from smoothsk.certification import inputs
+from smoothsk.certification.inputs import first_field
 from smoothsk.methods.attacks import frozen
 from smoothsk.validation import POSITIVE, Float
 
@@ -179,7 +179,7 @@ class CRTStudent(SmoothedClassifier):
         self.check_read_model("the teacher", teacher_classes, X_checked, y, teacher_shape)
         device = torch.device(self.device)
         network = self.teacher_network_.module
-        teacher_device, teacher_dtype = sampling.module_device_dtype(network)
+        teacher_device, teacher_dtype = inputs.module_device_dtype(network)
         if teacher_device != device:  # never move the caller's teacher in place
             network = copy.deepcopy(network).to(device)
             self.teacher_network_ = _TeacherNetwork(network)
