@@ -9,7 +9,8 @@ estimator and its network from an allow-list: smoothsk's estimators and networks
 torch's optimizers and losses, and network classes registered with
 :func:`register_network`.
 
-The parameters pass an allow-list of *values* too (:func:`check_stored_param`), on save
+The parameters pass an allow-list of *values* too
+(:func:`smoothsk.io.stored_params.check_stored_param`), on save
 and on load: a class may appear only where the estimator takes one, and only of the
 kind that parameter takes (a network for ``module``, a loss for ``criterion``...);
 ``torch.compile`` is recorded as on/off with a mode and backend from fixed sets, never
@@ -33,6 +34,13 @@ import numpy as np
 import torch
 
 from smoothsk.io.files import atomic_write
+from smoothsk.io.stored_params import (
+    CLASS_PARAMS,
+    check_stored_param,
+    decode_param,
+    encode_param,
+    is_saved,
+)
 
 __all__ = ["FORMAT_VERSION", "check_stored_param", "load_classifier", "load_model",
            "register_network", "save_model"]
@@ -85,155 +93,9 @@ def _allowed_classes() -> dict[str, type]:
     return allowed
 
 
-# Parameters that are never saved: training-time objects, not part of the smoothed model.
-_NOT_SAVED = {"callbacks", "teacher", "target_model", "surrogate"}
-_NOT_SAVED_PREFIXES = ("callbacks__",)  # arguments of the (unsaved) callbacks
-
-# The parameters that may hold a class, and the kind of class each takes; a class
-# anywhere else (a DataLoader's collate_fn, a network argument) is refused.
-_CLASS_PARAMS = {
-    "module": torch.nn.Module,
-    "criterion": torch.nn.modules.loss._Loss,
-    "optimizer": torch.optim.Optimizer,
-    "iterator_train": torch.utils.data.DataLoader,
-    "iterator_valid": torch.utils.data.DataLoader,
-    "dataset": torch.utils.data.Dataset,
-    "train_split": object,  # skorch's ValidSplit, the only splitter in the allow-list
-}
-# torch.compile: on/off, and only these arguments with these values.  Inductor's
-# ``options`` are never accepted: keys such as ``cpp.cxx`` name the compiler command it
-# runs and ``trace.debug_dir`` a directory it writes.
-_COMPILE_ARGUMENTS = {
-    "compile__mode": {"default", "reduce-overhead", "max-autotune",
-                      "max-autotune-no-cudagraphs"},
-    "compile__backend": {"inductor", "eager", "aot_eager"},
-    "compile__fullgraph": {True, False},
-    "compile__dynamic": {True, False, None},
-}
-# DataLoader options that take plain numbers or flags (not collate_fn, worker_init_fn,
-# sampler, generator, multiprocessing_context or pin_memory_device).
-_LOADER_OPTIONS = {"shuffle", "num_workers", "pin_memory", "drop_last", "timeout",
-                   "prefetch_factor", "persistent_workers", "in_order"}
-_DEVICE_TYPES = {"cpu", "cuda", "mps", "xpu"}
-
-
-def check_stored_param(name: str, value) -> str | None:
-    """Why a model file may not hold ``name=value`` (``None`` if it may).
-
-    ``value`` is in the document's JSON form: plain values, lists, ``{"tuple": [...]}``,
-    ``{"class": "module.Name"}`` and ``{"model": key}`` (a nested model).  The rules are
-    the format's trust boundary (module docstring): a value is refused when it could
-    choose code to run, a command, or a path, whatever the estimator would do with it.
-
-    Parameters
-    ----------
-    name : str
-        The estimator parameter, as ``get_params`` names it.
-    value : object
-        Its encoded value.
-
-    Returns
-    -------
-    str or None
-        The reason, in a few words, or ``None`` when the value is allowed.
-    """
-    if name == "callbacks" or name.startswith(_NOT_SAVED_PREFIXES):
-        return "callbacks and their arguments are training-time objects, never stored"
-    if name == "torch_load_kwargs":
-        return None if value is None else "it sets how torch unpickles files"
-    if name == "compile":
-        return None if isinstance(value, bool) else "compile is True or False"
-    if name.startswith("compile__"):
-        options = _COMPILE_ARGUMENTS.get(name)
-        if options is None:
-            return ("only compile__mode, compile__backend, compile__fullgraph and "
-                    "compile__dynamic are stored (inductor options can name programs "
-                    "and paths)")
-        if not isinstance(value, (bool, str, type(None))) or value not in options:
-            return f"{name} is one of {sorted(options, key=str)}"
-        return None
-    if name.startswith(("iterator_train__", "iterator_valid__")):
-        if name.split("__", 1)[1] not in _LOADER_OPTIONS:
-            return f"the DataLoader options stored are {sorted(_LOADER_OPTIONS)}"
-        return None if _is_number_or_flag(value) else "it must be a number or a flag"
-    if name.startswith("dataset__"):
-        return "the dataset takes no stored arguments"
-    if name == "device":
-        return _check_device_name(value)
-    if name == "predict_nonlinearity":
-        return None if value in ("auto", None) else "it must be 'auto' or None"
-    if isinstance(value, dict) and set(value) == {"class"}:
-        if name not in _CLASS_PARAMS:
-            return "a class may only be given as " + ", ".join(sorted(_CLASS_PARAMS))
-        return None if isinstance(value["class"], str) else "a class is named by a string"
-    if isinstance(value, dict) and set(value) == {"model"}:
-        return None if name == "classifier" else "only the classifier is a nested model"
-    return None if _is_plain(value) else "it must be a plain value (number, string, list)"
-
-
-def _is_number_or_flag(value) -> bool:
-    return value is None or isinstance(value, (bool, int, float))
-
-
-def _is_plain(value) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, dict) and set(value) == {"tuple"}:
-        value = value["tuple"]
-    return isinstance(value, list) and all(_is_plain(v) for v in value)
-
-
-def _check_device_name(value) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > 32:
-        return "a device is a name such as 'cpu' or 'cuda:0'"
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError):
-        return "a device is a name such as 'cpu' or 'cuda:0'"
-    if device.type not in _DEVICE_TYPES:
-        return f"the device is one of the types {sorted(_DEVICE_TYPES)}"
-    return None
-
-
-def _encode(name: str, value, allowed_names: dict[type, str]):
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, tuple):
-        return {"tuple": [_encode(name, v, allowed_names) for v in value]}
-    if isinstance(value, (list, np.ndarray)):
-        return [_encode(name, v, allowed_names) for v in list(value)]
-    if isinstance(value, type) and value in allowed_names:
-        return {"class": allowed_names[value]}
-    raise ValueError(
-        f"Parameter {name}={value!r} cannot be stored in a safe model file. Networks must "
-        "be given as a class (module=MyNet with module__* arguments) registered with "
-        "smoothsk.io.model_file.register_network; other parameters must be plain values."
-    )
-
-
-def _decode(value, allowed: dict[str, type]):
-    if isinstance(value, list):
-        return [_decode(v, allowed) for v in value]
-    if isinstance(value, dict) and set(value) == {"tuple"}:
-        return tuple(_decode(v, allowed) for v in value["tuple"])
-    if isinstance(value, dict) and set(value) == {"class"}:
-        if value["class"] not in allowed:
-            raise ValueError(
-                f"The model file names class {value['class']!r}, which is not allowed. If it "
-                "is your network, import it and call smoothsk.io.model_file.register_network "
-                "on it before loading."
-            )
-        return allowed[value["class"]]
-    return value
-
-
 def _fitted_attributes(estimator) -> dict:
     attributes = {
-        "classes": _encode("classes_", np.asarray(estimator.classes_).tolist(), {}),
+        "classes": encode_param("classes_", np.asarray(estimator.classes_).tolist(), {}),
         "input_shape": list(estimator.input_shape_),
         "n_features_in": int(getattr(estimator, "n_features_in_", estimator.input_shape_[0])),
     }
@@ -277,10 +139,9 @@ def _archive(estimator, allowed: dict[str, type]) -> dict:
             f"{type(estimator).__name__} is not stored in the safe format: save each member "
             "with save_model and rebuild the ensemble from them with prefit=True (or "
             "pickle it, for files you trust).")
-    params = {name: _encode(name, value, allowed_names)
+    params = {name: encode_param(name, value, allowed_names)
               for name, value in estimator.get_params(deep=False).items()
-              if name not in _NOT_SAVED | {"classifier"}
-              and not name.startswith(_NOT_SAVED_PREFIXES)}
+              if is_saved(name) and name != "classifier"}
     for name, value in params.items():
         reason = check_stored_param(name, value)
         if reason is not None:
@@ -409,8 +270,8 @@ def _checked_params(params, allowed: dict[str, type], path: Path) -> dict:
     for name, value in params.items():
         reason = check_stored_param(name, value)
         if reason is None:
-            decoded[name] = _decode(value, allowed)
-            kind = _CLASS_PARAMS.get(name)
+            decoded[name] = decode_param(value, allowed)
+            kind = CLASS_PARAMS.get(name)
             if isinstance(decoded[name], type) and not issubclass(decoded[name], kind):
                 reason = f"{name} takes a {kind.__name__} class"
         if reason is not None:
@@ -432,7 +293,7 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
     allowed = _allowed_classes()
     params = _checked_params(document.get("params"), allowed, path)
     try:
-        cls = _decode({"class": document["estimator"]}, allowed)
+        cls = decode_param({"class": document["estimator"]}, allowed)
         if not issubclass(cls, SmoothedClassifier):
             raise TypeError(f"{document['estimator']!r} is not a smoothsk estimator")
         fitted = document["fitted"]
@@ -445,7 +306,7 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
         raise ValueError(f"{path} does not describe a loadable estimator ({exc}).") from exc
     try:
         estimator = cls(**params)
-        estimator.classes_fitted_ = np.asarray(_decode(fitted["classes"], allowed))
+        estimator.classes_fitted_ = np.asarray(decode_param(fitted["classes"], allowed))
         estimator.input_shape_ = tuple(fitted["input_shape"])
         estimator.n_features_in_ = fitted["n_features_in"]
         if "sigma_" in fitted:
