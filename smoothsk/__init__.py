@@ -4,7 +4,8 @@ from smoothsk._version import __version__ as __version__
 from smoothsk.base import SmoothedClassifier
 from smoothsk.certification.adaptive import RadiusCertificate, certify_radius, round_sizes
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
-from smoothsk.certification.core import ABSTAIN, Certificate, certify, predict
+from smoothsk.certification.certificate import ABSTAIN, Certificate
+from smoothsk.certification.core import certify, predict
 from smoothsk.certification.incremental import certify_incremental
 from smoothsk.certification.radii import RadiiCertificate, certify_radii
 from smoothsk.certification.sampling import class_counts
@@ -21,15 +22,11 @@ from smoothsk.methods.catrs import (
 )
 from smoothsk.methods.consistency import ConsistencyClassifier, consistency_loss
 from smoothsk.methods.crt import CRTStudent, crt_loss
-from smoothsk.methods.denoised import (
-    DenoisedSmoothingClassifier,
-    PretrainedSmoothingClassifier,
-    denoiser_loss,
-    finetune_denoiser,
-)
+from smoothsk.methods.denoised import DenoisedSmoothingClassifier, denoiser_loss, finetune_denoiser
 from smoothsk.methods.ensemble import EnsembleNetwork, SmoothedEnsembleClassifier
 from smoothsk.methods.gaussian import GaussianAugClassifier, gaussian_augmentation_loss
 from smoothsk.methods.macer import MACERClassifier, macer_loss
+from smoothsk.methods.pretrained import PretrainedSmoothingClassifier
 from smoothsk.methods.smoothadv import SmoothAdvClassifier, smoothadv_loss
 from smoothsk.methods.smoothmix import (
     SmoothMixClassifier,

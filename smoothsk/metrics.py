@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smoothsk.certification.core import Certificate
+from smoothsk.certification.certificate import Certificate
 
 __all__ = [
     "average_certified_radius",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from smoothsk.certification import bounds, core, inputs
-from smoothsk.certification.core import ABSTAIN
+from smoothsk.certification.certificate import ABSTAIN
 from smoothsk.methods.attacks import smoothed_pgd_attack
 from smoothsk.metrics import smoothed_step
 from smoothsk.progress import progress_bar

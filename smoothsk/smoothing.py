@@ -18,7 +18,8 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from smoothsk.certification import core, sampling
 from smoothsk.certification.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certification.bounds import check_alpha
-from smoothsk.certification.core import Certificate, labels_or_marker, predict_from_counts
+from smoothsk.certification.certificate import Certificate, labels_or_marker
+from smoothsk.certification.core import predict_from_counts
 from smoothsk.certification.noise import noise_test_alpha
 from smoothsk.certification.radii import DEFAULT_RADII_GROWTH, RadiiCertificate, certify_radii
 
@@ -125,7 +126,7 @@ class SmoothedPredictionMixin:
         Returns labels from ``classes_`` with ``abstain_label`` where the two-sided
         binomial test between the top two classes is not significant at ``alpha``.
         The returned label differs from ``g(x)`` with probability at most ``alpha``.
-        ``abstain_label=None`` uses :func:`smoothsk.certification.core.default_abstain_label`
+        ``abstain_label=None`` uses :func:`smoothsk.certification.certificate.default_abstain_label`
         (−1 for integer labels, ``"abstain"`` for strings): a marker of the labels'
         dtype, which scikit-learn's metrics accept (abstentions count as wrong).
         """

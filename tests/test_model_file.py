@@ -205,3 +205,28 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_file_naming_a_class_by_its_old_module_still_loads(digits, tmp_path):
+    """PretrainedSmoothingClassifier moved from methods.denoised to methods.pretrained:
+    a file written before the move names the old path and must still read as the class."""
+    import json
+
+    from smoothsk import PretrainedSmoothingClassifier
+    from smoothsk.io.model_file import MOVED_CLASSES
+
+    X, y = digits
+    inner = GaussianAugClassifier(sigma=0.25, module__hidden_units=(16,), **FAST).fit(X[:200],
+                                                                                      y[:200])
+    clf = PretrainedSmoothingClassifier(inner, sigma=0.25, n_predict=50, random_state=0)
+    clf.fit(X[:200], y[:200])
+    save_model(clf, tmp_path / "new")
+    archive = torch.load(tmp_path / "new", weights_only=True)
+    document = json.loads(archive["document"])
+    old = "smoothsk.methods.denoised.PretrainedSmoothingClassifier"
+    assert MOVED_CLASSES[old] == document["estimator"]
+    torch.save(dict(archive, document=json.dumps(dict(document, estimator=old))),
+               tmp_path / "old")
+    loaded = load_model(tmp_path / "old")
+    assert type(loaded) is PretrainedSmoothingClassifier
+    np.testing.assert_array_equal(loaded.predict(X[:20]), clf.predict(X[:20]))

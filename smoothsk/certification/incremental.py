@@ -25,7 +25,8 @@ from scipy.stats import norm
 
 from smoothsk.certification import bounds, inputs
 from smoothsk.certification.adapters import as_base_network
-from smoothsk.certification.core import ABSTAIN, Certificate, certify
+from smoothsk.certification.certificate import ABSTAIN, Certificate
+from smoothsk.certification.core import certify
 from smoothsk.certification.precision import check_precision, precision_context
 from smoothsk.certification.sampling import sample_counts
 

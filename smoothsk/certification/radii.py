@@ -30,7 +30,7 @@ from scipy.stats import norm
 from smoothsk.certification import bounds, inputs, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.adaptive import decision_rule, round_sizes
-from smoothsk.certification.core import ABSTAIN, Certificate, labels_or_marker
+from smoothsk.certification.certificate import ABSTAIN, Certificate, labels_or_marker
 from smoothsk.certification.noise import noise_test_alpha, recorded_step
 from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import betting_bounds

@@ -48,6 +48,12 @@ __all__ = ["FORMAT_VERSION", "check_stored_param", "load_classifier", "load_mode
 FORMAT_NAME = "smoothsk-model"
 FORMAT_VERSION = 1
 _NETWORKS: dict[str, type] = {}
+# Classes that moved to another module since files were first written: the old name
+# still reads as the class it named.
+MOVED_CLASSES = {
+    "smoothsk.methods.denoised.PretrainedSmoothingClassifier":
+        "smoothsk.methods.pretrained.PretrainedSmoothingClassifier",
+}
 
 
 def register_network(cls: type) -> type:
@@ -89,6 +95,8 @@ def _allowed_classes() -> dict[str, type]:
         value = getattr(smoothsk, name)
         if isinstance(value, type) and issubclass(value, smoothsk.SmoothedClassifier):
             allowed[_qualified(value)] = value
+    for old, new in MOVED_CLASSES.items():  # files written before a class moved
+        allowed[old] = allowed[new]
     allowed.update(_NETWORKS)
     return allowed
 
@@ -131,7 +139,7 @@ def _archive(estimator, allowed: dict[str, type]) -> dict:
 
     if not hasattr(estimator, "module_"):
         raise ValueError(f"{type(estimator).__name__} is not fitted; fit it before saving.")
-    allowed_names = {cls: name for name, cls in allowed.items()}
+    allowed_names = {cls: name for name, cls in allowed.items() if name not in MOVED_CLASSES}
     if type(estimator) not in allowed_names:
         raise ValueError(f"{type(estimator).__name__} is not a smoothsk estimator.")
     if hasattr(estimator, "named_estimators_"):  # an ensemble: a list of nested models

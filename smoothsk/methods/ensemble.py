@@ -22,7 +22,7 @@ from sklearn.base import clone
 from sklearn.utils import Bunch
 
 from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
-from smoothsk.methods.denoised import PretrainedSmoothingClassifier
+from smoothsk.methods.pretrained import PretrainedSmoothingClassifier
 from smoothsk.validation import POSITIVE
 
 __all__ = ["EnsembleNetwork", "SmoothedEnsembleClassifier"]

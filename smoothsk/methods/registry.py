@@ -21,9 +21,10 @@ from smoothsk.base import SmoothedClassifier
 from smoothsk.methods.catrs import CATRSClassifier
 from smoothsk.methods.consistency import ConsistencyClassifier
 from smoothsk.methods.crt import CRTStudent
-from smoothsk.methods.denoised import DenoisedSmoothingClassifier, PretrainedSmoothingClassifier
+from smoothsk.methods.denoised import DenoisedSmoothingClassifier
 from smoothsk.methods.gaussian import GaussianAugClassifier
 from smoothsk.methods.macer import MACERClassifier
+from smoothsk.methods.pretrained import PretrainedSmoothingClassifier
 from smoothsk.methods.smoothadv import SmoothAdvClassifier
 from smoothsk.methods.smoothmix import SmoothMixClassifier
 from smoothsk.methods.stability import StabilityClassifier
