@@ -10,7 +10,7 @@ constraints from here.
 
 The shared constraints are stricter than scikit-learn's plain ``Interval``: a count
 refuses ``bool`` (``True`` is an ``Integral`` to Python, never a number of draws), a
-float refuses ``bool`` and NaN, and σ stays below the bound where float32 noise
+float refuses ``bool``, NaN and ±inf, and σ stays below the bound where float32 noise
 overflows.
 
 The input domain: σ and every certified radius are measured in the inputs' units, so
@@ -60,7 +60,7 @@ SIGMA_MAX = float(np.finfo(np.float32).max) / 64
 class Integer(Interval):
     """An integer in ``[left, right]`` (``right=None``: unbounded) that is not a ``bool``."""
 
-    def __init__(self, left, right=None, *, closed: str = "both"):
+    def __init__(self, left, right=None, *, closed: str):
         super().__init__(Integral, left, right, closed=closed)
 
     def is_satisfied_by(self, val) -> bool:
@@ -68,14 +68,19 @@ class Integer(Interval):
 
 
 class Float(Interval):
-    """A real number in the interval, not a ``bool`` and not NaN."""
+    """A finite real number in the interval, not a ``bool``."""
 
-    def __init__(self, left, right=None, *, closed: str):
+    def __init__(self, left, right=None, *, closed: str, note: str = ""):
         super().__init__(Real, left, right, closed=closed)
+        self.note = note
 
     def is_satisfied_by(self, val) -> bool:
         return (not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
-                and not np.isnan(val))
+                and bool(np.isfinite(val)))
+
+    def __str__(self) -> str:
+        text = "a finite " + super().__str__().removeprefix("a ")
+        return f"{text} ({self.note})" if self.note else text
 
 
 # Constraints shared by the methods' ``_parameter_constraints`` tables and the public
@@ -85,7 +90,9 @@ NON_NEGATIVE_INT = [Integer(0, None, closed="left")]
 POSITIVE = [Float(0, None, closed="neither")]
 NON_NEGATIVE = [Float(0, None, closed="left")]
 PROBABILITY = [Float(0, 1, closed="neither")]
-SIGMA = [Float(0, SIGMA_MAX, closed="neither")]
+SIGMA = [Float(0, SIGMA_MAX, closed="neither",
+               note="above it float32 noise overflows to inf: use a sigma on the scale of "
+                    "the inputs")]
 
 
 def check_parameters(constraints: dict, params: dict, caller: str) -> None:

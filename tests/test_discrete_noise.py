@@ -281,7 +281,7 @@ def test_the_tests_run_below_alpha_by_the_samplers_deviation():
 def test_bad_noise_parameters_are_refused_with_what_to_do():
     X = lattice_points(np.random.default_rng(4), (2, 3))
     model = LinearBinary(np.ones(3), 0.0)
-    with pytest.raises(ValueError, match="noise must be one of"):
+    with pytest.raises(ValueError, match="The .noise. parameter of certify must be a str among"):
         certify(model, X, 0.5, n=10, noise="laplace")
     with pytest.raises(ValueError, match="noise_step applies to noise='discrete-gaussian'"):
         certify(model, X, 0.5, n=10, noise_step=1 / 255)

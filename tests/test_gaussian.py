@@ -218,7 +218,7 @@ def test_every_smoothsk_parameter_has_a_declared_constraint(digits):
                                                          - set(cls._parameter_constraints))
     X, y = digits
     with pytest.raises(InvalidParameterError, match=r"The 'sigma' parameter of "
-                       r"GaussianAugClassifier must be a float in the range "
+                       r"GaussianAugClassifier must be a finite float in the range "
                        r"\(0.0, 5\.3\d*e\+36\)\. "
                        r"Got -1 instead\."):
         _fast(sigma=-1).fit(X[:20], y[:20])

@@ -182,9 +182,9 @@ def linear_small():
 
 def test_bad_choices_are_refused(linear_small):
     net, X = linear_small
-    with pytest.raises(ValueError, match="bound must be one of"):
+    with pytest.raises(ValueError, match="The .bound. parameter of certify must be a str among"):
         certify(net, X, 0.5, n=10, bound="three-class")
-    with pytest.raises(ValueError, match="interval must be one of"):
+    with pytest.raises(ValueError, match="The .interval. parameter of certify must be a str among"):
         certify(net, X, 0.5, n=10, interval="wilson")
 
 

@@ -41,8 +41,16 @@ from smoothsk.certification import bounds, inputs, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothsk.certification.noise import noise_test_alpha, recorded_step
-from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
+from smoothsk.certification.sampling import SAMPLING_CONSTRAINTS, STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import BettingTest, betting_bounds
+from smoothsk.validation import (
+    NON_NEGATIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    Float,
+    StrOptions,
+    validate_params,
+)
 
 __all__ = ["RadiusCertificate", "certify_radius", "decision_rule", "round_sizes"]
 
@@ -133,6 +141,11 @@ class RadiusCertificate:
         return self.certified & (predicted == y_true)
 
 
+@validate_params({**SAMPLING_CONSTRAINTS, "radius": NON_NEGATIVE, "y": ["array-like", None],
+                  "n0": POSITIVE_INT, "n": POSITIVE_INT, "alpha": PROBABILITY,
+                  "test": [StrOptions(set(TESTS))], "first_round": POSITIVE_INT,
+                  "growth": [Float(1, None, closed="neither"), None]},
+                 prefer_skip_nested_validation=True)
 def certify_radius(
     module: torch.nn.Module,
     X,

@@ -29,13 +29,40 @@ from smoothsk.certification.noise import check_noise_options, noise_test_alpha, 
 from smoothsk.certification.parallel import map_input_chunks
 from smoothsk.certification.radius import BOUNDS, INTERVALS, certified_radius, uniform_variates
 from smoothsk.certification.sampling import (
+    SAMPLING_CONSTRAINTS,
     STREAM_ESTIMATION,
     STREAM_SELECTION,
     class_counts,
     sample_counts,
 )
+from smoothsk.validation import (
+    POSITIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    Integer,
+    StrOptions,
+    validate_params,
+)
+
+# Every argument of certify and predict, checked once at the door (smoothsk.validation).
+CERTIFY_CONSTRAINTS = {
+    **SAMPLING_CONSTRAINTS,
+    "n0": POSITIVE_INT,
+    "n": POSITIVE_INT,
+    "alpha": PROBABILITY,
+    "n_jobs": [Integer(None, None, closed="neither"), None],
+    "chunk_size": [*POSITIVE_INT, None],
+    "threads_per_worker": [*POSITIVE_INT, None],
+    "bound": [StrOptions(set(BOUNDS))],
+    "interval": [StrOptions(set(INTERVALS))],
+    "sequential": ["boolean"],
+    "max_n": [*POSITIVE_INT, None],
+    "tolerance": [*POSITIVE, None],
+    "verbose": ["boolean", Integer(0, None, closed="left")],
+}
 
 
+@validate_params(CERTIFY_CONSTRAINTS, prefer_skip_nested_validation=True)
 def certify(
     module: torch.nn.Module,
     X,
@@ -233,6 +260,7 @@ def _certify_serial(module, X, sigma, *, n0, n, alpha, batch_size, random_state,
     )
 
 
+@validate_params(CERTIFY_CONSTRAINTS, prefer_skip_nested_validation=True)
 def predict(
     module: torch.nn.Module,
     X,

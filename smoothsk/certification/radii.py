@@ -32,8 +32,14 @@ from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.adaptive import decision_rule, round_sizes
 from smoothsk.certification.certificate import ABSTAIN, Certificate, labels_or_marker
 from smoothsk.certification.noise import noise_test_alpha, recorded_step
-from smoothsk.certification.sampling import STREAM_SELECTION, sample_counts
+from smoothsk.certification.sampling import SAMPLING_CONSTRAINTS, STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import betting_bounds
+from smoothsk.validation import (
+    POSITIVE_INT,
+    PROBABILITY,
+    Float,
+    validate_params,
+)
 
 __all__ = ["RadiiCertificate", "certify_radii"]
 
@@ -212,6 +218,10 @@ def grid_run(module, X, sigma, radii, *, y, n0, max_n, alpha, first_round, growt
     return top, selection, fired, hits, drawn, level
 
 
+@validate_params({**SAMPLING_CONSTRAINTS, "radii": ["array-like"], "y": ["array-like", None],
+                  "n0": POSITIVE_INT, "max_n": POSITIVE_INT, "alpha": PROBABILITY,
+                  "first_round": POSITIVE_INT, "growth": [Float(1, None, closed="neither")]},
+                 prefer_skip_nested_validation=True)
 def certify_radii(
     module: torch.nn.Module,
     X,

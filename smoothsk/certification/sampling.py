@@ -26,8 +26,16 @@ from smoothsk.certification.inputs import (
     module_device_dtype,
     take_rows,
 )
-from smoothsk.certification.noise import LatticeGaussian, check_sigma, make_noise
-from smoothsk.certification.precision import check_precision, precision_context
+from smoothsk.certification.noise import NOISES, LatticeGaussian, check_sigma, make_noise
+from smoothsk.certification.precision import PRECISIONS, check_precision, precision_context
+from smoothsk.validation import (
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    SIGMA,
+    StrOptions,
+    validate_params,
+)
 
 NOISE_BLOCK = 1024
 # Inputs that share each noise block.  Per-chunk costs (drawing the blocks, the heap trim,
@@ -388,6 +396,23 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
     return results
 
 
+# What every public sampling function accepts (smoothsk.validation: one message per
+# mistake, the same as the estimators' for the same parameter); each function adds its own.
+SAMPLING_CONSTRAINTS = {
+    "sigma": SIGMA,
+    "batch_size": POSITIVE_INT,
+    "random_state": ["random_state"],
+    "index_offset": [*NON_NEGATIVE_INT, "array-like"],
+    "precision": [StrOptions(set(PRECISIONS))],
+    "shared_noise": ["boolean"],
+    "noise": [StrOptions(set(NOISES))],
+    "noise_step": [None, *POSITIVE, str],
+    "progress": [callable, None],
+}
+
+
+@validate_params({**SAMPLING_CONSTRAINTS, "num": POSITIVE_INT},
+                 prefer_skip_nested_validation=True)
 def class_counts(
     module: torch.nn.Module,
     X,

@@ -10,6 +10,7 @@ the reports and the tests read this registry; nothing else lists the methods.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import inspect
 import re
@@ -28,6 +29,7 @@ from smoothsk.methods.pretrained import PretrainedSmoothingClassifier
 from smoothsk.methods.smoothadv import SmoothAdvClassifier
 from smoothsk.methods.smoothmix import SmoothMixClassifier
 from smoothsk.methods.stability import StabilityClassifier
+from smoothsk.validation import InvalidParameterError, check_parameters
 
 __all__ = ["METHODS", "MethodOption", "display_name", "method_class", "method_options"]
 
@@ -134,14 +136,16 @@ def method_options(cls: type[SmoothedClassifier]) -> dict[str, MethodOption]:
         constraints = cls._parameter_constraints.get(name, [])
         if constraints == "no_validation":
             continue
-        parse, metavar = _parser(name, constraints)
+        parse, metavar = _parser(name, constraints, "smoothsk train")
         options[name] = MethodOption(name, parse, metavar, parameter.default,
                                      descriptions.get(name, ""))
     return options
 
 
-def _parser(name: str, constraints: list) -> tuple[Callable[[str], object], str]:
-    """A text parser for a parameter from its scikit-learn constraints."""
+def _parser(name: str, constraints: list, owner: str) -> tuple[Callable[[str], object], str]:
+    """A text parser for a parameter from its scikit-learn constraints: the text is read
+    as the constraints' type, then checked against them, so a bad value gets the message
+    the estimator gives (:mod:`smoothsk.validation`)."""
     allows_none = None in constraints
     kinds = set()
     choices: set[str] = set()
@@ -199,8 +203,16 @@ def _parser(name: str, constraints: list) -> tuple[Callable[[str], object], str]
             raise ValueError(f"expected {metavar.split('|')[0].lower()}; got {text!r}") \
                 from None
 
-    parse.__name__ = name  # argparse names the type in its messages
-    return parse, metavar
+    def parse_and_check(text: str):
+        value = parse(text)
+        try:
+            check_parameters({name: constraints}, {name: value}, owner)
+        except InvalidParameterError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    parse_and_check.__name__ = name  # argparse names the type in its messages
+    return parse_and_check, metavar
 
 
 def _parameter_help(cls: type) -> dict[str, str]:
