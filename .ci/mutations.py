@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FORMULAS = "tests/test_published_formulas.py"
+FORMULAS = "tests/methods/test_published_formulas.py"
 
 # (name, file, original text, mutated text, tests that must fail)
 MUTATIONS = [
@@ -46,24 +46,24 @@ MUTATIONS = [
      "if mix_radius is None else mix_radius)", [FORMULAS]),
     ("catrs: K = round(m·w) instead of Binomial(m, w)", "smoothsk/methods/catrs.py",
      "accept = torch.distributions.Binomial(m, probs=confidence.detach().float()).sample()",
-     "accept = torch.round(m * confidence.detach().float())", ["tests/test_catrs.py"]),
+     "accept = torch.round(m * confidence.detach().float())", ["tests/methods/test_catrs.py"]),
     ("denoised: stability target from the noisy input", "smoothsk/methods/denoised.py",
      "y = classifier(X).argmax(dim=1)", "y = classifier(noisy).argmax(dim=1)",
-     ["tests/test_denoised.py"]),
+     ["tests/methods/test_denoised.py"]),
     ("dncnn: default BatchNorm settings", "smoothsk/models.py",
      "nn.BatchNorm2d(width, eps=1e-4, momentum=0.95)", "nn.BatchNorm2d(width)",
      ["tests/test_datasets_models.py"]),
     ("crt: teacher run in training mode", "smoothsk/methods/crt.py",
      "with frozen(teacher), torch.no_grad():", "with torch.no_grad():",
-     ["tests/test_crt.py"]),
+     ["tests/methods/test_crt.py"]),
     ("discrete noise: thresholds of a 10 % wider Gaussian", "smoothsk/certification/noise.py",
      "self.scale = Fraction(self.sigma) / step",
      "self.scale = Fraction(self.sigma) / step * 11 / 10",
-     ["tests/test_discrete_noise.py"]),
+     ["tests/certification/test_discrete_noise.py"]),
     ("discrete noise: network sees lattice coordinates, not inputs",
      "smoothsk/certification/sampling.py",
      "batch = self.lattice.from_lattice(batch, self.dtype)", "batch = batch.to(self.dtype)",
-     ["tests/test_discrete_noise.py"]),
+     ["tests/certification/test_discrete_noise.py"]),
 ]
 
 

@@ -10,9 +10,9 @@ agreement, the mean number of estimation draws and wall time.
 
 from __future__ import annotations
 
-import argparse
 import time
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 
@@ -21,16 +21,14 @@ from smoothsk.datasets import load_dataset
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=2)
     parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
     parser.add_argument("--sigma", type=float, default=0.25)
     parser.add_argument("--radii", default="0.125,0.25,0.5,0.75")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--max-test", type=int, default=540)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
 
     X_train, y_train = load_dataset(args.dataset, split="train", flat=True)
     X_test, y_test = load_dataset(args.dataset, split="test", flat=True)

@@ -12,13 +12,12 @@ at each grid radius with its Monte Carlo standard error, and time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
-import torch
 from gaussian_models import gaussian_model  # benchmarks/ (these run as scripts)
 
 from smoothsk import certified_accuracy
@@ -31,15 +30,13 @@ GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=1)
     parser.add_argument("--sigmas", default="0.25,0.5,1.0")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--skip", type=int, default=1)
     parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     X_train, y_train = load_dataset("digits", split="train", flat=True)
     X_test, y_test = load_dataset("digits", split="test", flat=True)
     X_test, y_test = X_test[:: args.skip], y_test[:: args.skip]

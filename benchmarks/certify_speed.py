@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 
@@ -253,10 +254,9 @@ def peak_memory(implementation, network, n, batch_size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--networks", default="lenet,resnet20")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--settings", default=None,
                         help="comma-separated faster settings for smoothsk: "
@@ -269,12 +269,10 @@ def main(argv=None):
                              "implementation (torch.backends.cudnn.benchmark)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = harness.parse(parser, argv)
     if args.memory_child:
         implementation, network, n, batch_size = args.memory_child
         return memory_child(implementation, network, int(n), int(batch_size))
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     gpu = torch.device(args.device).type == "cuda"
     if args.settings is None:

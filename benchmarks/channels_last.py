@@ -15,10 +15,10 @@ interleaved (False, True, False, True, ...) in one process; best of ``--repeats`
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 
@@ -47,16 +47,13 @@ def certify_rate(net, X, n: int, batch: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=None)
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     rng = np.random.default_rng(0)
     X = rng.random((args.train, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, args.train)

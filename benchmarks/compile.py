@@ -12,10 +12,10 @@ not the network.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 
@@ -43,16 +43,13 @@ def measure(net, X, args, precision) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=None)
     parser.add_argument("--inputs", type=int, default=10)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     X = np.random.default_rng(0).random((args.inputs, 1, 28, 28)).astype(np.float32)
     rows = []
     for precision, channels_last in (("fp32", False), ("bf16", True)):

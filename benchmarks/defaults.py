@@ -11,11 +11,10 @@ every other parameter at its default, per seed, against the clean accuracy of
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
-import torch
+import harness  # benchmarks/harness.py: parser, --threads, timing
 from sklearn.neural_network import MLPClassifier
 
 from smoothsk import GaussianAugClassifier
@@ -24,15 +23,12 @@ from smoothsk.io.files import atomic_write_text
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=None)
     parser.add_argument("--train", type=int, default=5000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     X, y = load_dataset("fashion-mnist", split="train")
     X_test, y_test = load_dataset("fashion-mnist", split="test")
     X, y = X[: args.train], y[: args.train]

@@ -10,11 +10,11 @@ denoiser against training the classifier itself.  Writes ``results.json`` and
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 from sklearn.neural_network import MLPClassifier
@@ -40,17 +40,14 @@ def timed_fit(estimator, X, y):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=None)
     parser.add_argument("--out", default="benchmarks/results/denoised-fmnist")
     parser.add_argument("--root", default=None, help="Fashion-MNIST IDX directory")
     parser.add_argument("--train", type=int, default=5_000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--test-every", type=int, default=50)
     parser.add_argument("--n", type=int, default=1_000)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     X, y = load_fashion_mnist(args.root, split="train")

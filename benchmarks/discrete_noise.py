@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 from gaussian_models import gaussian_model  # benchmarks/ (these run as scripts)
@@ -101,7 +101,7 @@ def certificates(args) -> list[dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=1)
     parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
     parser.add_argument("--sigmas", default="0.25,0.5,1.0")
     parser.add_argument("--epochs", type=int, default=5)
@@ -109,10 +109,8 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--part", default="cost,certificates")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     parts = args.part.split(",")
     report = {"threads": args.threads, "torch": torch.__version__}
     if "cost" in parts:

@@ -11,10 +11,10 @@ evaluations per draw against evaluating every member.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import torch
 
 from smoothsk import (
@@ -31,14 +31,12 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=1)
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--sigmas", default="0.25,0.5")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     X, y = load_dataset("digits", split="train", flat=True)
     Xt, yt = load_dataset("digits", split="test", flat=True)
     rows = []

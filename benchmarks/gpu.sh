@@ -17,7 +17,7 @@ python3 -c "import torch, sklearn, skorch; print('torch', torch.__version__, 'cu
 torch.version.cuda, 'scikit-learn', sklearn.__version__, 'skorch', skorch.__version__)" \
     | tee -a "$out/gpu.txt"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py \
-    tests/test_certification.py::test_certify_with_gpu_module_if_available 2>&1 \
+    tests/certification/test_certification.py::test_certify_with_gpu_module_if_available 2>&1 \
     | tee "$out/tests.txt"
 timeout 360 python3 benchmarks/certify_speed.py --device cuda --repeats 3 \
     --out "$out/certify-speed.json" 2>&1 | tee "$out/certify-speed.txt"

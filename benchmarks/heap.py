@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
+
 CASES = {
     # name: (network, precision, channels_last, batch, n0, n, inputs)
     "lenet-bf16-cl-n200": ("lenet", "bf16", True, 200, 100, 200, 400),
@@ -86,14 +88,13 @@ def _fresh(spec: dict) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=1)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-inputs", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = harness.parse(parser, argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return None

@@ -30,12 +30,12 @@ standard error ``sqrt(CA (1 − CA) / N)`` that any reported accuracy carries an
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import time
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 
@@ -144,7 +144,7 @@ def spread_over_seeds(seeds: int, n: int) -> list[dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=None)
     parser.add_argument("--hidden", action="append", default=None,
                         help="hidden widths, comma-separated (repeatable; default 64 and "
                              "256,256, the estimators' default MLP)")
@@ -154,13 +154,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--spread-n", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=None,
                         help="also certify with shared noise in this many one-thread workers")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     X = np.random.default_rng(0).random((args.inputs, FEATURES)).astype(np.float32)
     rows = []
     for hidden in args.hidden or ["64", "256,256"]:

@@ -18,11 +18,11 @@ On a GPU (``--device cuda``) fp16 joins bf16, and timings wait for the device.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 
@@ -150,18 +150,15 @@ def agreement(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=None)
     parser.add_argument("--networks", default="lenet,resnet20")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--inputs", type=int, default=10)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--train", type=int, default=4000)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     device_name = (torch.cuda.get_device_name() if torch.device(args.device).type == "cuda"
                    else "cpu")
     results = {"torch": torch.__version__, "device": device_name,

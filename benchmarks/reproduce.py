@@ -22,13 +22,12 @@ errors between methods.  The whole test set, σ = 0.5, as ``docs/results.md`` re
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
-import torch
 
 from smoothsk.datasets import load_fashion_mnist
 from smoothsk.io.checkpoint import TrainingCheckpoint, data_digest
@@ -100,7 +99,7 @@ def train(method, sigma, args, X, y, out: Path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=None)
     parser.add_argument("--out", default="benchmarks/results/fashion-mnist")
     parser.add_argument("--root", default=None, help="Fashion-MNIST IDX directory")
     parser.add_argument("--sigmas", default="0.25,0.5,1.0")
@@ -122,7 +121,6 @@ def main(argv=None):
                         help="noisy samples per forward pass when certifying (results do not "
                              "depend on it; 200 is LeNet's fastest on a 2-core CPU, see "
                              "docs/benchmarks.md)")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--target-draws", type=int, default=1_000,
                         help="CAT-RS: noisy draws behind the σ = 0.25 Gaussian model's smoothed "
                              "prediction on each training image (the authors: 10,000)")
@@ -134,9 +132,7 @@ def main(argv=None):
                              "instead of CERTIFY")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the tables, claims and curves from the TSVs in --out")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     out = Path(args.out)
     report = write_grid_report if args.radii else write_report
     if args.report_only:

@@ -12,9 +12,9 @@ one forward-backward of a Gaussian step) and the slow-downs CRT's Table 1 report
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
 import torch
 
@@ -38,14 +38,11 @@ METHODS = [
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=None)
     parser.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits"])
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     X, y = load_dataset(args.dataset, split="train")
     if args.dataset == "digits":  # 8×8 → 28×28 so that LeNet applies
         X = torch.nn.functional.interpolate(torch.from_numpy(X), size=28).numpy()

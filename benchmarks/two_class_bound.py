@@ -14,13 +14,12 @@ accuracy at each radius, and how many inputs are certified with p̲_A < 1/2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+import harness  # benchmarks/harness.py: parser, --threads, timing
 import numpy as np
-import torch
 from gaussian_models import gaussian_model  # benchmarks/ (these run as scripts)
 
 from smoothsk.certification.radius import certified_radius, uniform_variates
@@ -32,7 +31,7 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, threads=2)
     parser.add_argument("--dataset", default="fashion-mnist",
                         choices=["digits", "fashion-mnist"])
     parser.add_argument("--sigmas", default="0.25,0.5,1.0")
@@ -40,9 +39,7 @@ def main(argv=None):
     parser.add_argument("--skip", type=int, default=20)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = harness.parse(parser, argv)
     (OUT / "models").mkdir(parents=True, exist_ok=True)
     digits = args.dataset == "digits"
     X_train, y_train = load_dataset(args.dataset, split="train", flat=digits)

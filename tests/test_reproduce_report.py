@@ -16,6 +16,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
 
 @pytest.fixture(scope="module")
 def reproduce():
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports benchmarks/harness.py
     spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from smoothsk.certification.noise import NOISES
+from smoothsk.certification.precision import PRECISIONS
+from smoothsk.validation import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SIGMA, StrOptions
+
 __all__ = [
+    "SHARED_NOISE_CHUNK",
+    "SAMPLING_CONSTRAINTS",
     "base_seed",
     "check_class_indices",
     "check_index_offset",
@@ -28,8 +34,31 @@ __all__ = [
     "global_indices",
     "input_chunks",
     "module_device_dtype",
+    "noise_chunk_size",
     "take_rows",
 ]
+
+
+# Inputs that share each noise block.  Per-chunk costs (drawing the blocks, the heap trim,
+# the device round trip) are spread over them; 256 was measured faster than 64 and about
+# as fast as 1,024 for a 64-feature MLP (docs/benchmarks.md, shared noise), for 3 MB of
+# per-block vote buffers.
+SHARED_NOISE_CHUNK = 256
+
+
+# What every public sampling function accepts (smoothsk.validation: one message per
+# mistake, the same as the estimators' for the same parameter); each function adds its own.
+SAMPLING_CONSTRAINTS = {
+    "sigma": SIGMA,
+    "batch_size": POSITIVE_INT,
+    "random_state": ["random_state"],
+    "index_offset": [*NON_NEGATIVE_INT, "array-like"],
+    "precision": [StrOptions(set(PRECISIONS))],
+    "shared_noise": ["boolean"],
+    "noise": [StrOptions(set(NOISES))],
+    "noise_step": [None, *POSITIVE, str],
+    "progress": [callable, None],
+}
 
 
 def check_positive_int(value, name: str) -> int:
@@ -171,3 +200,11 @@ def chunk_indices(index_offset, seen: int, size: int):
             )
         return index_offset[seen : seen + size]
     return index_offset + seen
+
+
+def noise_chunk_size(batch_size: int, num: int, shared_noise: bool) -> int:
+    """Inputs per chunk: about one forward batch of ``num`` draws each; with shared noise
+    at least ``SHARED_NOISE_CHUNK``, over which each noise block's cost is spread (memory
+    stays ``batch_size + NOISE_BLOCK`` noisy rows: inputs join the batch one by one)."""
+    size = max(1, batch_size // max(1, num))
+    return max(size, SHARED_NOISE_CHUNK) if shared_noise else size

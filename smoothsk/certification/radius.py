@@ -57,9 +57,9 @@ def certified_radius(top, counts, sigma: float, alpha: float, *, bound: str = "b
     makes this hold; as the upper bound grows with the count, it is the bound of the
     class observed second.  Bounding a class fixed in advance, or picked from other
     draws, is not sound: the class truly second may be another (Delattre et al.'s
-    counterexample, tests/test_two_class_bound.py).  Since ``p̄_B ≤ 1 − p̲_A``, the radius
-    is never below the binary radius at level α/2: the split costs at most
-    ``σ (Φ⁻¹(p̲_A(α)) − Φ⁻¹(p̲_A(α/2)))``.
+    counterexample, tests/certification/test_two_class_bound.py).  Since
+    ``p̄_B ≤ 1 − p̲_A``, the radius is never below the binary radius at level α/2: the split
+    costs at most ``σ (Φ⁻¹(p̲_A(α)) − Φ⁻¹(p̲_A(α/2)))``.
 
     Parameters
     ----------

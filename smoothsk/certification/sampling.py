@@ -15,6 +15,7 @@ import torch
 from smoothsk.certification import heap
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.inputs import (
+    SAMPLING_CONSTRAINTS,
     base_seed,
     check_index_offset,
     check_positive_int,
@@ -24,25 +25,14 @@ from smoothsk.certification.inputs import (
     global_indices,
     input_chunks,
     module_device_dtype,
+    noise_chunk_size,
     take_rows,
 )
-from smoothsk.certification.noise import NOISES, LatticeGaussian, check_sigma, make_noise
-from smoothsk.certification.precision import PRECISIONS, check_precision, precision_context
-from smoothsk.validation import (
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    SIGMA,
-    StrOptions,
-    validate_params,
-)
+from smoothsk.certification.noise import LatticeGaussian, check_sigma, make_noise
+from smoothsk.certification.precision import check_precision, precision_context
+from smoothsk.validation import POSITIVE_INT, validate_params
 
 NOISE_BLOCK = 1024
-# Inputs that share each noise block.  Per-chunk costs (drawing the blocks, the heap trim,
-# the device round trip) are spread over them; 256 was measured faster than 64 and about
-# as fast as 1,024 for a 64-feature MLP (docs/benchmarks.md, shared noise), for 3 MB of
-# per-block vote buffers.
-SHARED_NOISE_CHUNK = 256
 
 
 STREAM_SELECTION, STREAM_ESTIMATION, STREAM_PREDICTION = 0, 1, 2
@@ -293,14 +283,6 @@ def all_finite(values: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(low) & torch.isfinite(high)
 
 
-def noise_chunk_size(batch_size: int, num: int, shared_noise: bool) -> int:
-    """Inputs per chunk: about one forward batch of ``num`` draws each; with shared noise
-    at least ``SHARED_NOISE_CHUNK``, over which each noise block's cost is spread (memory
-    stays ``batch_size + NOISE_BLOCK`` noisy rows: inputs join the batch one by one)."""
-    size = max(1, batch_size // max(1, num))
-    return max(size, SHARED_NOISE_CHUNK) if shared_noise else size
-
-
 def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
                   precision="fp32", progress=None, shared_noise=False, active=None,
                   noise="gaussian", noise_step=None):
@@ -394,21 +376,6 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
             total[rows] = counts
         results.append(total)
     return results
-
-
-# What every public sampling function accepts (smoothsk.validation: one message per
-# mistake, the same as the estimators' for the same parameter); each function adds its own.
-SAMPLING_CONSTRAINTS = {
-    "sigma": SIGMA,
-    "batch_size": POSITIVE_INT,
-    "random_state": ["random_state"],
-    "index_offset": [*NON_NEGATIVE_INT, "array-like"],
-    "precision": [StrOptions(set(PRECISIONS))],
-    "shared_noise": ["boolean"],
-    "noise": [StrOptions(set(NOISES))],
-    "noise_step": [None, *POSITIVE, str],
-    "progress": [callable, None],
-}
 
 
 @validate_params({**SAMPLING_CONSTRAINTS, "num": POSITIVE_INT},

@@ -129,5 +129,5 @@ def test_estimators_and_runs_record_it(tmp_path, digits):
     with pytest.raises(RunMismatchError, match="shared_noise"):
         certify_to_tsv(clf, X[300:320], y[300:320], np.arange(20), out, run_info={}, n0=50,
                        n=300, alpha=0.001, batch_size=500, random_state=0)
-    with pytest.raises(ValueError, match="The .shared_noise. parameter of class_counts must be an instance of .bool."):
+    with pytest.raises(ValueError, match="The .shared_noise. parameter of class_counts must be"):
         class_counts(torch.nn.Linear(64, 2), X[:2], 0.5, 10, shared_noise="yes")

@@ -34,7 +34,7 @@ def test_bf16_certificate_equals_fp32_where_both_are_exact():
 
 def test_precision_is_validated():
     X = np.zeros((2, 5), np.float32)
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="The .precision. parameter of certify must be a str"):
         certify(_sign_network(5), X, 0.5, n0=5, n=10, precision="int8")
     with pytest.raises(ValueError, match="fp16' needs a CUDA device"):
         certify(_sign_network(5), X, 0.5, n0=5, n=10, precision="fp16")

@@ -219,7 +219,7 @@ def test_every_smoothsk_parameter_has_a_declared_constraint(digits):
     X, y = digits
     with pytest.raises(InvalidParameterError, match=r"The 'sigma' parameter of "
                        r"GaussianAugClassifier must be a finite float in the range "
-                       r"\(0.0, 5\.3\d*e\+36\)\. "
+                       r"\(0.0, 5\.3\d*e\+36\) \(above it float32 noise overflows.*\)\. "
                        r"Got -1 instead\."):
         _fast(sigma=-1).fit(X[:20], y[:20])
     # a bool is no count, though Python's True is an Integral

@@ -156,7 +156,7 @@ def test_betting_is_reproducible_across_batch_sizes_and_offsets(linear):
 
 
 def test_unknown_test_is_refused(linear):
-    with pytest.raises(ValueError, match="The .test. parameter of certify_radius must be a str among"):
+    with pytest.raises(ValueError, match="The .test. parameter of certify_radius must be a str"):
         certify_radius(linear, np.zeros((2, 3), np.float32), 0.5, 0.1, test="bayes")
 
 
