@@ -25,7 +25,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The documentation site (API reference, gallery, the Markdown pages); warnings are errors.
-docs: $(STAMP)
+# It installs only into a missing environment: an existing one (perhaps shared with
+# another clone) is left as it is, and conf.py documents this checkout's sources.
+docs:
+	@test -f $(STAMP) || $(MAKE) $(STAMP)
 	rm -rf docs/_build docs/api docs/auto_examples docs/sg_execution_times.rst
 	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 	@echo "site: docs/_build/html/site.html"

@@ -1,7 +1,14 @@
 """Sphinx configuration: the Markdown pages of docs/, an API reference from the numpydoc
 docstrings and a gallery of examples/ (``make docs``; warnings are errors)."""
 
-import smoothsk
+import sys
+from pathlib import Path
+
+# Document this checkout, whatever the environment's editable install points at (a
+# clone that shares a virtual environment builds its own pages without reinstalling).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import smoothsk  # noqa: E402
 
 project = "smoothsk"
 author = "smoothsk developers"

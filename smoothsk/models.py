@@ -142,11 +142,10 @@ def uses_channels_last(module: nn.Module, channels_last, device="cpu",
     """Whether an estimator keeps ``module`` in channels-last memory format.
 
     ``channels_last`` True or False is obeyed.  ``"auto"`` says yes for a network with
-    4-d weights (2-d convolutions) where channels-last was measured faster: on a CPU at
-    any precision (oneDNN's convolutions: LeNet's fp32 training and certification
-    1.39× and 2.11×, docs/benchmarks.md), and on a GPU at reduced precision (the tensor cores'
-    layout: ResNet-20 at bf16 1.16 → 1.60× the fp32 raw rate); not for fp32 on a GPU,
-    where it was not measured faster.  A layout never changes a value, only the order
+    4-d weights (2-d convolutions) where channels-last was measured faster
+    (docs/benchmarks.md, "Channels-last by default"): on a CPU at any precision (oneDNN's
+    convolutions), and on a GPU at reduced precision (the tensor cores' layout); not for
+    fp32 on a GPU, where it was not measured faster.  A layout never changes a value, only the order
     of sums inside a convolution.
     """
     if channels_last != "auto":
