@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
 
 from smoothsk.certification.noise import NOISES
+from smoothsk.certification.precision import PRECISION_CHOICES
 from smoothsk.fit_data import FitDataMixin
 from smoothsk.models import default_network, default_network_name, uses_channels_last
 from smoothsk.smoothing import SmoothedPredictionMixin
@@ -94,13 +95,16 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         Draws per input behind ``predict``, ``predict_proba`` and ``predict_or_abstain``.
     certify_batch_size : int, default=1000
         Noisy inputs per forward pass in certification and prediction.
-    precision : {"fp32", "bf16", "fp16"}, default="fp32"
+    precision : {"fp32", "bf16", "fp16", "auto"}, default="fp32"
         Arithmetic of the network's forward (and backward) passes in training,
         prediction and certification (autocast; fp16 on CUDA only).  Noise is always
         drawn and added in fp32, and certificates are about the smoothed classifier of
         the network computed at this precision, so it is part of the model: saved with
         it, recorded in certificates and TSV sidecars.  bf16 is faster on CPUs with
-        AVX-512 BF16 (measured in docs/benchmarks.md).
+        native bf16 (AVX-512 BF16 or AMX) and several times slower without it, which is
+        warned about (docs/benchmarks.md); ``"auto"`` picks bf16 where it is native (such
+        a CPU, or a CUDA GPU that supports it) and fp32 elsewhere, resolved where it runs
+        (certificates record the precision used).
     channels_last : bool or "auto", default="auto"
         Keep the network's 4-d weights in channels-last memory format, the fast layout
         of convolutions on CPUs and GPUs (measured with bf16 in docs/benchmarks.md).
@@ -253,7 +257,7 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         "alpha": PROBABILITY,
         "n_predict": POSITIVE_INT,
         "certify_batch_size": POSITIVE_INT,
-        "precision": [StrOptions({"fp32", "bf16", "fp16"})],
+        "precision": [StrOptions(set(PRECISION_CHOICES))],
         "channels_last": ["boolean", StrOptions({"auto"})],
         "shared_noise": ["boolean"],
         "input_range": [tuple, list, None],

@@ -28,6 +28,8 @@ import torch
 from skorch.dataset import unpack_data
 from skorch.hf import AccelerateMixin
 
+from smoothsk.certification.precision import resolve_precision
+
 __all__ = ["SmoothedAccelerateMixin"]
 
 
@@ -35,7 +37,7 @@ class SmoothedAccelerateMixin(AccelerateMixin):
     """skorch's ``AccelerateMixin`` for smoothsk estimators (put it first in the bases)."""
 
     def initialize(self):
-        if self.precision != "fp32":
+        if resolve_precision(self.precision, self.device) != "fp32":
             raise ValueError(
                 f"precision={self.precision!r} cannot be combined with Accelerate: set "
                 "precision='fp32' and pass Accelerator(mixed_precision='fp16' or 'bf16'), "

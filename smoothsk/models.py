@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from smoothsk.certification.precision import resolve_precision
+
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -153,7 +155,8 @@ def uses_channels_last(module: nn.Module, channels_last, device="cpu",
     if device is None:  # skorch's "leave the network where it is"
         device = next((p.device for p in module.parameters()), "cpu")
     convolutional = any(p.dim() == 4 for p in module.parameters())
-    return convolutional and (torch.device(device).type == "cpu" or precision != "fp32")
+    reduced = resolve_precision(precision, device) != "fp32"
+    return convolutional and (torch.device(device).type == "cpu" or reduced)
 
 
 class Normalize(nn.Module):

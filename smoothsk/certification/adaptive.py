@@ -41,6 +41,7 @@ from smoothsk.certification import bounds, inputs, sampling
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothsk.certification.noise import noise_test_alpha, recorded_step
+from smoothsk.certification.precision import check_precision
 from smoothsk.certification.sampling import SAMPLING_CONSTRAINTS, STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import BettingTest, betting_bounds
 from smoothsk.validation import (
@@ -203,6 +204,8 @@ def certify_radius(
         Called with the number of inputs decided, as they are decided.
     """
     module, _ = as_base_network(module)
+    # "auto" resolved once, for the network's device: the certificate records what ran
+    precision = check_precision(precision, inputs.module_device_dtype(module)[0])
     sigma = sampling.check_sigma(sigma)
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not (
         np.isfinite(radius) and radius >= 0

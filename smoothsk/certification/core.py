@@ -24,9 +24,11 @@ from smoothsk.certification.inputs import (
     base_seed,
     check_positive_int,
     global_indices,
+    module_device_dtype,
 )
 from smoothsk.certification.noise import check_noise_options, noise_test_alpha, recorded_step
 from smoothsk.certification.parallel import map_input_chunks
+from smoothsk.certification.precision import check_precision
 from smoothsk.certification.radius import BOUNDS, INTERVALS, certified_radius, uniform_variates
 from smoothsk.certification.sampling import (
     SAMPLING_CONSTRAINTS,
@@ -160,6 +162,8 @@ def certify(
         progress = bar.update
     try:
         module, classes = as_base_network(module)
+        # "auto" resolved once, for the network's device: the certificate records what ran
+        precision = check_precision(precision, module_device_dtype(module)[0])
         if sequential:
             certificate = _anytime(
                 module, X, sigma, n0=n0, n=n, max_n=max_n, alpha=alpha, tolerance=tolerance,

@@ -17,7 +17,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from smoothsk.certification.noise import NOISES
-from smoothsk.certification.precision import PRECISIONS
+from smoothsk.certification.precision import PRECISION_CHOICES
 from smoothsk.validation import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SIGMA, StrOptions
 
 __all__ = [
@@ -53,7 +53,7 @@ SAMPLING_CONSTRAINTS = {
     "batch_size": POSITIVE_INT,
     "random_state": ["random_state"],
     "index_offset": [*NON_NEGATIVE_INT, "array-like"],
-    "precision": [StrOptions(set(PRECISIONS))],
+    "precision": [StrOptions(set(PRECISION_CHOICES))],
     "shared_noise": ["boolean"],
     "noise": [StrOptions(set(NOISES))],
     "noise_step": [None, *POSITIVE, str],

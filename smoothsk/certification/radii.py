@@ -32,6 +32,7 @@ from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.adaptive import decision_rule, round_sizes
 from smoothsk.certification.certificate import ABSTAIN, Certificate, labels_or_marker
 from smoothsk.certification.noise import noise_test_alpha, recorded_step
+from smoothsk.certification.precision import check_precision
 from smoothsk.certification.sampling import SAMPLING_CONSTRAINTS, STREAM_SELECTION, sample_counts
 from smoothsk.certification.sequential import betting_bounds
 from smoothsk.validation import (
@@ -272,6 +273,8 @@ def certify_radii(
         Called with the number of inputs decided, as they are decided.
     """
     module, _ = as_base_network(module)
+    # "auto" resolved once, for the network's device: the certificate records what ran
+    precision = check_precision(precision, inputs.module_device_dtype(module)[0])
     sigma = sampling.check_sigma(sigma)
     radii = check_radii(radii)
     alpha = bounds.check_alpha(alpha)

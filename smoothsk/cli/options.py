@@ -75,7 +75,7 @@ def argparse_type(parse):
 
 # --------------------------------------------------------------------------- option groups
 def add_precision(parser, default_text: str) -> None:
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None,
                         help="arithmetic of the network's passes; noise stays fp32 "
                              f"(docs/certification.md); default: {default_text}")
 

@@ -24,6 +24,7 @@ from joblib import effective_n_jobs
 
 from smoothsk.certification.inputs import take_rows
 from smoothsk.certification.noise import recorded_step
+from smoothsk.certification.precision import resolve_precision
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.model_file import load_model, save_model
 
@@ -218,7 +219,8 @@ def _certify_to_tsv(estimator, X, y, indices, out: Path, *, run_info, n0, n, alp
     y = np.asarray(y)
     _check_tsv_labels(y, getattr(estimator, "classes_", None))
     info = dict(run_info, n0=n0, n=n, alpha=alpha, seed=random_state, indices=len(indices),
-                precision=getattr(estimator, "precision", "fp32"),
+                precision=resolve_precision(getattr(estimator, "precision", "fp32"),
+                                            getattr(estimator, "device", None)),
                 shared_noise=bool(getattr(estimator, "shared_noise", False)),
                 bound=bound, interval=interval, smoothsk_version=smoothsk.__version__,
                 radii=radii, **_noise_record(estimator))

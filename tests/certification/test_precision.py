@@ -147,3 +147,44 @@ def test_set_params_sets_the_layout_of_a_fitted_network_again(digits):
     np.testing.assert_allclose(clf.predict_proba(images[200:230]), before)  # same weights
     clf.set_params(precision="bf16", channels_last="auto")  # auto: channels-last again
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_auto_picks_bf16_only_where_it_is_native_and_certificates_record_what_ran(
+        monkeypatch):
+    from smoothsk.certification import precision as precisions
+
+    X = np.zeros((3, 5), np.float32)
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precisions, "cpu_has_native_bf16", lambda native=native: native)
+        assert precisions.resolve_precision("auto", "cpu") == expected
+        cert = certify(_sign_network(5), X, 0.5, n0=5, n=10, precision="auto",
+                       random_state=0)
+        assert cert.precision == expected  # never "auto": a certificate says what ran
+    assert precisions.resolve_precision("fp32", "cuda") == "fp32"  # only "auto" is resolved
+
+
+def test_emulated_bf16_is_warned_about_with_what_to_use(monkeypatch):
+    import warnings
+
+    from smoothsk.certification import precision as precisions
+
+    monkeypatch.setattr(precisions, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(precisions.EmulatedPrecisionWarning, match="precision='fp32', or 'auto'"):
+        assert precisions.check_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(precisions, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precisions.check_precision("bf16", "cpu")  # native: nothing to say
+        precisions.check_precision("fp32", "cpu")
+
+
+def test_an_estimator_with_auto_precision_trains_and_certifies(digits, monkeypatch):
+    from smoothsk import GaussianAugClassifier
+    from smoothsk.certification import precision as precisions
+
+    monkeypatch.setattr(precisions, "cpu_has_native_bf16", lambda: False)
+    X, y = digits
+    clf = GaussianAugClassifier(sigma=0.25, precision="auto", max_epochs=1,
+                                module__hidden_units=(16,), n0=10, n=20, random_state=0)
+    clf.fit(X[:100], y[:100])
+    assert clf.certify(X[:3]).precision == "fp32"
