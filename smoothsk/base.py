@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
 
 from smoothsk.certification.noise import NOISES
+from smoothsk.certification.parallel import torch_threads
 from smoothsk.certification.precision import PRECISION_CHOICES
 from smoothsk.fit_data import FitDataMixin
 from smoothsk.models import default_network, default_network_name, uses_channels_last
@@ -135,6 +136,12 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
     noise_step : float, str or None, default=None
         The lattice step of ``"discrete-gaussian"``: None for 1/255 (8-bit images), or
         the spacing of the inputs' values, as a number or a fraction string ("1/16").
+    n_threads : int or None, default=None
+        torch's CPU threads while the estimator trains, predicts and certifies (restored
+        after each call); None keeps the process's setting.  Inside a parallel grid
+        search (``GridSearchCV(n_jobs=k)``, joblib's process workers) each worker already
+        gets ``cores // k`` threads, so the default does not oversubscribe; set 1 where
+        several estimators share a busy machine by other means (docs/scaling.md).
     random_state : int, RandomState or None, default=None
         Seeds training (weight initialisation, shuffling, noise) and the noise of
         certification and prediction; an int makes ``fit`` and every prediction
@@ -182,6 +189,7 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         input_range: tuple | None = (0.0, 1.0),
         noise: str = "gaussian",
         noise_step=None,
+        n_threads: int | None = None,
         random_state=None,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
@@ -217,6 +225,7 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         self.input_range = input_range
         self.noise = noise
         self.noise_step = noise_step
+        self.n_threads = n_threads
         self.random_state = random_state
         self.lr_schedule = lr_schedule
 
@@ -263,6 +272,7 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         "input_range": [tuple, list, None],
         "noise": [StrOptions(set(NOISES))],
         "noise_step": [None, *POSITIVE, str],
+        "n_threads": [*POSITIVE_INT, None],
         "random_state": ["random_state"],
         "max_epochs": POSITIVE_INT,
         "lr_schedule": [StrOptions({"cosine", "constant"})],
@@ -331,7 +341,8 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         """
         warm = self.warm_start and self.initialized_ and hasattr(self, "classes_fitted_")
         X, y = self.prepare_fit_data(X, y, fit_params, reset=not warm)
-        with seeded_torch(self.random_state, self.device), self.training_context():
+        with seeded_torch(self.random_state, self.device), torch_threads(self.n_threads), \
+                self.training_context():
             if not warm:
                 self.initialize()
             if not warm:
@@ -353,7 +364,7 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         if first:
             self.initialize()
             self.check_network_output(X)
-        with self.training_context():
+        with torch_threads(self.n_threads), self.training_context():
             return NeuralNetClassifier.partial_fit(self, *self.training_data(X, y))
 
     def training_data(self, X, y):

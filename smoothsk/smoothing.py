@@ -21,6 +21,7 @@ from smoothsk.certification.bounds import check_alpha
 from smoothsk.certification.certificate import Certificate, labels_or_marker
 from smoothsk.certification.core import predict_from_counts
 from smoothsk.certification.noise import noise_test_alpha
+from smoothsk.certification.parallel import torch_threads
 from smoothsk.certification.radii import DEFAULT_RADII_GROWTH, RadiiCertificate, certify_radii
 
 __all__ = ["SmoothedPredictionMixin"]
@@ -86,7 +87,7 @@ class SmoothedPredictionMixin:
 
     def _smoothed_counts(self, X) -> np.ndarray:
         X = self.check_fitted_inputs(X)
-        with self._progress(len(X), "predict") as bar:
+        with self._progress(len(X), "predict") as bar, torch_threads(self.n_threads):
             counts = sampling.class_counts(
                 self.module_, X, self.noise_level_, self.n_predict,
                 batch_size=self.certify_batch_size, random_state=self.random_state,
@@ -168,7 +169,7 @@ class SmoothedPredictionMixin:
         :func:`smoothsk.certify`.
         """
         X = self.check_fitted_inputs(X)
-        with self._progress(len(X), "certify") as bar:
+        with self._progress(len(X), "certify") as bar, torch_threads(self.n_threads):
             result = core.certify(
                 self.module_, X, self.noise_level_,
                 **self._defaults(n0=n0, n=n, alpha=alpha, batch_size=batch_size,
@@ -208,7 +209,8 @@ class SmoothedPredictionMixin:
         """
         X = self.check_fitted_inputs(X)
         y_index = self._label_indices(X, y)
-        with self._progress(len(X), f"certify at r={radius:g}") as bar:
+        with self._progress(len(X), f"certify at r={radius:g}") as bar, \
+                torch_threads(self.n_threads):
             result = certify_radius(
                 self.module_, X, self.noise_level_, radius, y=y_index,
                 **self._defaults(n0=n0, n=n, alpha=alpha, batch_size=batch_size,
@@ -233,7 +235,7 @@ class SmoothedPredictionMixin:
         """
         X = self.check_fitted_inputs(X)
         y_index = self._label_indices(X, y)
-        with self._progress(len(X), "certify radii") as bar:
+        with self._progress(len(X), "certify radii") as bar, torch_threads(self.n_threads):
             result = certify_radii(
                 self.module_, X, self.noise_level_, radii, y=y_index,
                 **self._defaults(n0=n0, max_n=max_n, alpha=alpha, batch_size=batch_size,

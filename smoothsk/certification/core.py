@@ -27,7 +27,7 @@ from smoothsk.certification.inputs import (
     module_device_dtype,
 )
 from smoothsk.certification.noise import check_noise_options, noise_test_alpha, recorded_step
-from smoothsk.certification.parallel import map_input_chunks
+from smoothsk.certification.parallel import map_input_chunks, torch_threads
 from smoothsk.certification.precision import check_precision
 from smoothsk.certification.radius import BOUNDS, INTERVALS, certified_radius, uniform_variates
 from smoothsk.certification.sampling import (
@@ -61,6 +61,7 @@ CERTIFY_CONSTRAINTS = {
     "max_n": [*POSITIVE_INT, None],
     "tolerance": [*POSITIVE, None],
     "verbose": ["boolean", Integer(0, None, closed="left")],
+    "threads": [*POSITIVE_INT, None],
 }
 
 
@@ -90,6 +91,7 @@ def certify(
     max_n: int | None = None,
     tolerance: float | None = None,
     verbose: bool = False,
+    threads: int | None = None,
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for every input in ``X``.
 
@@ -109,6 +111,8 @@ def certify(
     ``precision`` ("fp32", "bf16", "fp16") is the arithmetic of the network's forward
     pass; noise is drawn and added in fp32, and the guarantee is about the smoothed
     classifier of the network computed at that precision (docs/certification.md).
+    ``threads`` sets torch's CPU threads for the call (restored after; None keeps the
+    current setting): one per process where several run side by side.
     ``progress`` is called with the number of inputs finished as they finish;
     ``verbose=True`` (without ``progress``) shows a progress bar with the rate and the
     time left (tqdm in a terminal or notebook, a line every 30 s in a log), for runs at
@@ -160,36 +164,37 @@ def certify(
 
         bar = progress_bar(_input_count(X), f"certify (n={n:,})")
         progress = bar.update
-    try:
-        module, classes = as_base_network(module)
-        # "auto" resolved once, for the network's device: the certificate records what ran
-        precision = check_precision(precision, module_device_dtype(module)[0])
-        if sequential:
-            certificate = _anytime(
-                module, X, sigma, n0=n0, n=n, max_n=max_n, alpha=alpha, tolerance=tolerance,
-                n_jobs=n_jobs, bound=bound, interval=interval, batch_size=batch_size,
-                random_state=random_state, index_offset=index_offset, precision=precision,
-                shared_noise=shared_noise, noise=noise, noise_step=noise_step,
-                progress=progress)
-        elif n_jobs not in (None, 1):
-            parts = map_input_chunks(
-                _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
-                threads_per_worker=threads_per_worker, random_state=random_state,
-                index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                precision=precision, progress=progress, shared_noise=shared_noise,
-                bound=bound, interval=interval, noise=noise, noise_step=noise_step,
-            )
-            certificate = Certificate.concatenate(parts)
-        else:
-            certificate = _certify_serial(
-                module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                random_state=random_state, index_offset=index_offset, precision=precision,
-                progress=progress, shared_noise=shared_noise, bound=bound,
-                interval=interval, noise=noise, noise_step=noise_step)
-    finally:
-        if bar is not None:
-            bar.close()
-    certificate.classes = classes
+    with torch_threads(threads):
+        try:
+            module, classes = as_base_network(module)
+            # "auto" resolved once, for the network's device: the certificate records what ran
+            precision = check_precision(precision, module_device_dtype(module)[0])
+            if sequential:
+                certificate = _anytime(
+                    module, X, sigma, n0=n0, n=n, max_n=max_n, alpha=alpha, tolerance=tolerance,
+                    n_jobs=n_jobs, bound=bound, interval=interval, batch_size=batch_size,
+                    random_state=random_state, index_offset=index_offset, precision=precision,
+                    shared_noise=shared_noise, noise=noise, noise_step=noise_step,
+                    progress=progress)
+            elif n_jobs not in (None, 1):
+                parts = map_input_chunks(
+                    _certify_serial, module, X, sigma, n_jobs=n_jobs, chunk_size=chunk_size,
+                    threads_per_worker=threads_per_worker, random_state=random_state,
+                    index_offset=index_offset, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                    precision=precision, progress=progress, shared_noise=shared_noise,
+                    bound=bound, interval=interval, noise=noise, noise_step=noise_step,
+                )
+                certificate = Certificate.concatenate(parts)
+            else:
+                certificate = _certify_serial(
+                    module, X, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                    random_state=random_state, index_offset=index_offset, precision=precision,
+                    progress=progress, shared_noise=shared_noise, bound=bound,
+                    interval=interval, noise=noise, noise_step=noise_step)
+        finally:
+            if bar is not None:
+                bar.close()
+        certificate.classes = classes
     return certificate
 
 

@@ -13,6 +13,7 @@ never the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable
@@ -28,7 +29,27 @@ from smoothsk.certification.inputs import (
     take_rows,
 )
 
-__all__ = ["map_input_chunks"]
+__all__ = ["map_input_chunks", "torch_threads"]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op CPU threads set to ``threads`` inside the block, restored after.
+
+    ``None`` changes nothing.  A parallel grid search or ``n_jobs`` certification runs
+    several such processes on one machine; one thread each (or ``cores // jobs``) keeps
+    them from oversubscribing the cores (docs/scaling.md).
+    """
+    if threads is None:
+        yield
+        return
+    threads = check_positive_int(threads, "threads")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _worker_device(on_gpu: bool) -> torch.device:
@@ -102,8 +123,11 @@ def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size
         for rows in chunks
     )
     results = []
-    for rows, result in zip(chunks, Parallel(n_jobs=n_jobs, return_as="generator")(tasks)):
-        results.append(result)
-        if progress is not None:
-            progress(len(range(total)[rows]))
+    # under the threading backend the workers set this process's thread count: restore it
+    with torch_threads(torch.get_num_threads()):
+        for rows, result in zip(chunks,
+                                Parallel(n_jobs=n_jobs, return_as="generator")(tasks)):
+            results.append(result)
+            if progress is not None:
+                progress(len(range(total)[rows]))
     return results

@@ -130,3 +130,56 @@ def test_accelerate_refuses_the_estimators_own_fp16_scaler(digits):
                       **tiny_estimator_params(max_epochs=1, precision="fp16"))
     with pytest.raises(ValueError, match="mixed_precision"):
         clf.fit(X[:64], y[:64])
+
+
+class ThreadRecorder(torch.nn.Module):
+    """A linear classifier that records torch's thread count at every forward pass."""
+
+    def __init__(self, d: int = 4, k: int = 3):
+        super().__init__()
+        self.linear = torch.nn.Linear(d, k)
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.seen.append(torch.get_num_threads())
+        return self.linear(x.flatten(1))
+
+
+def test_threads_apply_inside_a_call_and_are_restored_after():
+    from smoothsk.certification.parallel import torch_threads
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    net = ThreadRecorder()
+    X = np.zeros((3, 4), np.float32)
+    certify(net, X, 0.5, n0=5, n=10, random_state=0, threads=wanted)
+    assert set(net.seen) == {wanted} and torch.get_num_threads() == before
+    with torch_threads(wanted):
+        assert torch.get_num_threads() == wanted
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        certify(net, X, 0.5, n=10, threads=0)
+
+
+def test_the_threading_backend_leaves_the_callers_thread_count_alone():
+    before = torch.get_num_threads()
+    other = before + 1
+    X = np.zeros((8, 4), np.float32)
+    with parallel_config(backend="threading"):
+        certify(ThreadRecorder(), X, 0.5, n0=5, n=10, random_state=0, n_jobs=2,
+                threads_per_worker=other)
+    assert torch.get_num_threads() == before
+
+
+def test_an_estimators_n_threads_holds_in_fit_predict_and_certify(digits):
+    X, y = digits
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    params = tiny_estimator_params(input_range=(0, 1))
+    del params["module__hidden_units"]
+    clf = GaussianAugClassifier(module=ThreadRecorder, module__d=64, module__k=10,
+                                n_threads=wanted, **params)
+    clf.fit(X[:60], y[:60])
+    clf.predict(X[:2])
+    clf.certify(X[:2])
+    assert set(clf.module_.seen) == {wanted} and torch.get_num_threads() == before
