@@ -106,6 +106,7 @@ def run(args) -> int:
         RunMismatchError,
         certify_to_tsv,
         check_grid_run,
+        count_complete_rows,
     )
     from smoothsk.models import compile_fitted
 
@@ -192,6 +193,7 @@ def run(args) -> int:
                 "describes": {"method": "pretrained" if plain else
                               getattr(clf, "training_info_", {}).get("method"),
                               "sigma": float(clf.noise_level_)}}
+    already = count_complete_rows(args.out)
     bar = progress(len(indices), "certify", args.quiet, "input")
     start = time.perf_counter()
     try:
@@ -205,9 +207,15 @@ def run(args) -> int:
         raise CommandError(str(exc)) from exc
     finally:
         bar.close()
-    print(f"certified {len(indices)} inputs of {args.dataset}/{args.split} "
+    new = count_complete_rows(args.out) - already
+    if new <= 0:
+        print(f"all {len(indices)} inputs of {args.dataset}/{args.split} were already certified "
+              f"in {args.out}: nothing to do (--max or --skip choose more inputs)")
+        return 0
+    resumed = f", {already} were already there" if already else ""
+    print(f"certified {new} inputs of {args.dataset}/{args.split} "
           f"(n0={args.n0}, n={args.n}, alpha={args.alpha}) in "
-          f"{time.perf_counter() - start:.1f} s; wrote {args.out}")
+          f"{time.perf_counter() - start:.1f} s{resumed}; wrote {args.out}")
     return 0
 
 

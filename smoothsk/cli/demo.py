@@ -11,12 +11,16 @@ from smoothsk.cli.options import non_negative_int, positive_float, positive_int
 
 def add_parser(subparsers) -> None:
     demo = subparsers.add_parser("demo", help="train and certify on scikit-learn's digits (CPU)")
-    demo.add_argument("--sigma", type=positive_float, default=0.25)
-    demo.add_argument("--epochs", type=positive_int, default=40)
-    demo.add_argument("--n", type=positive_int, default=10_000, help="estimation draws")
-    demo.add_argument("--seed", type=non_negative_int, default=0)
-    demo.add_argument("--out-dir", default="demo-output")
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--sigma", type=positive_float, default=0.25,
+                      help="noise level of training and certification")
+    demo.add_argument("--epochs", type=positive_int, default=40, help="training epochs")
+    demo.add_argument("--n", type=positive_int, default=10_000,
+                      help="CERTIFY's estimation draws per input")
+    demo.add_argument("--seed", type=non_negative_int, default=0,
+                      help="random_state of training and certification")
+    demo.add_argument("--out-dir", default="demo-output",
+                      help="where the model, the TSV, the table and the plot go")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=run)
 
 

@@ -14,17 +14,24 @@ def add_parser(subparsers) -> None:
     report.add_argument("--radii", default="0:2:0.25", help="start:stop:step or a comma list")
     report.add_argument("--labels", default=None, help="comma-separated names of the runs")
     report.add_argument("--markdown", default=None, help="write the table here")
-    report.add_argument("--plot", default=None, help="write certified-accuracy curves (PNG)")
-    report.add_argument("--max-radius", type=positive_float, default=None)
-    report.add_argument("--title", default=None)
+    report.add_argument("--plot", default=None,
+                        help="write certified-accuracy curves here (.pdf, .svg or .png)")
+    report.add_argument("--max-radius", type=positive_float, default=None,
+                        help="end of the plot's radius axis (default: the largest radius "
+                             "+ 5%%)")
+    report.add_argument("--title", default=None,
+                        help="a title line above the plot's N, n and α line")
     report.set_defaults(func=run)
 
 
 def print_runs(runs, radii) -> None:
     """The report table (run, N, ACR, certified accuracy % per radius) on stdout."""
+    from smoothsk.io.report import run_labels
+
     header = ["run", "N", "ACR", *[f"r={r:g}" for r in radii]]
-    rows = [[run.name, str(len(run.radius)), f"{run.average_certified_radius:.3f}",
-             *[f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]] for run in runs]
+    rows = [[label, str(len(run.radius)), f"{run.average_certified_radius:.3f}",
+             *[f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]]
+            for run, label in zip(runs, run_labels(runs))]
     print("certified accuracy (%) at l2 radius r")
     print(text_table(rows, header))
 

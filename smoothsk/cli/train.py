@@ -313,6 +313,24 @@ def _save_trained(clf, args) -> str:
             "certify it with --trust-pickle)")
 
 
+def check_pickle_suffix(args) -> None:
+    """A model that can only be saved as a pickle (a denoiser in front of a classifier
+    read from a trusted pickle) must not go to a ``.smoothsk`` name: that suffix promises
+    the safe format, which loads without running code."""
+    from smoothsk.io.model_file import is_model_file
+
+    classifier = getattr(args, "classifier", None)
+    if not (args.method == "denoised" and args.trust_pickle and classifier
+            and Path(classifier).exists() and not is_model_file(classifier)):
+        return
+    if Path(args.out).suffix.lower() == ".smoothsk":
+        raise CommandError(
+            f"--classifier {classifier} is a pickle, so the trained model can only be saved "
+            f"as a joblib pickle, and --out {args.out} names the safe format (.smoothsk). "
+            "Choose another suffix, e.g. --out "
+            f"{Path(args.out).with_suffix('.joblib')}.")
+
+
 def check_replaceable(out: Path, trust_pickle: bool) -> None:
     """Refuse to overwrite an existing ``--out`` that is not a model file: it is not ours."""
     from smoothsk.io.model_file import is_model_file
@@ -336,6 +354,7 @@ def run(args) -> int:
     check_device(args)
     check_writable(args.out)
     check_replaceable(Path(args.out), args.trust_pickle)
+    check_pickle_suffix(args)
     flat = _classifier_takes_flat_inputs(args)
     X, y = load_data(args, "train", flat=flat)
     if args.max_train is not None:
@@ -371,5 +390,6 @@ def run(args) -> int:
         bar.close()
     loss = clf.history[-1, "train_loss"]
     print(f"trained {type(clf).__name__} (sigma={clf.noise_level_:g}) on {args.dataset} for "
-          f"{epochs} epochs in {seconds:.1f} s (final loss {loss:.4f}); saved {args.out}{note}")
+          f"{epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s (final loss "
+          f"{loss:.4f}); saved {args.out}{note}")
     return 0

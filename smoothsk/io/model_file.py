@@ -240,10 +240,11 @@ def load_model(path, *, trusted: bool = False):
                 raise ValueError(f"{path} is not a readable model file: neither smoothsk's "
                                  "format nor a pickle.")
         raise ValueError(
-            f"{path} is not a safe smoothsk model file: it looks like a pickle (smoothsk 0.1 "
-            "saved models with joblib), and loading a pickle can run arbitrary code. If you "
-            "trust its origin, load it with load_model(path, trusted=True) (CLI: "
-            "--trust-pickle) and save it again with save_model."
+            f"{path} is a pickle (a joblib or pickle file: a scikit-learn model, say, or a "
+            "smoothsk model saved before smoothsk 0.2), not a safe smoothsk model file, and "
+            "loading a pickle can run arbitrary code. If you trust its origin, load it with "
+            "--trust-pickle (Python: load_model(path, trusted=True)); a smoothsk model can "
+            "then be saved again in the safe format with save_model."
         )
     return _load_archive(_read_archive(path), path)
 

@@ -20,6 +20,7 @@ from smoothsk.metrics import accuracy_curve, mean_certified_radius
 __all__ = [
     "CertificationRun",
     "markdown_table",
+    "run_labels",
     "parse_radii",
     "plot_certified_accuracy",
     "read_certification_tsv",
@@ -58,6 +59,19 @@ class CertificationRun:
         if noise not in (None, "gaussian"):
             extra += f", {noise} noise"
         return f"{display_name(method)}, σ = {float(sigma):g}{extra}"
+
+    @classmethod
+    def from_certificate(cls, certificate, y_true, name: str = "certificate"):
+        """A run from a :class:`~smoothsk.Certificate` (or the ``RadiusCertificate`` /
+        ``RadiiCertificate`` of the sequential tests) and the inputs' true labels
+        ``y_true`` (labels for an estimator's certificate, class indices for a bare
+        network's: :meth:`~smoothsk.Certificate.is_correct` checks which)."""
+        correct = np.asarray(certificate.is_correct(y_true), dtype=bool)
+        radius = np.asarray(certificate.radius, dtype=float)
+        settings = {"sigma": getattr(certificate, "sigma", None),
+                    "n": getattr(certificate, "n", getattr(certificate, "max_n", None)),
+                    "alpha": getattr(certificate, "alpha", None)}
+        return cls(name, np.arange(len(radius)), radius, correct, settings, name_given=True)
 
     def certified_accuracy(self, radii) -> np.ndarray:
         """``CA(r)`` = fraction of inputs that are correct with radius ≥ r."""
@@ -153,12 +167,29 @@ def parse_radii(text: str) -> np.ndarray:
     return radii
 
 
+def run_labels(runs: list[CertificationRun]) -> list[str]:
+    """How tables and plots name the runs: each run's :attr:`~CertificationRun.label`
+    (method and σ from its sidecar, else its name), with the data set added when the
+    runs do not all share one, and the file name added where two labels would coincide."""
+    labels = [run.label for run in runs]
+    datasets = [run.setting("dataset") for run in runs]
+    if len(set(datasets)) > 1:
+        labels = [f"{label} ({dataset or 'data set unknown'})"
+                  for label, dataset in zip(labels, datasets)]
+    if len(set(labels)) < len(labels):
+        labels = [label if labels.count(label) == 1 or run.name_given
+                  else f"{label} [{run.name}]" for label, run in zip(labels, runs)]
+    return labels
+
+
 def markdown_table(runs: list[CertificationRun], radii) -> str:
-    """A Markdown table: one row per run, ACR then certified accuracy (%) at each radius."""
+    """A Markdown table: one row per run, ACR then certified accuracy (%) at each radius.
+
+    Runs are named as in the plot (:func:`run_labels`)."""
     header = ["run", "N", "ACR", *[f"r={r:g}" for r in radii]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in runs:
-        cells = [run.name, str(len(run.radius)), f"{run.average_certified_radius:.3f}"]
+    for run, label in zip(runs, run_labels(runs)):
+        cells = [label, str(len(run.radius)), f"{run.average_certified_radius:.3f}"]
         cells += [f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -180,57 +211,87 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     return float(sigma * norm.ppf(alpha ** (1.0 / n)))
 
 
-def plot_certified_accuracy(runs: list[CertificationRun], path, *, max_radius=None,
-                            title: str | None = None, size=(3.4, 2.5), dpi: int = 300) -> Path:
+def plot_certified_accuracy(runs, path=None, *, ax=None, y_true=None, max_radius=None,
+                            title: str | None = None, size=(3.4, 2.5), dpi: int = 300):
     """Certified accuracy (%) against l2 radius, one line per run, for a paper column.
 
-    The format follows the suffix of ``path`` (PDF, SVG or PNG).  Legends name each run's
-    method and σ when its sidecar says them (else the file name or the given name); the
-    title line gives the number of inputs N, n and α when the runs share them, and a
-    dotted line marks the largest radius CERTIFY can certify with that n
-    (``σ Φ⁻¹(α^(1/n))``) for each σ.  The default ``size`` (3.4 × 2.5 inches) fits one
-    column of a two-column paper; PNGs are written at ``dpi``.
+    Parameters
+    ----------
+    runs : list of CertificationRun or Certificate
+        Runs read from TSVs (:func:`read_certification_tsv`), or certificates
+        (``Certificate``, ``RadiusCertificate``, ``RadiiCertificate``) with ``y_true``.
+    path : str, Path or None
+        Where to write the figure; the format follows the suffix (PDF, SVG or PNG, at
+        ``dpi``).  None writes nothing.
+    ax : matplotlib Axes or None
+        Draw into this Axes (matplotlib's convention); None makes a figure of ``size``
+        inches (one column of a two-column paper) without touching pyplot's state or the
+        backend.
+    y_true : array-like or None
+        The true labels of the certified inputs, for the certificates among ``runs``.
+    max_radius : float or None
+        The x-axis' end (default: the largest radius, plus 5 %).
+    title : str or None
+        A first title line; the second gives N, n and α when the runs share them.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn into.  Legends name each run's method and σ when its sidecar says
+        them (:func:`run_labels`); a dotted line marks the largest radius CERTIFY can
+        certify with that n (``σ Φ⁻¹(α^(1/n))``) for each σ.
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in PLOT_FORMATS:
+    path = None if path is None else Path(path)
+    fmt = None if path is None else path.suffix.lower().lstrip(".")
+    if path is not None and fmt not in PLOT_FORMATS:
         raise ValueError(f"The plot's file name must end in one of "
                          f"{', '.join('.' + f for f in PLOT_FORMATS)}; got {path.name!r}.")
+    runs = list(runs)
+    if not runs:
+        raise ValueError("Pass at least one run or certificate to plot.")
+    if any(not isinstance(run, CertificationRun) for run in runs):
+        if y_true is None:
+            raise ValueError("A certificate holds radii but not the true labels: pass "
+                             "y_true=... (the labels of the certified inputs).")
+        runs = [run if isinstance(run, CertificationRun) else
+                CertificationRun.from_certificate(run, y_true, f"certificate {i + 1}")
+                for i, run in enumerate(runs)]
     top = max_radius or max(1e-6, max(float(run.radius.max()) for run in runs)) * 1.05
     grid = np.linspace(0.0, top, 400)
     # svg.fonttype "none" keeps text as text: editable in a paper, searchable in tests.
-    with matplotlib.rc_context({"font.size": 7, "axes.titlesize": 7, "legend.fontsize": 6,
-                                "svg.fonttype": "none", "pdf.fonttype": 42}):
-        figure, axes = plt.subplots(figsize=size, dpi=dpi, layout="constrained")
-        for run in runs:
-            axes.plot(grid, 100.0 * run.certified_accuracy(grid), label=run.label, lw=1.2)
+    style = {"font.size": 7, "axes.titlesize": 7, "legend.fontsize": 6,
+             "svg.fonttype": "none", "pdf.fonttype": 42}
+    with matplotlib.rc_context(style):
+        if ax is None:
+            from matplotlib.figure import Figure
+
+            figure = Figure(figsize=size, dpi=dpi, layout="constrained")
+            ax = figure.add_subplot()
+        for run, label in zip(runs, run_labels(runs)):
+            ax.plot(grid, 100.0 * run.certified_accuracy(grid), label=label, lw=1.2)
         n, alpha = _common(runs, "n"), _common(runs, "alpha")
         if n and alpha:
             sigmas = {run.setting("sigma") for run in runs} - {None}
             for sigma in sorted(float(s) for s in sigmas):
                 limit = max_certifiable_radius(sigma, int(n), float(alpha))
                 if limit < top:
-                    axes.axvline(limit, color="0.5", ls=":", lw=0.8)
-                    axes.annotate(f"max at n (σ={sigma:g})", (limit, 97), rotation=90,
-                                  ha="right", va="top", fontsize=5, color="0.4")
+                    ax.axvline(limit, color="0.5", ls=":", lw=0.8)
+                    ax.annotate(f"max at n (σ={sigma:g})", (limit, 97), rotation=90,
+                                ha="right", va="top", fontsize=5, color="0.4")
         caption = [f"N = {len(runs[0].radius):,}" if len({len(r.radius) for r in runs}) == 1
                    else None, f"n = {int(n):,}" if n else None,
                    f"α = {alpha:g}" if alpha else None]
         caption = ", ".join(c for c in caption if c)
-        axes.set_title("\n".join(line for line in (title, caption) if line))
-        axes.set_xlabel("l2 radius")
-        axes.set_ylabel("certified accuracy (%)")
-        axes.set_ylim(0, 100)
-        axes.set_xlim(0, top)
-        axes.grid(alpha=0.3, lw=0.5)
-        axes.legend(frameon=False)
-        try:
+        ax.set_title("\n".join(line for line in (title, caption) if line))
+        ax.set_xlabel("l2 radius")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_xlim(0, top)
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.legend(frameon=False)
+        if path is not None:
+            figure = ax.figure
             atomic_write(path, lambda stream: figure.savefig(stream, dpi=dpi, format=fmt))
-        finally:
-            plt.close(figure)
-    return path
+    return ax

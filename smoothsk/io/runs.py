@@ -30,6 +30,7 @@ from smoothsk.io.model_file import load_model, save_model
 
 __all__ = [
     "TSV_HEADER",
+    "count_complete_rows",
     "RunLockedError",
     "RunMismatchError",
     "exclusive_run",
@@ -92,6 +93,15 @@ def exclusive_run(out):
             lock_path.unlink(missing_ok=True)  # still held: nobody can have it meanwhile
     finally:
         handle.close()
+
+
+def count_complete_rows(out) -> int:
+    """How many complete rows a certification TSV holds (0 when it does not exist yet);
+    reads only, never cuts a partial last row."""
+    out = Path(out)
+    if not out.exists():
+        return 0
+    return max(0, out.read_bytes().count(b"\n") - 1)
 
 
 def _complete_rows(out: Path) -> list[str]:

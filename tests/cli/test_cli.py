@@ -524,3 +524,48 @@ def test_train_refuses_to_overwrite_a_file_that_is_not_a_model(model, tmp_path):
     assert run_here("train", "--dataset", "digits", "--method", "gaussian", "--epochs", "1",
                     "--max-train", "64", "--quiet", "--out", copy).returncode == 0
     assert copy.read_bytes() != Path(model).read_bytes()
+
+
+def test_a_pickle_only_model_never_goes_to_a_safe_format_name(tmp_path):
+    """A denoiser in front of a classifier from a trusted pickle can only be saved as a
+    pickle: ``--out den.smoothsk`` would put a pickle under the safe format's suffix."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from smoothsk.datasets import load_dataset
+
+    X, y = load_dataset("digits", split="train", flat=True)
+    joblib.dump(LogisticRegression(max_iter=50).fit(X[:200], y[:200]), tmp_path / "lr.joblib")
+    result = run_here("train", "--dataset", "digits", "--method", "denoised", "--classifier",
+                      tmp_path / "lr.joblib", "--trust-pickle", "--epochs", "1", "--quiet",
+                      "--out", tmp_path / "den.smoothsk")
+    assert result.returncode == 2 and "can only be saved as a joblib pickle" in result.stderr
+    assert "--out " + str(tmp_path / "den.joblib") in result.stderr
+    assert not (tmp_path / "den.smoothsk").exists()
+    # a scikit-learn pickle without --trust-pickle is named for what it is
+    result = run_here("certify", tmp_path / "lr.joblib", "--dataset", "digits", "--sigma",
+                      "0.25", "--out", tmp_path / "c.tsv")
+    assert result.returncode == 2 and "is a pickle (a joblib or pickle file" in result.stderr
+    assert "smoothsk 0.1" not in result.stderr
+
+
+def test_finished_runs_say_so_and_tables_name_runs_as_the_plot_does(model, tmp_path):
+    common = ["--dataset", "digits", "--n", "100", "--quiet", "--out", tmp_path / "c.tsv"]
+    first = run_here("certify", model, "--max", "4", *common)
+    assert first.returncode == 0 and "certified 4 inputs" in first.stdout
+    again = run_here("certify", model, "--max", "4", *common)
+    assert again.returncode == 0 and "already certified" in again.stdout
+    assert "in 0.0 s" not in again.stdout
+    more = run_here("certify", model, "--max", "6", *common)
+    assert "certified 2 inputs" in more.stdout and "4 were already there" in more.stdout
+    table = run_here("report", tmp_path / "c.tsv")
+    assert "Gaussian, σ = 0.25" in table.stdout  # as the plot's legend, not the file stem
+    helped = " ".join(run_here("report", "--help").stdout.split())  # argparse wraps lines
+    assert ".pdf, .svg or .png" in helped and "end of the plot's radius axis" in helped
+    assert "where the model, the TSV" in " ".join(run_here("demo", "--help").stdout.split())
+
+
+def test_one_epoch_is_one_epoch(tmp_path):
+    result = run_here("train", "--dataset", "digits", "--method", "gaussian", "--epochs", "1",
+                      "--max-train", "64", "--quiet", "--out", tmp_path / "m.smoothsk")
+    assert result.returncode == 0 and " for 1 epoch in " in result.stdout
