@@ -26,6 +26,7 @@ code when loaded; :func:`load_model` reads them only with ``trusted=True``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -43,7 +44,7 @@ from smoothsk.io.stored_params import (
 )
 
 __all__ = ["FORMAT_VERSION", "check_stored_param", "load_classifier", "load_model",
-           "register_network", "save_model"]
+           "register_network", "save_model", "weights_digest"]
 
 FORMAT_NAME = "smoothsk-model"
 FORMAT_VERSION = 1
@@ -170,19 +171,38 @@ def _archive(estimator, allowed: dict[str, type]) -> dict:
         params["classifier"] = {"model": "classifier"}
         params["prefit"] = True  # the stored classifier is the fitted one
     info = getattr(estimator, "training_info_", None)
+    state = {name: tensor.detach().cpu().contiguous()
+             for name, tensor in estimator.module_.state_dict().items()}
     document = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
         "smoothsk_version": smoothsk.__version__,
         "estimator": allowed_names[type(estimator)], "params": params,
         "fitted": _fitted_attributes(estimator),
         "training_info": json.loads(json.dumps(info)) if info is not None else None,
+        "weights_sha256": weights_digest(state),
     }
-    state = {name: tensor.detach().cpu().contiguous()
-             for name, tensor in estimator.module_.state_dict().items()}
     archive = {"document": json.dumps(document), "state_dict": state}
     if models:
         archive["models"] = models
     return archive
+
+
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 of a ``state_dict``: every tensor's name, dtype, shape and bytes, by name.
+
+    Model files record it and :func:`load_model` checks it, because torch's archive
+    reader does not check the zip's CRCs: a damaged copy (a flipped bit inside a tensor)
+    would otherwise load, and certify, another network.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state_dict entry {name!r} is not a tensor")
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _read_archive(path: Path) -> dict:
@@ -300,7 +320,18 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
     from smoothsk.base import SmoothedClassifier
 
     allowed = _allowed_classes()
-    params = _checked_params(document.get("params"), allowed, path)
+    params = _checked_params(document.get("params"), allowed, path)  # the trust boundary first
+    recorded = document.get("weights_sha256")  # files written before this check have none
+    if recorded is not None:
+        try:
+            actual = weights_digest(state) if isinstance(state, dict) else None
+        except TypeError:
+            actual = None
+        if actual != recorded:
+            raise ValueError(
+                f"{path} is damaged: its weights differ from the digest recorded when it was "
+                "saved (a corrupted copy or download). Copy the file again from its source, "
+                "or retrain.")
     try:
         cls = decode_param({"class": document["estimator"]}, allowed)
         if not issubclass(cls, SmoothedClassifier):

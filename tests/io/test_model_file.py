@@ -230,3 +230,32 @@ def test_a_file_naming_a_class_by_its_old_module_still_loads(digits, tmp_path):
     loaded = load_model(tmp_path / "old")
     assert type(loaded) is PretrainedSmoothingClassifier
     np.testing.assert_array_equal(loaded.predict(X[:20]), clf.predict(X[:20]))
+
+
+def test_a_damaged_copy_is_refused_not_loaded_as_another_network(fitted, tmp_path):
+    """torch's archive reader ignores the zip's CRCs: 64 flipped bytes inside the largest
+    tensor used to load, and certify, another network.  The document's weights digest
+    catches it."""
+    import struct
+
+    from smoothsk.io.model_file import weights_digest
+
+    save_model(fitted, tmp_path / "m.smoothsk")
+    data = bytearray((tmp_path / "m.smoothsk").read_bytes())
+    with zipfile.ZipFile(tmp_path / "m.smoothsk") as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+    name_length, extra_length = struct.unpack(
+        "<HH", data[largest.header_offset + 26: largest.header_offset + 30])
+    start = largest.header_offset + 30 + name_length + extra_length + largest.file_size // 2
+    for k in range(64):
+        data[start + k] ^= 0xFF
+    (tmp_path / "flipped.smoothsk").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is damaged: its weights differ from the digest"):
+        load_model(tmp_path / "flipped.smoothsk")
+    # the digest covers names, dtypes, shapes and bytes
+    state = {"w": torch.zeros(2, 3)}
+    assert weights_digest(state) != weights_digest({"w": torch.zeros(3, 2)})
+    assert weights_digest(state) != weights_digest({"v": torch.zeros(2, 3)})
+    assert weights_digest(state) != weights_digest({"w": torch.zeros(2, 3, dtype=torch.float64)})
+    assert load_model(tmp_path / "m.smoothsk").predict(np.zeros((1, 64), np.float32)).shape \
+        == (1,)

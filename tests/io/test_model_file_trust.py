@@ -77,12 +77,17 @@ def saved(digits, tmp_path_factory):
 
 
 def _plant(saved, tmp_path, params: dict, compiled: bool):
+    from smoothsk.io.model_file import weights_digest
+
     archive = torch.load(saved, weights_only=True)
     document = json.loads(archive["document"])
     document["params"].update(params)
-    archive["document"] = json.dumps(document)
     if compiled:  # what skorch's compiled module would hold
         archive["state_dict"] = {"_orig_mod." + k: v for k, v in archive["state_dict"].items()}
+    # as a file written by such a model would record (the digest guards against damage,
+    # not against a crafted file: whoever writes a file chooses its weights anyway)
+    document["weights_sha256"] = weights_digest(archive["state_dict"])
+    archive["document"] = json.dumps(document)
     path = tmp_path / "planted.smoothsk"
     torch.save(archive, path)
     return path
