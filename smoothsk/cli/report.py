@@ -54,9 +54,7 @@ def run(args) -> int:
 
     try:
         radii = parse_radii(args.radii)
-        # Labels are text: a "$" would start matplotlib's math mode (and fail to parse).
-        names = ([name.replace("$", r"\$") for name in args.labels.split(",")]
-                 if args.labels else [None] * len(args.runs))
+        names = args.labels.split(",") if args.labels else [None] * len(args.runs)
         if len(names) != len(args.runs):
             raise ValueError(f"--labels has {len(names)} names for {len(args.runs)} runs.")
         runs = [read_certification_tsv(path, name) for path, name in zip(args.runs, names)]

@@ -102,8 +102,37 @@ def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
         settings = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
     except (ValueError, RecursionError):  # a damaged sidecar only loses the descriptions
         settings = None
-    run.settings = settings if isinstance(settings, dict) else None
+    run.settings = _described(settings)
     return run
+
+
+_TEXT_FIELDS = ("method", "bound", "interval", "noise", "noise_step", "dataset", "split",
+                "precision")
+_NUMBER_FIELDS = ("sigma", "n", "n0", "max_n", "alpha")
+
+
+def _described(settings):
+    """The sidecar's fields a report reads, each of its own type; a field of another type
+    is dropped like a damaged sidecar (it only describes the run: the rows are the TSV's),
+    so that a crafted or damaged sidecar can neither crash a report nor mislabel a run."""
+    if not isinstance(settings, dict):
+        return None
+
+    def number(value) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and bool(np.isfinite(value)) and value > 0)
+
+    kept = {}
+    for source in (settings, settings.get("describes")):
+        if not isinstance(source, dict):
+            continue
+        for key in _TEXT_FIELDS:
+            if isinstance(source.get(key), str) and len(source[key]) <= 200:
+                kept.setdefault(key, source[key])
+        for key in _NUMBER_FIELDS:
+            if number(source.get(key)):
+                kept.setdefault(key, source[key])
+    return kept
 
 
 def _read_tsv(path: Path, name: str | None) -> CertificationRun:
@@ -115,13 +144,20 @@ def _read_tsv(path: Path, name: str | None) -> CertificationRun:
                              "certification TSV (idx label predict radius correct time).")
         reader.fieldnames = fields
         idx, radius, correct = [], [], []
-        for line, row in enumerate(reader, start=2):
-            try:
-                radius.append(float(row["radius"]))
-                correct.append(bool(int(float(row["correct"]))))
-                idx.append(int(row["idx"]) if row.get("idx") not in (None, "") else line - 2)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{path}, line {line}: cannot parse {row!r}.") from exc
+        line = 1
+        try:
+            for line, row in enumerate(reader, start=2):
+                try:
+                    radius.append(float(row["radius"]))
+                    correct.append(bool(int(float(row["correct"]))))
+                    idx.append(int(row["idx"]) if row.get("idx") not in (None, "") else
+                               line - 2)
+                except (TypeError, ValueError) as exc:
+                    shown = {key: _shorten(str(value)) for key, value in row.items()}
+                    raise ValueError(f"{path}, line {line}: cannot parse {shown!r}.") from exc
+        except csv.Error as exc:  # a field beyond csv's limit, a NUL byte, ...
+            raise ValueError(f"{path}, line {line + 1}: not a certification TSV row ({exc}); "
+                             "the file is corrupt or not a certification TSV.") from exc
     if not radius:
         raise ValueError(f"{path} has no rows.")
     radius = np.asarray(radius)
@@ -140,6 +176,16 @@ def _read_tsv(path: Path, name: str | None) -> CertificationRun:
 
 MAX_RADII = 10_000
 """The most radii a table or a curve is computed at."""
+
+
+def _plain(text: str) -> str:
+    """``text`` shown as written: a ``$`` in a file name, a label or a title would start
+    matplotlib's math mode (and fail to parse, or render as math)."""
+    return text.replace("$", r"\$")
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_radii(text: str) -> np.ndarray:
@@ -270,7 +316,7 @@ def plot_certified_accuracy(runs, path=None, *, ax=None, y_true=None, max_radius
             figure = Figure(figsize=size, dpi=dpi, layout="constrained")
             ax = figure.add_subplot()
         for run, label in zip(runs, run_labels(runs)):
-            ax.plot(grid, 100.0 * run.certified_accuracy(grid), label=label, lw=1.2)
+            ax.plot(grid, 100.0 * run.certified_accuracy(grid), label=_plain(label), lw=1.2)
         n, alpha = _common(runs, "n"), _common(runs, "alpha")
         if n and alpha:
             sigmas = {run.setting("sigma") for run in runs} - {None}
@@ -284,7 +330,7 @@ def plot_certified_accuracy(runs, path=None, *, ax=None, y_true=None, max_radius
                    else None, f"n = {int(n):,}" if n else None,
                    f"α = {alpha:g}" if alpha else None]
         caption = ", ".join(c for c in caption if c)
-        ax.set_title("\n".join(line for line in (title, caption) if line))
+        ax.set_title("\n".join(_plain(line) for line in (title, caption) if line))
         ax.set_xlabel("l2 radius")
         ax.set_ylabel("certified accuracy (%)")
         ax.set_ylim(0, 100)

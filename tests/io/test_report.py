@@ -69,3 +69,48 @@ def test_tables_and_legends_name_runs_alike_and_name_the_data_sets_when_they_dif
     # two runs of one method and σ stay apart by their file names
     assert run_labels([a, twin]) == ["Gaussian, σ = 0.5 [gaussian-sigma0.5]",
                                      "Gaussian, σ = 0.5 [gaussian-seed2]"]
+
+
+HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+
+
+def test_crafted_tsvs_and_sidecars_give_one_clear_error_or_lose_only_descriptions(tmp_path):
+    import json
+
+    from smoothsk.io.report import read_certification_tsv
+
+    big = tmp_path / "big.tsv"
+    big.write_text(HEADER + "0\t" + "x" * 200_000 + "\t1\t0.5\t1\t0:00:01\n")
+    with pytest.raises(ValueError, match="big.tsv, line 2: not a certification TSV row"):
+        read_certification_tsv(big)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(HEADER + "0\t" + "y" * 5000 + "\t1\tabc\t1\t0\n")
+    with pytest.raises(ValueError, match="line 2: cannot parse") as error:
+        read_certification_tsv(bad)
+    assert len(str(error.value)) < 400  # the row is shown shortened
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text(HEADER + "0\t1\t1\t0.5\t1\t0:00:01\n")
+    sidecar = tsv.with_name("r.tsv.run.json")
+    for settings in ({"method": "gaussian", "sigma": "abc"}, {"method": 5, "sigma": 0.5},
+                     {"n": [1, 2], "alpha": "x", "sigma": 0.5}, {"describes": 7},
+                     {"dataset": {"a": 1}, "bound": 3, "noise": []}):
+        sidecar.write_text(json.dumps(settings))
+        run = read_certification_tsv(tsv)
+        assert run.label == "r"  # no method with a valid σ: the file's name
+        plot_certified_accuracy([run, run], tmp_path / "p.svg")
+        markdown_table([run], [0.0])
+    sidecar.write_text(json.dumps({"describes": {"method": "smoothmix", "sigma": 0.5},
+                                   "n": 1000, "alpha": 0.001}))
+    assert read_certification_tsv(tsv).label == "SmoothMix, σ = 0.5"
+
+
+def test_dollar_signs_in_names_labels_and_titles_are_text(tmp_path):
+    from smoothsk.io.report import read_certification_tsv
+
+    tsv = tmp_path / "a$b^c_{d}.tsv"
+    tsv.write_text(HEADER + "0\t1\t1\t0.5\t1\t0:00:01\n")
+    ax = plot_certified_accuracy([read_certification_tsv(tsv)], tmp_path / "p.svg",
+                                 title="σ = $0.5")
+    svg = (tmp_path / "p.svg").read_text()
+    assert "a$b^c_{d}" in svg and "σ = $0.5" in svg  # shown as written, not as math
+    assert ax.get_legend().get_texts()[0].get_text() == r"a\$b^c_{d}"
