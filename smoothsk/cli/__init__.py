@@ -19,16 +19,24 @@ from smoothsk.cli.train import build_estimator
 __all__ = ["CommandError", "build_estimator", "build_parser", "main"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, as the commands' own are: the
+    mistake and where help is, without argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     """The ``smoothsk`` parser; ``method`` shows that method's options in
     ``smoothsk train --help``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="smoothsk", description="Randomized-smoothing training, certification and reports."
     )
     from smoothsk import __version__
 
     parser.add_argument("--version", action="version", version=f"smoothsk {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: add_parser(*a, formatter_class=DefaultsHelpFormatter, **k)
     train.add_parser(sub, method)
@@ -36,6 +44,16 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     report.add_parser(sub)
     demo.add_parser(sub)
     return parser
+
+
+# What Ctrl-C leaves behind, per command.
+INTERRUPTED = {
+    "train": "the last complete epoch is kept in OUT.ckpt (OUT is not written); run the same "
+             "command again to continue",
+    "certify": "completed rows are kept, run the same command again to continue",
+    "report": "nothing was written (tables and plots are written whole or not at all)",
+    "demo": "run smoothsk demo again (it starts afresh)",
+}
 
 
 def _method_named(argv: list[str]) -> str | None:
@@ -62,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
               f"({exc.filename or 'output'}); nothing was left half-written.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        what = ("the last complete epoch is kept in OUT.ckpt (OUT is not written); run the "
-                "same command again to continue" if args.command == "train" else
-                "completed rows are kept, run the same command again to continue")
-        print(f"smoothsk {args.command}: interrupted; {what}.", file=sys.stderr)
+        print(f"smoothsk {args.command}: interrupted; {INTERRUPTED[args.command]}.",
+              file=sys.stderr)
         return 130

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+from smoothsk.validation import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY
 
 __all__ = ["CommandError", "DefaultsHelpFormatter"]
 
@@ -21,32 +21,27 @@ class CommandError(Exception):
 
 
 # --------------------------------------------------------------------------- value types
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
+def _constrained(convert, constraints: list, what: str):
+    """An argparse type: the text converted, then checked against the library's own
+    constraint (:mod:`smoothsk.validation`), so a value refused here is refused with the
+    words the estimators and functions use for it."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+        if not any(constraint.is_satisfied_by(value) for constraint in constraints):
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text}")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in the open interval (0, 1); got {text}")
-    return value
+positive_int = _constrained(int, POSITIVE_INT, str(POSITIVE_INT[0]))
+non_negative_int = _constrained(int, NON_NEGATIVE_INT, str(NON_NEGATIVE_INT[0]))
+positive_float = _constrained(float, POSITIVE, str(POSITIVE[0]))
+probability = _constrained(float, PROBABILITY, str(PROBABILITY[0]))
 
 
 def assignment(text: str) -> tuple[str, object]:

@@ -187,7 +187,7 @@ def test_a_classifier_you_already_have_certified_and_denoised(model, tmp_path):
     (["train", "--dataset", "cifar100", "--method", "gaussian", "--out", "x"], "invalid choice"),
     (["train", "--dataset", "digits", "--method", "magic", "--out", "x"], "invalid choice"),
     (["train", "--dataset", "digits", "--method", "gaussian", "--sigma", "-1", "--out", "x"],
-     "must be a finite number > 0"),
+     "must be a finite float in the range (0.0, inf)"),
     (["train", "--dataset", "digits", "--method", "crt", "--out", "x"], "needs --teacher"),
     (["train", "--dataset", "digits", "--method", "gaussian", "--target-model", "m", "--out",
       "x"], "--target-model only applies to --method catrs"),
@@ -207,7 +207,8 @@ def test_clear_errors(args, message, tmp_path):
 
 def test_certify_rejects_bad_options_corrupt_models_and_foreign_outputs(model, tmp_path):
     base = ["--dataset", "digits", "--max", "2", "--n", "100", "--quiet"]
-    for bad, message in [(["--alpha", "2"], "open interval"), (["--n0", "0"], "positive")]:
+    for bad, message in [(["--alpha", "2"], "a finite float in the range (0.0, 1.0)"),
+                         (["--n0", "0"], "an int in the range [1, inf)")]:
         result = run_here("certify", model, *base, *bad, "--out", tmp_path / "a.tsv")
         assert result.returncode == 2 and message in result.stderr
     corrupt = tmp_path / "corrupt.pkl"
@@ -569,3 +570,35 @@ def test_one_epoch_is_one_epoch(tmp_path):
     result = run_here("train", "--dataset", "digits", "--method", "gaussian", "--epochs", "1",
                       "--max-train", "64", "--quiet", "--out", tmp_path / "m.smoothsk")
     assert result.returncode == 0 and " for 1 epoch in " in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["certify", "--n", "0", "m"], ["certify", "--alpha", "1.5", "m"], ["train", "--bogus"],
+    [], ["report"], ["train", "--dataset", "digits", "--method", "magic", "--out", "x"],
+    ["certify", "m", "--dataset", "digits", "--out", "r.tsv", "--unknown-option"],
+])
+def test_argparse_refusals_are_one_line_with_where_help_is(args):
+    result = run_here(*args)
+    assert result.returncode == 2 and "usage:" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("smoothsk") and "--help)" in lines[0]
+
+
+@pytest.mark.parametrize("command, says", [
+    ("report", "nothing was written"), ("demo", "run smoothsk demo again"),
+    ("certify", "completed rows are kept"), ("train", "last complete epoch is kept")])
+def test_ctrl_c_says_what_each_command_leaves_behind(command, says, monkeypatch, tmp_path):
+    import importlib
+
+    module = importlib.import_module(f"smoothsk.cli.{command}")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "run", interrupted)
+    words = {"report": ["report", "x.tsv"], "demo": ["demo"],
+             "certify": ["certify", "m", "--dataset", "digits", "--out", "r.tsv"],
+             "train": ["train", "--dataset", "digits", "--method", "gaussian", "--out", "m"]}
+    result = run_here(*words[command], cwd=tmp_path)
+    assert result.returncode == 130 and says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
