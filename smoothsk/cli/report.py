@@ -29,11 +29,17 @@ def print_runs(runs, radii) -> None:
     from smoothsk.io.report import run_labels
 
     header = ["run", "N", "ACR", *[f"r={r:g}" for r in radii]]
-    rows = [[label, str(len(run.radius)), f"{run.average_certified_radius:.3f}",
+    labels = run_labels(runs)
+    rows = [[label, run.size_text, f"{run.average_certified_radius:.3f}",
              *[f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]]
-            for run, label in zip(runs, run_labels(runs))]
+            for run, label in zip(runs, labels)]
     print("certified accuracy (%) at l2 radius r")
     print(text_table(rows, header))
+    for run, label in zip(runs, labels):
+        if run.planned is not None and len(run.radius) < run.planned:
+            print(f"note: {label} is incomplete: {len(run.radius)} of the {run.planned} inputs "
+                  "it was started for are certified (run its certify command again to "
+                  "finish it); its figures describe those inputs only")
 
 
 def write_markdown(path, runs, radii) -> None:

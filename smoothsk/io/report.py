@@ -78,6 +78,19 @@ class CertificationRun:
         return accuracy_curve(self.correct, self.radius, radii)
 
     @property
+    def planned(self) -> int | None:
+        """How many inputs the run was started for (its sidecar's ``indices``), or None."""
+        planned = self.setting("indices")
+        return int(planned) if isinstance(planned, (int, float)) else None
+
+    @property
+    def size_text(self) -> str:
+        """``N``, or ``"N of M"`` for a run stopped before its M inputs were certified."""
+        planned = self.planned
+        done = len(self.radius)
+        return f"{done} of {planned}" if planned is not None and done < planned else str(done)
+
+    @property
     def average_certified_radius(self) -> float:
         return mean_certified_radius(self.correct, self.radius)
 
@@ -108,7 +121,7 @@ def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
 
 _TEXT_FIELDS = ("method", "bound", "interval", "noise", "noise_step", "dataset", "split",
                 "precision")
-_NUMBER_FIELDS = ("sigma", "n", "n0", "max_n", "alpha")
+_NUMBER_FIELDS = ("sigma", "n", "n0", "max_n", "alpha", "indices")
 
 
 def _described(settings):
@@ -235,7 +248,7 @@ def markdown_table(runs: list[CertificationRun], radii) -> str:
     header = ["run", "N", "ACR", *[f"r={r:g}" for r in radii]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run, label in zip(runs, run_labels(runs)):
-        cells = [label, str(len(run.radius)), f"{run.average_certified_radius:.3f}"]
+        cells = [label, run.size_text, f"{run.average_certified_radius:.3f}"]
         cells += [f"{100 * a:.1f}" for a in run.certified_accuracy(radii)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

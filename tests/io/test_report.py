@@ -114,3 +114,18 @@ def test_dollar_signs_in_names_labels_and_titles_are_text(tmp_path):
     svg = (tmp_path / "p.svg").read_text()
     assert "a$b^c_{d}" in svg and "σ = $0.5" in svg  # shown as written, not as math
     assert ax.get_legend().get_texts()[0].get_text() == r"a\$b^c_{d}"
+
+
+def test_a_run_stopped_early_says_so_in_tables(tmp_path):
+    import json
+
+    from smoothsk.io.report import read_certification_tsv
+
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text(HEADER + "".join(f"{i}\t1\t1\t0.5\t1\t0:00:01\n" for i in range(10)))
+    tsv.with_name("r.tsv.run.json").write_text(json.dumps({"indices": 40}))
+    run = read_certification_tsv(tsv)
+    assert run.planned == 40 and run.size_text == "10 of 40"
+    assert "| r | 10 of 40 |" in markdown_table([run], [0.0])
+    tsv.with_name("r.tsv.run.json").write_text(json.dumps({"indices": 10}))
+    assert read_certification_tsv(tsv).size_text == "10"
