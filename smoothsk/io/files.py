@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -29,7 +30,16 @@ def atomic_write(path, write: Callable) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     try:
         with os.fdopen(handle, "wb") as stream:
-            write(stream)
+            recording = _RecordingStream(stream)
+            try:
+                write(recording)
+            except RuntimeError as exc:
+                # torch.save's C++ writer turns a failed write (a full disk) into a
+                # RuntimeError ("unexpected pos ..."): report the I/O error it hides
+                error = _write_error(recording, path)
+                if error is None:
+                    raise
+                raise error from exc
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
@@ -37,6 +47,40 @@ def atomic_write(path, write: Callable) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+class _RecordingStream:
+    """A binary stream that keeps the ``OSError`` of a failed ``write``."""
+
+    def __init__(self, stream):
+        self.stream, self.error = stream, None
+
+    def write(self, data):
+        try:
+            return self.stream.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+# Below this much free space a writer's failure is taken for a full disk.
+FULL_DISK_BYTES = 1 << 20
+
+
+def _write_error(recording: _RecordingStream, path: Path) -> OSError | None:
+    if recording.error is not None:
+        return OSError(recording.error.errno, recording.error.strerror or str(recording.error),
+                       str(path))
+    try:
+        stats = os.statvfs(path.parent or ".")
+    except OSError:
+        return None
+    if stats.f_bavail * stats.f_frsize < FULL_DISK_BYTES:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -259,3 +259,39 @@ def test_a_damaged_copy_is_refused_not_loaded_as_another_network(fitted, tmp_pat
     assert weights_digest(state) != weights_digest({"w": torch.zeros(2, 3, dtype=torch.float64)})
     assert load_model(tmp_path / "m.smoothsk").predict(np.zeros((1, 64), np.float32)).shape \
         == (1,)
+
+
+def test_a_full_disk_under_torch_save_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    """torch.save's writer turns the failed write of a full disk into a RuntimeError
+    ("unexpected pos ..."), which reached the user as a 39-line traceback from train."""
+    import errno
+
+    from smoothsk.io import files
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, stream):
+            self.stream, self.written = stream, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.stream.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.stream.close()
+
+    monkeypatch.setattr(files.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    target = tmp_path / "m.smoothsk"
+    with pytest.raises(OSError) as error:
+        files.atomic_write(target, lambda stream: torch.save(torch.zeros(10_000), stream))
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary left
