@@ -65,6 +65,7 @@ class NoiseSampler:
         self.device, self.dtype = module_device_dtype(module)
         # noisy rows before the network: lattice coordinates need exact integers
         self.row_dtype = lattice.lattice_dtype(self.dtype) if lattice else self.dtype
+        self.checked = False  # whether a batch has gone through the network
         self.precision = check_precision(precision, self.device)
         self.generator = torch.Generator(device=self.device)
         self._offsets = {}  # shared noise: (inputs, classes, block size, tile) -> offsets
@@ -88,7 +89,17 @@ class NoiseSampler:
         if self.lattice is not None:  # lattice points to inputs, in place (rows are ours)
             batch = self.lattice.from_lattice(batch, self.dtype)
         with precision_context(self.precision, self.device):
-            logits = self.module(batch)
+            try:
+                logits = self.module(batch)
+            except RuntimeError as exc:
+                if not self.checked:  # the first batch: a network of another input shape
+                    raise ValueError(
+                        f"The network cannot process inputs of shape {tuple(batch.shape[1:])} "
+                        f"({exc}). Pass inputs of the shape it was built for (e.g. reshape "
+                        "images to (N, channels, height, width), or flat features to "
+                        "(N, features)).") from exc
+                raise
+        self.checked = True
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(batch):
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
             raise ValueError(

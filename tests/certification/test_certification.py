@@ -474,3 +474,11 @@ def test_verbose_certification_shows_progress_and_the_time_left(small_net, small
     err = capsys.readouterr().err
     # off a terminal: a log line with the count, the rate and the time left
     assert f"{len(small_X)}/{len(small_X)}" in err and "left" in err and "certify" in err
+
+
+@pytest.mark.parametrize("shared_noise", [False, True])
+def test_a_network_of_another_input_width_is_refused_with_what_to_do(shared_noise):
+    """torch's "mat1 and mat2 shapes cannot be multiplied" used to reach the user."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5, 3))
+    with pytest.raises(ValueError, match=r"cannot process inputs of shape \(4,\).*Pass inputs"):
+        certify(net, np.zeros((2, 4), np.float32), 0.5, n0=5, n=10, shared_noise=shared_noise)
