@@ -247,3 +247,30 @@ class SmoothedPredictionMixin:
         self.check_n_classes(result.selection_counts.shape[1])
         result.classes = self.classes_
         return result
+
+    def certify_incremental(self, X, original, certificate: Certificate, *,
+                            n_zeta: int = 10_000, alpha_zeta: float = 0.001,
+                            batch_size=None, random_state=None,
+                            index_offset: int = 0) -> Certificate:
+        """Certify this estimator, a modified copy of ``original`` (a reduced-precision,
+        pruned, fine-tuned or quantized one), from ``original``'s finished ``certificate``
+        on the same ``X`` (see :func:`smoothsk.certify_incremental`).
+
+        Replays the certificate's draws, bounds how often the two networks disagree and
+        certifies from ``p̲_A − ζ̄`` at ``certificate.alpha + alpha_zeta``, falling back to
+        plain CERTIFY where that is weaker.  This estimator's ``precision`` is the modified
+        network's arithmetic; ``original`` runs at the certificate's.  Defaults come from
+        the estimator as in :meth:`certify`.
+        """
+        from smoothsk.certification.incremental import certify_incremental
+
+        X = self.check_fitted_inputs(X)
+        with torch_threads(self.n_threads):
+            result = certify_incremental(
+                self.module_, original, X, certificate, n_zeta=n_zeta, alpha_zeta=alpha_zeta,
+                modified_precision=self.precision,
+                **self._defaults(batch_size=batch_size, random_state=random_state),
+                index_offset=index_offset)
+        self.check_n_classes(result.counts.shape[1])
+        result.classes = self.classes_
+        return result

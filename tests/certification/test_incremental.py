@@ -84,3 +84,25 @@ def test_a_bf16_copy_is_certified_from_the_fp32_certificate(digits):
     assert bf16.precision == "bf16" and (bf16.samples == 1000).mean() > 0.5
     kept = (bf16.prediction != ABSTAIN) & (bf16.samples == 1000)
     assert np.all(bf16.radius[kept] <= cert.radius[kept] + 1e-12)  # ζ̄ only lowers p̲_A
+
+
+def test_the_estimator_form_certifies_its_bf16_copy_as_the_function_does(digits):
+    import copy
+
+    from smoothsk import GaussianAugClassifier
+    from smoothsk.testing import tiny_estimator_params
+
+    X, y = digits
+    clf = GaussianAugClassifier(**tiny_estimator_params(input_range=(0, 1), n=400))
+    clf.fit(X[:200], y[:200])
+    cert = clf.certify(X[:12])
+    bf16 = copy.deepcopy(clf).set_params(precision="bf16")
+    result = bf16.certify_incremental(X[:12], clf, cert, n_zeta=300, alpha_zeta=0.01)
+    direct = certify_incremental(clf, clf, X[:12], cert, n_zeta=300, alpha_zeta=0.01,
+                                 modified_precision="bf16", random_state=clf.random_state,
+                                 batch_size=clf.certify_batch_size)
+    np.testing.assert_array_equal(result.radius, direct.radius)
+    np.testing.assert_array_equal(result.prediction, direct.prediction)
+    assert result.alpha == pytest.approx(cert.alpha + 0.01)
+    # labels, as the estimator's own certificates give them
+    assert set(result.labels()) <= set(clf.classes_) | {-1}
