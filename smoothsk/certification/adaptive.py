@@ -142,11 +142,21 @@ class RadiusCertificate:
         return self.certified & (predicted == y_true)
 
 
-@validate_params({**SAMPLING_CONSTRAINTS, "radius": NON_NEGATIVE, "y": ["array-like", None],
-                  "n0": POSITIVE_INT, "n": POSITIVE_INT, "alpha": PROBABILITY,
-                  "test": [StrOptions(set(TESTS))], "first_round": POSITIVE_INT,
-                  "growth": [Float(1, None, closed="neither"), None]},
-                 prefer_skip_nested_validation=True)
+# What certify_radius accepts (smoothsk.validation: one message per mistake).
+CERTIFY_RADIUS_CONSTRAINTS = {
+    **SAMPLING_CONSTRAINTS,
+    "radius": NON_NEGATIVE,
+    "y": ["array-like", None],
+    "n0": POSITIVE_INT,
+    "n": POSITIVE_INT,
+    "alpha": PROBABILITY,
+    "test": [StrOptions(set(TESTS))],
+    "first_round": POSITIVE_INT,
+    "growth": [Float(1, None, closed="neither"), None],
+}
+
+
+@validate_params(CERTIFY_RADIUS_CONSTRAINTS, prefer_skip_nested_validation=True)
 def certify_radius(
     module: torch.nn.Module,
     X,

@@ -21,6 +21,7 @@ from smoothsk.certification.precision import PRECISION_CHOICES
 from smoothsk.validation import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SIGMA, StrOptions
 
 __all__ = [
+    "all_finite",
     "SHARED_NOISE_CHUNK",
     "SAMPLING_CONSTRAINTS",
     "base_seed",
@@ -208,3 +209,13 @@ def noise_chunk_size(batch_size: int, num: int, shared_noise: bool) -> int:
     stays ``batch_size + NOISE_BLOCK`` noisy rows: inputs join the batch one by one)."""
     size = max(1, batch_size // max(1, num))
     return max(size, SHARED_NOISE_CHUNK) if shared_noise else size
+
+
+def all_finite(values: torch.Tensor) -> torch.Tensor:
+    """A device bool: no NaN or ±inf in ``values``.  One reduction pass (``aminmax``
+    propagates NaN, and ±inf shows in the max or the min) where ``isfinite(...).all()``
+    makes several over the whole tensor."""
+    if values.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=values.device)
+    low, high = torch.aminmax(values)
+    return torch.isfinite(low) & torch.isfinite(high)

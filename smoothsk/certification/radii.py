@@ -219,10 +219,20 @@ def grid_run(module, X, sigma, radii, *, y, n0, max_n, alpha, first_round, growt
     return top, selection, fired, hits, drawn, level
 
 
-@validate_params({**SAMPLING_CONSTRAINTS, "radii": ["array-like"], "y": ["array-like", None],
-                  "n0": POSITIVE_INT, "max_n": POSITIVE_INT, "alpha": PROBABILITY,
-                  "first_round": POSITIVE_INT, "growth": [Float(1, None, closed="neither")]},
-                 prefer_skip_nested_validation=True)
+# What certify_radii accepts (smoothsk.validation: one message per mistake).
+CERTIFY_RADII_CONSTRAINTS = {
+    **SAMPLING_CONSTRAINTS,
+    "radii": ["array-like"],
+    "y": ["array-like", None],
+    "n0": POSITIVE_INT,
+    "max_n": POSITIVE_INT,
+    "alpha": PROBABILITY,
+    "first_round": POSITIVE_INT,
+    "growth": [Float(1, None, closed="neither")],
+}
+
+
+@validate_params(CERTIFY_RADII_CONSTRAINTS, prefer_skip_nested_validation=True)
 def certify_radii(
     module: torch.nn.Module,
     X,

@@ -16,6 +16,7 @@ from smoothsk.certification import heap
 from smoothsk.certification.adapters import as_base_network
 from smoothsk.certification.inputs import (
     SAMPLING_CONSTRAINTS,
+    all_finite,
     base_seed,
     check_index_offset,
     check_positive_int,
@@ -284,16 +285,6 @@ def shared_noise_tile(row_bytes: int) -> int:
     return min(NOISE_BLOCK, max(1, SHARED_NOISE_TILE_BYTES // max(1, row_bytes)))
 
 
-def all_finite(values: torch.Tensor) -> torch.Tensor:
-    """A device bool: no NaN or ±inf in ``values``.  One reduction pass (``aminmax``
-    propagates NaN, and ±inf shows in the max or the min) where ``isfinite(...).all()``
-    makes several over the whole tensor."""
-    if values.numel() == 0:
-        return torch.ones((), dtype=torch.bool, device=values.device)
-    low, high = torch.aminmax(values)
-    return torch.isfinite(low) & torch.isfinite(high)
-
-
 def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_offset, streams,
                   precision="fp32", progress=None, shared_noise=False, active=None,
                   noise="gaussian", noise_step=None):
@@ -389,8 +380,10 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
     return results
 
 
-@validate_params({**SAMPLING_CONSTRAINTS, "num": POSITIVE_INT},
-                 prefer_skip_nested_validation=True)
+CLASS_COUNTS_CONSTRAINTS = {**SAMPLING_CONSTRAINTS, "num": POSITIVE_INT}
+
+
+@validate_params(CLASS_COUNTS_CONSTRAINTS, prefer_skip_nested_validation=True)
 def class_counts(
     module: torch.nn.Module,
     X,

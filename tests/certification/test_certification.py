@@ -352,7 +352,7 @@ def test_a_varying_number_of_classes_is_refused(shared_noise):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_all_finite_sees_every_kind_of_non_finite_value(dtype):
-    from smoothsk.certification.sampling import all_finite
+    from smoothsk.certification.inputs import all_finite
 
     values = torch.arange(12, dtype=torch.float32).to(dtype)
     assert bool(all_finite(values)) and bool(all_finite(values[:0]))
