@@ -143,14 +143,11 @@ def _archive(estimator, allowed: dict[str, type]) -> dict:
     allowed_names = {cls: name for name, cls in allowed.items() if name not in MOVED_CLASSES}
     if type(estimator) not in allowed_names:
         raise ValueError(f"{type(estimator).__name__} is not a smoothsk estimator.")
-    if hasattr(estimator, "named_estimators_"):  # an ensemble: a list of nested models
-        raise ValueError(
-            f"{type(estimator).__name__} is not stored in the safe format: save each member "
-            "with save_model and rebuild the ensemble from them with prefit=True (or "
-            "pickle it, for files you trust).")
+    ensemble = hasattr(estimator, "named_estimators_")  # members stored as nested models
     params = {name: encode_param(name, value, allowed_names)
               for name, value in estimator.get_params(deep=False).items()
-              if is_saved(name) and name != "classifier"}
+              if is_saved(name) and name != "classifier"
+              and not (ensemble and name in ("estimators", "n_jobs"))}
     for name, value in params.items():
         reason = check_stored_param(name, value)
         if reason is not None:
@@ -158,7 +155,15 @@ def _archive(estimator, allowed: dict[str, type]) -> dict:
                 f"Parameter {name}={value!r} cannot be stored in a safe model file: {reason}. "
                 f"Set it to its default (set_params({name}=...)) before saving.")
     models = {}
-    if hasattr(estimator, "classifier_"):  # the smoothed classifier, stored nested
+    if ensemble:
+        members = []
+        for i, ((name, _), member) in enumerate(zip(estimator.estimators,
+                                                     estimator.estimators_)):
+            models[f"member{i}"] = _archive(unwrap_frozen(member), allowed)
+            members.append({"tuple": [str(name), {"model": f"member{i}"}]})
+        params["estimators"] = members
+        params["prefit"] = True  # the stored members are the fitted ones
+    if hasattr(estimator, "classifier_") and not ensemble:  # the smoothed classifier, nested
         inner = unwrap_frozen(estimator.classifier_)
         if type(inner) not in allowed_names:
             raise ValueError(
@@ -339,9 +344,10 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
         fitted = document["fitted"]
         for name, value in params.items():  # a nested model: {"model": key in models}
             if isinstance(value, dict) and set(value) == {"model"}:
-                if value["model"] not in models:
-                    raise KeyError(f"nested model {value['model']!r}")
-                params[name] = _load_archive(models[value["model"]], path)
+                params[name] = _nested(models, value["model"], path)
+            elif name == "estimators":  # an ensemble's members: [(name, {"model": key})]
+                params[name] = [(member, _nested(models, ref["model"], path))
+                                for member, ref in value]
     except (TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{path} does not describe a loadable estimator ({exc}).") from exc
     try:
@@ -364,6 +370,12 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
         estimator.training_info_ = document["training_info"]
     estimator.smoothsk_version_ = document.get("smoothsk_version")
     return estimator
+
+
+def _nested(models: dict, key, path: Path):
+    if not isinstance(key, str) or key not in models:
+        raise KeyError(f"nested model {key!r}")
+    return _load_archive(models[key], path)
 
 
 def load_classifier(path, *, trusted: bool = False):

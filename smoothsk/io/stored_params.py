@@ -99,9 +99,24 @@ def check_stored_param(name: str, value) -> str | None:
         if name not in CLASS_PARAMS:
             return "a class may only be given as " + ", ".join(sorted(CLASS_PARAMS))
         return None if isinstance(value["class"], str) else "a class is named by a string"
+    if name == "estimators":  # an ensemble's members: [(name, nested model), ...]
+        return None if _is_member_list(value) else (
+            "the members are a list of (name, nested model) pairs")
     if isinstance(value, dict) and set(value) == {"model"}:
         return None if name == "classifier" else "only the classifier is a nested model"
     return None if _is_plain(value) else "it must be a plain value (number, string, list)"
+
+
+def _is_member_list(value) -> bool:
+    if not isinstance(value, list) or not value:
+        return False
+    for item in value:
+        pair = item.get("tuple") if isinstance(item, dict) and set(item) == {"tuple"} else None
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+                and isinstance(pair[1], dict) and set(pair[1]) == {"model"}
+                and isinstance(pair[1]["model"], str)):
+            return False
+    return True
 
 
 def _is_number_or_flag(value) -> bool:

@@ -181,6 +181,10 @@ def test_save_refuses_what_load_would_refuse_and_drops_callback_arguments(digits
     ("device", "cuda:x", False), ("iterator_train__shuffle", True, True),
     ("module", {"class": "smoothsk.models.MLP"}, True), ("lr", {"class": "x.Y"}, False),
     ("module__hidden_units", {"tuple": [32, 16]}, True), ("torch_load_kwargs", None, True),
+    ("estimators", [{"tuple": ["a", {"model": "member0"}]}], True),
+    ("estimators", [{"tuple": ["a", {"class": "os.system"}]}], False),
+    ("estimators", [{"tuple": ["a", "member0"]}], False), ("estimators", [], False),
+    ("estimators", "member0", False), ("classifier", {"model": "member0"}, True),
 ])
 def test_check_stored_param_table(name, value, allowed):
     assert (check_stored_param(name, value) is None) is allowed

@@ -109,6 +109,36 @@ def test_mismatches_are_refused_with_what_to_do(members, digits):
         SmoothedEnsembleClassifier([("a", clone(other)), members[0]], prefit=True).fit(X[:50])
     with pytest.raises(ValueError, match="never modified"):
         SmoothedEnsembleClassifier(members, prefit=True).set_params(m0__lr=0.1)
-    fitted = SmoothedEnsembleClassifier(members, prefit=True, n=100).fit(X[:50])
-    with pytest.raises(ValueError, match="save each member"):
-        save_model(fitted, "unused.smoothsk")
+
+
+def test_an_ensemble_saves_in_the_safe_format_with_its_members_nested(members, digits,
+                                                                      tmp_path):
+    import json
+
+    import torch
+
+    from smoothsk.io.model_file import load_model
+
+    X, _ = digits
+    ensemble = SmoothedEnsembleClassifier(members, prefit=True, n=200, n0=20,
+                                          random_state=0).fit(X[:50])
+    save_model(ensemble, tmp_path / "e.smoothsk")
+    loaded = load_model(tmp_path / "e.smoothsk")
+    assert list(loaded.named_estimators_) == [name for name, _ in members] and loaded.prefit
+    first, again = ensemble.certify(X[300:330]), loaded.certify(X[300:330])
+    np.testing.assert_array_equal(first.radius, again.radius)
+    np.testing.assert_array_equal(first.prediction, again.prediction)
+    # a member's file damaged inside the ensemble's file is refused like any other
+    archive = torch.load(tmp_path / "e.smoothsk", weights_only=True)
+    member = archive["models"]["member0"]
+    member["state_dict"] = {k: v + 1 for k, v in member["state_dict"].items()}
+    torch.save(archive, tmp_path / "damaged.smoothsk")
+    with pytest.raises(ValueError, match="is damaged"):
+        load_model(tmp_path / "damaged.smoothsk")
+    # a member reference that names no nested model is refused
+    document = json.loads(archive["document"])
+    document["params"]["estimators"][0]["tuple"][1] = {"model": "nowhere"}
+    archive["document"] = json.dumps(document)
+    torch.save(archive, tmp_path / "dangling.smoothsk")
+    with pytest.raises(ValueError, match="nested model 'nowhere'"):
+        load_model(tmp_path / "dangling.smoothsk")
