@@ -103,16 +103,48 @@ def certify(
     With probability at least ``1 − α`` (per input) a returned class is the smoothed
     classifier's prediction on the whole l2 ball of the returned radius.
 
-    Parameters are as in :func:`class_counts`, plus ``n0`` and ``n`` (draws for
-    selection and estimation) and ``alpha`` (failure probability per input).
+    Parameters
+    ----------
+    module : torch.nn.Module or fitted classifier
+        The base network (logits), or any fitted classifier (Notes).
+    X : array, tensor, Dataset or DataLoader
+        Inputs of shape ``(N, ...)``.
+    sigma : float > 0
+        Noise level σ, in the inputs' units.
+    n0, n : int >= 1
+        Selection and estimation draws per input.
+    alpha : float in (0, 1)
+        Failure probability per input.
+    batch_size, random_state, index_offset, precision, progress, shared_noise, noise, noise_step
+        As in :func:`class_counts` (``precision="auto"``: bf16 where native, else fp32).
+    n_jobs, chunk_size, threads_per_worker
+        Spread the inputs over joblib workers (Notes); the result equals the serial one.
+    bound : {"binary", "two-class"}
+        How the counts bound the radius (:func:`certified_radius`).
+    interval : {"clopper-pearson", "randomized"}
+        Which confidence bounds.
+    sequential : bool
+        The anytime CERTIFY (Notes), with ``max_n`` (int or None: ``n``) and
+        ``tolerance`` (float or None: σ/10).
+    verbose : bool
+        A progress bar when ``progress`` is None.
+    threads : int or None
+        torch's CPU threads for the call, restored after (None: unchanged).
+
+    Returns
+    -------
+    Certificate
+        Per input: the class index (``ABSTAIN`` where it abstains), the radius, the bound
+        and the counts, with everything needed to check or resume the run.
+
+    Notes
+    -----
     ``n_jobs`` (with ``chunk_size`` and ``threads_per_worker``) spreads the inputs over
     joblib workers, local or on a Dask / Ray cluster (see
     :func:`smoothsk.certification.parallel.map_input_chunks`); the result equals the serial one.
     ``precision`` ("fp32", "bf16", "fp16") is the arithmetic of the network's forward
     pass; noise is drawn and added in fp32, and the guarantee is about the smoothed
     classifier of the network computed at that precision (docs/certification.md).
-    ``threads`` sets torch's CPU threads for the call (restored after; None keeps the
-    current setting): one per process where several run side by side.
     ``progress`` is called with the number of inputs finished as they finish;
     ``verbose=True`` (without ``progress``) shows a progress bar with the rate and the
     time left (tqdm in a terminal or notebook, a line every 30 s in a log), for runs at
@@ -291,8 +323,23 @@ def predict(
     With top-two counts ``n_A ≥ n_B`` among ``n`` draws, return the top class when the
     two-sided binomial test of ``n_A`` out of ``n_A + n_B`` against ``p = 1/2``
     (``scipy.stats.binomtest``) has p-value ≤ α.  The probability of returning a class
-    other than ``g(x)`` is at most α (Cohen et al., Proposition 1).  ``noise`` and
-    ``noise_step`` are as in :func:`certify`.
+    other than ``g(x)`` is at most α (Cohen et al., Proposition 1).
+
+    Parameters
+    ----------
+    module, X, sigma
+        As in :func:`certify`.
+    n : int >= 1
+        Draws per input.
+    alpha : float in (0, 1)
+        The test's level: the probability of returning a class other than ``g(x)``.
+    batch_size, random_state, index_offset, precision, progress, shared_noise, noise, noise_step
+        As in :func:`class_counts`.
+
+    Returns
+    -------
+    ndarray of int, shape (N,)
+        The predicted class index per input, ``ABSTAIN`` where the test is not significant.
     """
     n = check_positive_int(n, "n")
     alpha = check_alpha(alpha)

@@ -109,3 +109,18 @@ def test_the_command_line_says_its_version(capsys):
         build_parser().parse_args(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"smoothsk {__version__}"
+
+
+def test_every_estimators_docstring_lists_the_shared_parameters_with_its_own():
+    """An estimator's page documents σ, n, α, lr, ... as well as its own parameters
+    (they reach it through **kwargs, so numpydoc would show only its own)."""
+    import inspect
+
+    from smoothsk.methods.registry import METHODS
+
+    for cls in METHODS.values():
+        doc = inspect.getdoc(cls)
+        names = {line.split(":")[0].strip() for line in doc.splitlines()
+                 if line and not line.startswith(" ") and " : " in line}
+        assert {"sigma", "n0, n", "alpha", "precision", "n_threads"} <= names, cls.__name__
+        assert doc.count("\nParameters\n----------\n") == 1, cls.__name__
