@@ -28,6 +28,7 @@ from skorch import NeuralNetClassifier
 from smoothsk.certification.noise import NOISES
 from smoothsk.certification.parallel import torch_threads
 from smoothsk.certification.precision import PRECISION_CHOICES
+from smoothsk.docstrings import with_shared_parameters
 from smoothsk.fit_data import FitDataMixin
 from smoothsk.models import default_network, default_network_name, uses_channels_last
 from smoothsk.smoothing import SmoothedPredictionMixin
@@ -70,69 +71,6 @@ def unwrap_frozen(estimator):
 
 
 
-
-
-_SECTIONS = ("Parameters", "Attributes", "Returns", "Examples", "Notes", "See Also",
-             "References", "Methods")
-
-
-def _sections(doc: str) -> list[tuple[str | None, list[str]]]:
-    """A numpydoc docstring (dedented) as ``(heading, lines)`` pieces, in order."""
-    lines, pieces, heading = doc.splitlines(), [], None
-    current: list[str] = []
-    i = 0
-    while i < len(lines):
-        if lines[i].strip() in _SECTIONS and i + 1 < len(lines) \
-                and set(lines[i + 1].strip()) == {"-"}:
-            pieces.append((heading, current))
-            heading, current = lines[i].strip(), []
-            i += 2
-            continue
-        current.append(lines[i])
-        i += 1
-    pieces.append((heading, current))
-    return pieces
-
-
-def _entries(lines: list[str]) -> list[tuple[str, list[str]]]:
-    """A Parameters section's entries: ``(names, lines)`` per unindented ``name : type``."""
-    entries: list[tuple[str, list[str]]] = []
-    for line in lines:
-        if line and not line.startswith(" "):
-            entries.append((line.split(":")[0].strip(), [line]))
-        elif entries:
-            entries[-1][1].append(line)
-    return entries
-
-
-def with_shared_parameters(doc: str | None, base_doc: str | None) -> str | None:
-    """``doc`` with the base class's Parameters entries that it does not document itself
-    appended to its Parameters section (made before its other sections if it has none),
-    so that every estimator's page lists σ, n, α, lr, ... with its own parameters."""
-    if not doc or not base_doc:
-        return doc
-    base = dict(_sections(inspect.cleandoc(base_doc)))
-    shared = _entries(base.get("Parameters", []))
-    pieces = _sections(inspect.cleandoc(doc))
-    own = dict(pieces).get("Parameters", [])
-    named = {name.strip() for names, _ in _entries(own) for name in names.split(",")}
-    extra = [line for names, lines in shared
-             if not {n.strip() for n in names.split(",")} & named for line in lines]
-    if not extra:
-        return doc
-    if "Parameters" not in dict(pieces):
-        pieces.insert(1, ("Parameters", []))
-    out: list[str] = []
-    for heading, lines in pieces:
-        if heading is not None:
-            out += [heading, "-" * len(heading)]
-        if heading == "Parameters":
-            body = [line for line in lines]
-            while body and not body[-1].strip():
-                body.pop()
-            lines = body + extra + [""]
-        out += lines
-    return "\n".join(out)
 
 
 class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixin,
