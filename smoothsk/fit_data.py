@@ -29,6 +29,11 @@ def given_classes(classes) -> np.ndarray:
 
     The order is kept because it is the order of a network's outputs (a teacher's
     logits, a Dataset's class indices); sorting it would permute the predictions.
+
+    Parameters
+    ----------
+    classes : array-like
+        Distinct labels, in the order of the network's outputs.
     """
     classes = np.asarray(classes)
     if classes.ndim != 1 or len(np.unique(classes)) != len(classes):

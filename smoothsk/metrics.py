@@ -47,7 +47,20 @@ def mean_certified_radius(correct, radius) -> float:
 
 
 def average_certified_radius(y_true, certificate: Certificate) -> float:
-    """ACR ``= (1/N) Σ_i R_i · 1[ĉ_i = y_i]`` (Zhai et al. 2020); abstentions give 0."""
+    """ACR ``= (1/N) Σ_i R_i · 1[ĉ_i = y_i]`` (Zhai et al. 2020); abstentions give 0.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (N,)
+        True labels (class indices for a bare network's certificate).
+    certificate : Certificate
+        The certificate of the same N inputs.
+
+    Returns
+    -------
+    float
+        The mean over inputs of the radius where the certified class is the label, else 0.
+    """
     return mean_certified_radius(certificate.is_correct(y_true), certificate.radius)
 
 
@@ -184,6 +197,23 @@ def certified_accuracy_scorer(
     the smoothed step is certified at ``radius · L`` with ``L`` the preprocessing's exact
     l2 Lipschitz constant (:mod:`smoothsk.lipschitz`); an unknown ``L`` raises.
     ``radius_space="last_step"`` measures radii in the smoothed step's own input space.
+
+    Parameters
+    ----------
+    radius : float >= 0
+        The l2 radius at which accuracy is certified.
+    adaptive : bool, default=True
+        The adaptive fixed-radius test (True) or CERTIFY with ``n`` draws on every input.
+    radius_space : {"input", "last_step"}, default="input"
+        Where ``radius`` is measured for a Pipeline.
+    **certification_overrides
+        ``n0``, ``n``, ``alpha``, ``batch_size``, ``random_state`` (and with ``adaptive``,
+        ``first_round``, ``growth``, ``test``) instead of the estimator's.
+
+    Returns
+    -------
+    callable
+        ``scorer(estimator, X, y) -> float``, scikit-learn's scorer protocol.
     """
     _check_radius_space(radius_space)
     radius = float(radius)
@@ -198,7 +228,20 @@ def average_certified_radius_scorer(*, radius_space: str = "input",
                                     **certification_overrides) -> _CertificationScorer:
     """Scorer of the average certified radius (ACR) from CERTIFY; overrides and
     ``radius_space`` as in :func:`certified_accuracy_scorer` (``n0``, ``n``, ``alpha``,
-    ``batch_size``, ``random_state``)."""
+    ``batch_size``, ``random_state``).
+
+    Parameters
+    ----------
+    radius_space : {"input", "last_step"}, default="input"
+        Where radii are measured for a Pipeline.
+    **certification_overrides
+        ``n0``, ``n``, ``alpha``, ``batch_size``, ``random_state`` instead of the estimator's.
+
+    Returns
+    -------
+    callable
+        ``scorer(estimator, X, y) -> float``.
+    """
     _check_radius_space(radius_space)
     return _CertificationScorer("acr", None, _check_overrides(certification_overrides),
                                 radius_space=radius_space)

@@ -55,6 +55,13 @@ def clean_accuracy(net, X, y) -> float:
     """Accuracy of the base network's argmax on clean inputs against skorch's encoded targets.
 
     Used as ``valid_acc`` with skorch's inference cache, so it costs no extra forward pass.
+
+    Parameters
+    ----------
+    net : SmoothedClassifier
+        The estimator being trained.
+    X, y
+        A validation batch and its encoded targets (class indices).
     """
     logits = net.forward(X, training=False)
     return float((to_numpy(logits).argmax(axis=1) == np.asarray(y)).mean())

@@ -106,7 +106,13 @@ def check_parameters(constraints: dict, params: dict, caller: str) -> None:
 
 # --------------------------------------------------------------------------- input domain
 def check_input_range(input_range) -> tuple[float, float] | None:
-    """``input_range`` as ``(low, high)`` floats with ``low < high``, or None."""
+    """``input_range`` as ``(low, high)`` floats with ``low < high``, or None.
+
+    Parameters
+    ----------
+    input_range : (float, float) or None
+        The declared domain of the inputs.
+    """
     if input_range is None:
         return None
     try:

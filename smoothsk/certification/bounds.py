@@ -47,7 +47,20 @@ def lower_confidence_bound(successes, trials, alpha: float) -> np.ndarray:
 
 def upper_confidence_bound(successes, trials, alpha: float) -> np.ndarray:
     """One-sided (1 − α) Clopper–Pearson upper bound: the (1 − α)-quantile of
-    ``Beta(k + 1, n − k)``; ``k = n`` gives 1.  ``P(p_upper < p) ≤ α``."""
+    ``Beta(k + 1, n − k)``; ``k = n`` gives 1.  ``P(p_upper < p) ≤ α``.
+
+    Parameters
+    ----------
+    successes, trials : int or array of int
+        ``k`` votes out of ``n`` draws (broadcast together; ``0 <= k <= n``, ``n >= 1``).
+    alpha : float in (0, 1)
+        The bound's failure probability.
+
+    Returns
+    -------
+    ndarray of float
+        The upper bounds, elementwise.
+    """
     alpha = check_alpha(alpha)
     k, n = _check_counts(successes, trials)
     with np.errstate(invalid="ignore", divide="ignore"):

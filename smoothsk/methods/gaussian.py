@@ -13,7 +13,24 @@ __all__ = ["GaussianAugClassifier", "gaussian_augmentation_loss"]
 def gaussian_augmentation_loss(
     module: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, sigma: float
 ) -> torch.Tensor:
-    """``mean_i CE(f(x_i + δ_i), y_i)`` with one fresh ``δ_i ~ N(0, σ² I)`` per example."""
+    """``mean_i CE(f(x_i + δ_i), y_i)`` with one fresh ``δ_i ~ N(0, σ² I)`` per example.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The base network (logits).
+    X : torch.Tensor of shape (B, ...)
+        A training batch.
+    y : torch.Tensor of shape (B,)
+        Its class indices.
+    sigma : float > 0
+        The noise level.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
+    """
     noisy = X + sigma * torch.randn_like(X)
     return F.cross_entropy(module(noisy), y)
 

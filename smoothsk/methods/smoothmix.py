@@ -34,7 +34,20 @@ __all__ = ["SmoothMixClassifier", "mixup_towards_uniform", "smoothmix_loss", "wa
 
 
 def warmup_factor(epoch: int, warmup: int) -> float:
-    """``w(epoch) = min(1, (epoch + 1) / warmup)`` for a zero-based epoch (1 if ``warmup=0``)."""
+    """``w(epoch) = min(1, (epoch + 1) / warmup)`` for a zero-based epoch (1 if ``warmup=0``).
+
+    Parameters
+    ----------
+    epoch : int >= 0
+        The zero-based training epoch.
+    warmup : int >= 0
+        Epochs of linear warm-up (0: none).
+
+    Returns
+    -------
+    float
+        The factor in (0, 1].
+    """
     return 1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup)
 
 
@@ -42,6 +55,20 @@ def mixup_towards_uniform(x_clean, x_adv, soft_target, lam):
     """SmoothMix's mixup: ``x_mix = (1−λ) x + λ x̃``, ``y_mix = (1−λ) F̂(x) + λ·(1/C)·1``.
 
     ``lam`` holds one λ per example (drawn from U[0, 1/2] in training).
+
+    Parameters
+    ----------
+    x_clean, x_adv : torch.Tensor of shape (B, ...)
+        The inputs and their adversarial counterparts.
+    soft_target : torch.Tensor of shape (B, C)
+        ``F̂(x)``, the smoothed soft classifier's output at ``x_clean``.
+    lam : torch.Tensor of shape (B,)
+        λ per example.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``x_mix`` and ``y_mix``.
     """
     shape = (-1,) + (1,) * (x_clean.ndim - 1)
     mixed_x = (1 - lam).view(shape) * x_clean + lam.view(shape) * x_adv
