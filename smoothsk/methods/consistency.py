@@ -26,6 +26,30 @@ def consistency_loss(
     """``mean_i CE(f(x+δ_i), y) + λ·mean_i KL(F̂ ‖ F(x+δ_i)) + η·H(F̂)``, ``F̂ = mean_i F(x+δ_i)``.
 
     The m noisy copies run as one batch; KL and entropy are averaged over the batch.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The base network (logits), in training mode.
+    X : torch.Tensor of shape (B, ...)
+        A training batch.
+    y : torch.Tensor of shape (B,)
+        Its class indices.
+    sigma : float > 0
+        The noise level.
+    num_noise : int
+        m, noisy copies per example.
+    consistency_weight : float
+        λ, the weight of the KL term.
+    entropy_weight : float
+        η, the weight of the entropy term.
+    noises : torch.Tensor or None
+        Fixed draws instead of fresh ones (for tests).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
     """
     if noises is None:
         noises = draw_noises(X, sigma, num_noise)

@@ -39,6 +39,26 @@ def crt_loss(
     One ``δ_b ~ N(0, σ² I)`` per example, shared by teacher and student; distances
     on raw logits, per example, not squared, averaged over the batch.  The teacher
     runs frozen, in eval mode, without gradients.
+
+    Parameters
+    ----------
+    student, teacher : torch.nn.Module
+        The network trained and the certified network it learns from (frozen).
+    X : torch.Tensor of shape (B, ...)
+        A training batch.
+    y : torch.Tensor of shape (B,)
+        Its class indices.
+    sigma : float > 0
+        The noise level.
+    transfer_weight : float in [0, 1]
+        a, the weight of the transfer term.
+    noise : torch.Tensor or None
+        A fixed draw instead of a fresh one (for tests).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
     """
     noisy = X + (sigma * torch.randn_like(X) if noise is None else noise)
     with frozen(teacher), torch.no_grad():

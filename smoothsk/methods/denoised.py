@@ -54,6 +54,28 @@ def denoiser_loss(
 
     ``classifier`` runs frozen (eval mode, no parameter gradients); gradients reach the
     denoiser through it.  ``"mse"`` needs no classifier.
+
+    Parameters
+    ----------
+    denoiser : torch.nn.Module
+        D, the network trained.
+    classifier : torch.nn.Module or None
+        f, frozen (None only for ``"mse"``).
+    X : torch.Tensor of shape (B, ...)
+        A training batch.
+    y : torch.Tensor of shape (B,)
+        Its class indices (used by ``"classification"``).
+    sigma : float > 0
+        The noise level.
+    objective : {"mse", "stability", "classification", "mse+stability"}
+        The loss.
+    noise : torch.Tensor or None
+        A fixed draw instead of a fresh one (for tests).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
     """
     if objective not in OBJECTIVES[:3]:
         raise ValueError(f"objective must be one of {OBJECTIVES[:3]}; got {objective!r}.")

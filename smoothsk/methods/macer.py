@@ -34,6 +34,35 @@ def macer_loss(
     two entries of ``mean_k softmax(β·f(x + δ_k))``, counted only for examples whose top
     class is ``y`` and whose gap is finite and at most γ (inside the margin).  Infinite
     or NaN gaps are excluded before the sum, so they never propagate.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The base network (logits), in training mode.
+    X : torch.Tensor of shape (B, ...)
+        A training batch.
+    y : torch.Tensor of shape (B,)
+        Its class indices.
+    sigma : float > 0
+        The noise level.
+    num_noise : int
+        k, noise draws per example.
+    inverse_temperature : float
+        β of the tempered softmax.
+    margin : float
+        γ, the hinge's margin on the gap.
+    robustness_weight : float
+        λ, the weight of the robustness term.
+    noises : torch.Tensor or None
+        Fixed draws instead of fresh ones (for tests).
+    return_parts : bool
+        Also return the parts (for tests).
+
+    Returns
+    -------
+    torch.Tensor, or (torch.Tensor, dict)
+        The scalar loss; with ``return_parts`` also a dict of the per-example ``gap``, the
+        ``active`` mask, the ``classification`` term and the ``hinge``.
     """
     if noises is None:
         noises = draw_noises(X, sigma, num_noise)

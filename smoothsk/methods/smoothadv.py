@@ -47,6 +47,32 @@ def smoothadv_loss(
     2. loss ``= (1/m) Σ_i CE(f(x̃ + δ_i), y)`` averaged over the batch.
 
     ``epsilon = 0`` or ``num_steps = 0`` gives Gaussian augmentation with m draws.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The base network (logits), in training mode.
+    X : torch.Tensor of shape (B, ...)
+        A training batch.
+    y : torch.Tensor of shape (B,)
+        Its class indices.
+    sigma : float > 0
+        The noise level.
+    epsilon : float
+        ε, the attack's l2 radius.
+    num_steps : int
+        T, PGD steps.
+    num_noise : int
+        m, noise draws shared by the attack and the loss.
+    clip_range : (float, float) or None
+        Where each attack step is clipped (None: nowhere).
+    noises : torch.Tensor or None
+        Fixed draws instead of fresh ones (for tests).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
     """
     if noises is None:
         noises = draw_noises(X, sigma, num_noise)

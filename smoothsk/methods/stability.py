@@ -29,6 +29,26 @@ def stability_loss(
     the code behind the published Stability baseline).  Clean and noisy inputs go
     through the network in two separate forward passes, as there: with BatchNorm in
     training mode each pass normalises with its own batch statistics.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The base network (logits), in training mode.
+    X : torch.Tensor of shape (B, ...)
+        A training batch.
+    y : torch.Tensor of shape (B,)
+        Its class indices.
+    sigma : float > 0
+        The noise level.
+    stability_weight : float
+        λ, the weight of the stability term.
+    noise : torch.Tensor or None
+        A fixed draw instead of a fresh one (for tests).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
     """
     noisy = X + (sigma * torch.randn_like(X) if noise is None else noise)
     clean_logits = module(X)
