@@ -36,13 +36,31 @@ def certified_accuracy(y_true, certificate: Certificate, radius=0.0):
 
 
 def accuracy_curve(correct, radius, radii) -> np.ndarray:
-    """``CA(r)`` for each r in ``radii`` (flattened): mean of ``correct & radius ≥ r``."""
+    """``CA(r)`` for each r in ``radii`` (flattened): mean of ``correct & radius ≥ r``.
+
+    Parameters
+    ----------
+    correct : array of bool, shape (N,)
+        Whether each input's certified class is its label.
+    radius : array of float, shape (N,)
+        Each input's certified radius.
+    radii : array-like of float
+        Where the curve is evaluated.
+    """
     radii = np.asarray(radii, dtype=np.float64).reshape(-1, 1)
     return (correct[None, :] & (radius[None, :] >= radii)).mean(axis=1)
 
 
 def mean_certified_radius(correct, radius) -> float:
-    """``mean(R_i · 1[correct_i])``: the ACR of per-input radii and correctness masks."""
+    """``mean(R_i · 1[correct_i])``: the ACR of per-input radii and correctness masks.
+
+    Parameters
+    ----------
+    correct : array of bool, shape (N,)
+        Whether each input's certified class is its label.
+    radius : array of float, shape (N,)
+        Each input's certified radius.
+    """
     return float(np.mean(np.where(correct, radius, 0.0)))
 
 

@@ -135,7 +135,13 @@ def compile_fitted(estimator, mode: str = "default") -> None:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network.
+    """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -149,6 +155,17 @@ def uses_channels_last(module: nn.Module, channels_last, device="cpu",
     convolutions), and on a GPU at reduced precision (the tensor cores' layout); not for
     fp32 on a GPU, where it was not measured faster.  A layout never changes a value, only the order
     of sums inside a convolution.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network.
+    channels_last : bool or "auto"
+        The estimator's setting.
+    device : str or torch.device or None
+        Where the network runs (None: where its parameters are).
+    precision : {"fp32", "bf16", "fp16", "auto"}
+        The estimator's precision.
     """
     if channels_last != "auto":
         return bool(channels_last)
@@ -363,6 +380,13 @@ def default_network_name(input_shape, module_params: dict) -> str:
 
     ``"LeNet"`` for square images of side ≥ 16 (``(channels, side, side)``), else
     ``"MLP"`` — also when ``module_params`` holds ``hidden_units`` (the MLP's widths).
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        One input's shape.
+    module_params : dict
+        The estimator's ``module__*`` arguments.
     """
     square = len(input_shape) == 3 and input_shape[1] == input_shape[2] >= 16
     return "LeNet" if square and "hidden_units" not in module_params else "MLP"
@@ -370,7 +394,19 @@ def default_network_name(input_shape, module_params: dict) -> str:
 
 def default_network(name: str, input_shape, n_classes: int, module_params: dict) -> nn.Module:
     """The default network ``name`` (:func:`default_network_name`) sized for
-    ``input_shape`` and ``n_classes``; ``module_params`` (``module__*``) override."""
+    ``input_shape`` and ``n_classes``; ``module_params`` (``module__*``) override.
+
+    Parameters
+    ----------
+    name : {"LeNet", "MLP"}
+        The network.
+    input_shape : tuple of int
+        One input's shape.
+    n_classes : int
+        The number of outputs.
+    module_params : dict
+        ``module__*`` arguments, which override the sizes chosen here.
+    """
     if name == "LeNet":
         channels, side = input_shape[0], input_shape[1]
         return LeNet(**{"num_classes": n_classes, "in_channels": channels,

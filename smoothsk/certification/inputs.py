@@ -70,7 +70,15 @@ def check_positive_int(value, name: str) -> int:
 
 def check_class_indices(y_true: np.ndarray, n_classes: int) -> None:
     """Refuse labels where class indices are expected: compared with indices they would
-    count every input as wrong, in silence."""
+    count every input as wrong, in silence.
+
+    Parameters
+    ----------
+    y_true : ndarray
+        What the caller compares with a certificate's class indices.
+    n_classes : int
+        The network's number of outputs.
+    """
     if y_true.dtype.kind not in "iub" and not (
             y_true.dtype.kind == "f" and np.all(np.mod(y_true, 1) == 0)):
         raise ValueError(
@@ -86,7 +94,13 @@ def check_class_indices(y_true: np.ndarray, n_classes: int) -> None:
 
 
 def base_seed(random_state) -> int:
-    """An int that, with an input's index, determines all of its noise."""
+    """An int that, with an input's index, determines all of its noise.
+
+    Parameters
+    ----------
+    random_state : int >= 0, RandomState or None
+        The run's seed.
+    """
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if random_state < 0:
             raise ValueError(f"random_state must be >= 0; got {random_state!r}.")
@@ -109,6 +123,13 @@ def take_rows(X, rows):
     """``X[rows]`` for arrays and tensors; a ``Subset`` for a torch Dataset.
 
     ``rows`` is a slice or a sequence of integer indices.
+
+    Parameters
+    ----------
+    X : array, tensor or Dataset
+        The inputs.
+    rows : slice or sequence of int
+        Which.
     """
     if isinstance(X, (np.ndarray, torch.Tensor)):
         return X[rows]
@@ -121,6 +142,13 @@ def input_chunks(X, chunk_size: int) -> Iterator[torch.Tensor]:
     """Yield ``X`` in chunks of inputs: arrays, tensors, Datasets or DataLoaders.
 
     Dataset items and DataLoader batches may be ``(x, y)`` pairs; only ``x`` is used.
+
+    Parameters
+    ----------
+    X : array, tensor, Dataset or DataLoader
+        The inputs.
+    chunk_size : int
+        Inputs per chunk (a DataLoader keeps its own batches).
     """
     if isinstance(X, torch.utils.data.DataLoader):
         for batch in X:
@@ -172,7 +200,15 @@ def check_index_offset(index_offset):
 
 
 def global_indices(index_offset, count: int) -> np.ndarray:
-    """Every input's global index: ``index_offset + arange(count)``, or the array given."""
+    """Every input's global index: ``index_offset + arange(count)``, or the array given.
+
+    Parameters
+    ----------
+    index_offset : int or array of int
+        The first input's global index, or every input's.
+    count : int
+        The number of inputs.
+    """
     offset = check_index_offset(index_offset)
     if not isinstance(offset, np.ndarray):
         return offset + np.arange(count)

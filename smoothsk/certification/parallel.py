@@ -39,6 +39,11 @@ def torch_threads(threads: int | None):
     ``None`` changes nothing.  A parallel grid search or ``n_jobs`` certification runs
     several such processes on one machine; one thread each (or ``cores // jobs``) keeps
     them from oversubscribing the cores (docs/scaling.md).
+
+    Parameters
+    ----------
+    threads : int or None
+        Threads inside the block (None: unchanged).
     """
     if threads is None:
         yield

@@ -62,6 +62,13 @@ def check_precision(precision, device=None) -> str:
 
     fp16 runs only where autocast supports it (CUDA); bf16 on a CPU without native bf16
     gives an :class:`EmulatedPrecisionWarning` with what to use instead.
+
+    Parameters
+    ----------
+    precision : {"fp32", "bf16", "fp16", "auto"}
+        The setting asked for.
+    device : str, torch.device or None
+        Where the network runs (None: not checked against a device).
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {sorted(PRECISION_CHOICES)}; "
@@ -85,6 +92,13 @@ def precision_context(precision: str, device):
 
     Only the network runs at reduced precision: noise is drawn and added in the input's
     dtype before, so the smoothed classifier is that of the network *as computed*.
+
+    Parameters
+    ----------
+    precision : {"fp32", "bf16", "fp16", "auto"}
+        The arithmetic of the forward pass.
+    device : str or torch.device
+        Where the network runs.
     """
     dtype = PRECISIONS[resolve_precision(precision, device)]
     if dtype is None:

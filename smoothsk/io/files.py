@@ -25,6 +25,13 @@ def atomic_write(path, write: Callable) -> None:
     A crash, a full disk or an exception in ``write`` leaves ``path`` as it was (or
     absent) and no temporary file behind.  The new file gets the usual mode
     (``0o666`` minus the umask), not ``mkstemp``'s 0600.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write.
+    write : callable
+        ``write(stream)`` writes the content to a binary stream.
     """
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
@@ -84,7 +91,15 @@ def _write_error(recording: _RecordingStream, path: Path) -> OSError | None:
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write` does."""
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write` does.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write.
+    text : str
+        Its whole content.
+    """
     atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
 
 

@@ -63,6 +63,16 @@ def register_network(cls: type) -> type:
     Usable as a decorator.  Loading a file that names an unregistered class fails with
     an error that says to register it; registering is how a user says "I trust this
     class's code" (it is already imported, so nothing from the file runs).
+
+    Parameters
+    ----------
+    cls : type
+        A ``torch.nn.Module`` subclass whose code you trust.
+
+    Returns
+    -------
+    type
+        ``cls`` itself (so that it works as a decorator).
     """
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise TypeError(f"register_network takes a torch.nn.Module subclass; got {cls!r}.")
@@ -128,6 +138,13 @@ def save_model(estimator, path) -> None:
     :class:`~smoothsk.DenoisedSmoothingClassifier` smooths is stored the same way, nested,
     when it is a smoothsk estimator; any other classifier (scikit-learn, skorch, a bare
     torch module) cannot be stored without pickle and is refused with what to do.
+
+    Parameters
+    ----------
+    estimator : SmoothedClassifier
+        A fitted smoothsk estimator (an ensemble's members are stored nested).
+    path : str or Path
+        The file to write (replaced whole, or left as it was).
     """
     archive = _archive(estimator, _allowed_classes())
     atomic_write(Path(path), lambda stream: torch.save(archive, stream))
@@ -224,6 +241,11 @@ def is_model_file(path) -> bool:
     """Whether ``path`` is a file in smoothsk's safe model format (read without running code).
 
     For a command about to replace ``path``: a file that is not one is someone else's.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any path (a missing file or a directory is not a model file).
     """
     path = Path(path)
     if not path.is_file():
@@ -386,6 +408,13 @@ def load_classifier(path, *, trusted: bool = False):
     skorch net (unpickling runs whatever code the file names: only for files you trust).
     Smooth the result with :class:`~smoothsk.PretrainedSmoothingClassifier` or
     :class:`~smoothsk.DenoisedSmoothingClassifier`.
+
+    Parameters
+    ----------
+    path : str or Path
+        A smoothsk model file, or with ``trusted`` a joblib/pickle file.
+    trusted : bool, default=False
+        Also read pickles (which can run code): only files from a source you trust.
     """
     from smoothsk.base import is_fitted_model
 

@@ -100,6 +100,17 @@ def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
 
     Only the ``radius`` and ``correct`` columns are required; abstentions have
     ``correct = 0``.  Raises ``ValueError`` naming the file for anything else.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TSV; its sidecar ``<path>.run.json`` is read when present.
+    name : str or None
+        How tables and plots name the run (default: from the sidecar, else the file's stem).
+
+    Returns
+    -------
+    CertificationRun
     """
     path = Path(path)
     if not path.is_file():
@@ -202,7 +213,13 @@ def _shorten(text: str, limit: int = 40) -> str:
 
 
 def parse_radii(text: str) -> np.ndarray:
-    """``"0:2:0.25"`` (start:stop:step, stop included) or ``"0,0.5,1"`` → array of radii."""
+    """``"0:2:0.25"`` (start:stop:step, stop included) or ``"0,0.5,1"`` → array of radii.
+
+    Parameters
+    ----------
+    text : str
+        ``start:stop:step`` or a comma list.
+    """
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
@@ -229,7 +246,13 @@ def parse_radii(text: str) -> np.ndarray:
 def run_labels(runs: list[CertificationRun]) -> list[str]:
     """How tables and plots name the runs: each run's :attr:`~CertificationRun.label`
     (method and σ from its sidecar, else its name), with the data set added when the
-    runs do not all share one, and the file name added where two labels would coincide."""
+    runs do not all share one, and the file name added where two labels would coincide.
+
+    Parameters
+    ----------
+    runs : list of CertificationRun
+        The runs of one table or plot.
+    """
     labels = [run.label for run in runs]
     datasets = [run.setting("dataset") for run in runs]
     if len(set(datasets)) > 1:
@@ -244,7 +267,15 @@ def run_labels(runs: list[CertificationRun]) -> list[str]:
 def markdown_table(runs: list[CertificationRun], radii) -> str:
     """A Markdown table: one row per run, ACR then certified accuracy (%) at each radius.
 
-    Runs are named as in the plot (:func:`run_labels`)."""
+    Runs are named as in the plot (:func:`run_labels`).
+
+    Parameters
+    ----------
+    runs : list of CertificationRun
+        The runs, one row each.
+    radii : array-like of float
+        The radii of the certified-accuracy columns.
+    """
     header = ["run", "N", "ACR", *[f"r={r:g}" for r in radii]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run, label in zip(runs, run_labels(runs)):
@@ -264,7 +295,17 @@ def _common(runs, key):
 
 def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     """The largest radius CERTIFY can return with ``n`` draws: all ``n`` votes for the
-    top class give ``p_A_lower = α^(1/n)`` (Clopper–Pearson), hence ``σ Φ⁻¹(α^(1/n))``."""
+    top class give ``p_A_lower = α^(1/n)`` (Clopper–Pearson), hence ``σ Φ⁻¹(α^(1/n))``.
+
+    Parameters
+    ----------
+    sigma : float
+        The noise level.
+    n : int
+        Estimation draws.
+    alpha : float
+        CERTIFY's failure probability.
+    """
     from scipy.stats import norm
 
     return float(sigma * norm.ppf(alpha ** (1.0 / n)))

@@ -65,6 +65,11 @@ def exclusive_run(out):
     replace): the kernel drops it when the holder exits, even on SIGKILL, so a stale lock
     file never blocks a rerun.  The holder's PID is written into the file for the
     message, and the file is removed when the run ends.
+
+    Parameters
+    ----------
+    out : str or Path
+        The run's TSV (the lock is ``<out>.lock``).
     """
     lock_path = Path(out).with_name(Path(out).name + ".lock")
     handle = open(lock_path, "a+")
@@ -97,7 +102,13 @@ def exclusive_run(out):
 
 def count_complete_rows(out) -> int:
     """How many complete rows a certification TSV holds (0 when it does not exist yet);
-    reads only, never cuts a partial last row."""
+    reads only, never cuts a partial last row.
+
+    Parameters
+    ----------
+    out : str or Path
+        The certification TSV.
+    """
     out = Path(out)
     if not out.exists():
         return 0
