@@ -59,6 +59,11 @@ def load_digits_images(*, flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
 
     Returns ``X`` of shape ``(1797, 1, 8, 8)`` (or ``(1797, 64)`` with ``flat=True``),
     float32, and ``y`` of int64 labels 0–9.  Ships with scikit-learn: no download.
+
+    Parameters
+    ----------
+    flat : bool
+        ``(1797, 64)`` instead of ``(1797, 1, 8, 8)``.
     """
     from sklearn.datasets import load_digits
 
@@ -137,6 +142,17 @@ def load_mnist(
     """MNIST through ``torchvision.datasets.MNIST`` from ``root`` (no download by default).
 
     Returns arrays as :func:`load_fashion_mnist` does.
+
+    Parameters
+    ----------
+    root : str or Path
+        torchvision's MNIST folder.
+    split : {"train", "test"}
+        Which part.
+    flat : bool
+        Flat feature vectors.
+    download : bool
+        Let torchvision download it (off: nothing is downloaded at run time).
     """
     from torchvision.datasets import MNIST
 
@@ -179,6 +195,17 @@ def load_cifar10(root: str | os.PathLike, *, split: str = "train", download: boo
     """CIFAR-10 as a torch ``Dataset`` of ``(3×32×32 tensor in [0, 1], class index)``.
 
     ``augment`` defaults to ``split == "train"`` (see :func:`cifar10_transform`).
+
+    Parameters
+    ----------
+    root : str or Path
+        torchvision's CIFAR-10 folder.
+    split : {"train", "test"}
+        Which part.
+    download : bool
+        Let torchvision download it.
+    augment : bool or None
+        Random crops and flips (None: for the training split).
     """
     from torchvision.datasets import CIFAR10
 
@@ -200,6 +227,15 @@ def load_imagenet(root: str | os.PathLike, *, split: str = "train",
     ``torchvision.datasets.ImageFolder`` with :func:`imagenet_transform`.
 
     ``split`` is ``"train"`` or ``"test"`` (read from ``root/val``).
+
+    Parameters
+    ----------
+    root : str or Path
+        The folder holding ``train/`` and ``val/``.
+    split : {"train", "val"}
+        Which part.
+    augment : bool or None
+        Training augmentation (None: for the training split).
     """
     from torchvision.datasets import ImageFolder
 
@@ -234,6 +270,17 @@ def load_dataset(name: str, *, split: str = "train", root=None, flat: bool = Fal
 
     ``digits`` has no fixed split: ``split="train"`` gives the first 70 % of a
     stratified shuffle (seed 0) and ``"test"`` the remaining 30 %.
+
+    Parameters
+    ----------
+    name : {"digits", "fashion-mnist", "mnist", "cifar10", "imagenet"}
+        The data set.
+    split : {"train", "test"}
+        Which part.
+    root : str, Path or None
+        Where its files are (None: the data set's default, where it has one).
+    flat : bool
+        Images as flat feature vectors ``(N, d)`` instead of ``(N, C, H, W)``.
     """
     _check_split(split)
     if name == "digits":

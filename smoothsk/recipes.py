@@ -162,6 +162,15 @@ def recipe(method: str, family: str, sigma: float) -> Recipe:
     """The published setting for ``method`` on ``family`` (or a data set name) at ``sigma``.
 
     Raises ``ValueError`` naming the settings that exist when there is none.
+
+    Parameters
+    ----------
+    method : str
+        A ``smoothsk train --method`` name.
+    family : str
+        ``"mnist"`` (MNIST, Fashion-MNIST), ``"cifar10"``, ``"imagenet"``, or a data set name.
+    sigma : float
+        The noise level.
     """
     key = (method, _FAMILY_OF.get(family, family), float(sigma))
     if key not in RECIPES:
@@ -180,6 +189,13 @@ def recipe_params(item: Recipe, *, epochs: int | None = None) -> dict:
     schedule keeps its shape: with 30 epochs instead of 90 the steps fall after epochs
     10 and 20 (plus ``drop_delay``: 11 and 21 for the SmoothMix-repository rows) and
     MACER's hinge starts after zero-based epoch 10.
+
+    Parameters
+    ----------
+    item : Recipe
+        A recipe.
+    epochs : int or None
+        Shorten the schedule to this many epochs, keeping its shape.
     """
     from skorch.callbacks import LRScheduler
 
@@ -208,6 +224,11 @@ def estimator_class(method: str):
     """The estimator class of a method name (``smoothsk train --method`` names).
 
     :func:`smoothsk.methods.registry.method_class`, kept under the recipes' name.
+
+    Parameters
+    ----------
+    method : str
+        A ``smoothsk train --method`` name.
     """
     from smoothsk.methods.registry import method_class
 

@@ -100,6 +100,15 @@ def check_parameters(constraints: dict, params: dict, caller: str) -> None:
 
     Raises scikit-learn's ``InvalidParameterError`` (a ``ValueError`` and a
     ``TypeError``) naming the parameter, ``caller``, what it accepts and the value given.
+
+    Parameters
+    ----------
+    constraints : dict
+        Parameter name → list of scikit-learn constraints.
+    params : dict
+        Parameter name → value.
+    caller : str
+        Who takes them, for the message.
     """
     validate_parameter_constraints(constraints, params, caller_name=caller)
 

@@ -78,6 +78,11 @@ def as_base_network(model) -> tuple[torch.nn.Module, np.ndarray | None]:
       certificates then hold class indices);
     - fitted skorch / smoothsk estimator: its trained ``module_`` and ``classes_``;
     - any other fitted scikit-learn classifier: :class:`SklearnClassifierNetwork`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or fitted classifier
+        What to smooth.
     """
     if isinstance(model, torch.nn.Module):
         classes = getattr(model, "classes", None)

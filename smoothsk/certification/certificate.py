@@ -156,6 +156,11 @@ def default_abstain_label(classes):
     Integers: −1 (or one below the smallest class when −1 is a class; one above the
     largest for unsigned integers).  Floats: the same as float.  Strings: ``"abstain"``.
     Booleans have no spare value: pass ``abstain_label`` explicitly.
+
+    Parameters
+    ----------
+    classes : array-like
+        The labels.
     """
     classes = np.asarray(classes)
     kind = classes.dtype.kind
@@ -178,6 +183,15 @@ def labels_or_marker(classes: np.ndarray, index: np.ndarray, abstain_label=None)
 
     The result keeps the labels' dtype when the marker fits it (the default marker always
     does); another marker gives an object array.
+
+    Parameters
+    ----------
+    classes : ndarray
+        The labels of the class indices.
+    index : ndarray of int
+        Class indices, ``ABSTAIN`` where abstained.
+    abstain_label : object or None
+        The marker (None: :func:`default_abstain_label`).
     """
     if abstain_label is None:
         abstain_label = default_abstain_label(classes)

@@ -355,7 +355,15 @@ def predict(
 def predict_from_counts(counts: np.ndarray, alpha: float) -> np.ndarray:
     """PREDICT's decision from vote counts ``(N, C)``: the top class where the two-sided
     binomial test of the top two counts against 1/2 has p-value ≤ ``alpha``, else
-    ``ABSTAIN``."""
+    ``ABSTAIN``.
+
+    Parameters
+    ----------
+    counts : ndarray of int, shape (N, C)
+        Votes per class.
+    alpha : float
+        The test's level.
+    """
     order = np.argsort(-counts, axis=1, kind="stable")
     top = order[:, 0]
     n_a = counts[np.arange(len(counts)), top]

@@ -77,6 +77,11 @@ def lattice_step(step) -> Fraction:
 
     A float equal to ``a/b`` with ``b ≤ 2²⁰`` is read as that fraction (so ``1/255``
     means 1/255, not its binary rounding); ``"1/255"`` strings and ints are accepted.
+
+    Parameters
+    ----------
+    step : float, int, Fraction, str or None
+        The step as given.
     """
     if step is None:
         return DEFAULT_LATTICE_STEP
@@ -124,6 +129,13 @@ def exact_normal_cdf(points: list[Fraction], digits: int = 60) -> list[decimal.D
 
     ``Φ(x) = ½ + φ(x)·Σₖ x^(2k+1)/(1·3·…·(2k+1))``: every term is positive, so
     the sum loses no precision to cancellation (Marsaglia, J. Stat. Softw. 2004).
+
+    Parameters
+    ----------
+    points : list of Fraction
+        Where Φ is evaluated (each ≥ 0).
+    digits : int
+        Significant digits of the result.
     """
     values = []
     with decimal.localcontext(decimal.Context(prec=digits + 10)):
@@ -280,7 +292,19 @@ class LatticeGaussian:
 
 
 def make_noise(noise: str, sigma: float, noise_step, device) -> LatticeGaussian | None:
-    """``None`` for float Gaussian noise, else the :class:`LatticeGaussian` sampler."""
+    """``None`` for float Gaussian noise, else the :class:`LatticeGaussian` sampler.
+
+    Parameters
+    ----------
+    noise : {"gaussian", "discrete-gaussian"}
+        The noise.
+    sigma : float
+        Its level.
+    noise_step : float, Fraction, str or None
+        The lattice step.
+    device : torch.device
+        Where the draws are made.
+    """
     step = check_noise_options(noise, noise_step)
     if step is None:
         return None
@@ -289,13 +313,29 @@ def make_noise(noise: str, sigma: float, noise_step, device) -> LatticeGaussian 
 
 def recorded_step(noise, noise_step) -> str | None:
     """The lattice step as certificates and sidecars record it (``"1/255"``), or None
-    for float noise."""
+    for float noise.
+
+    Parameters
+    ----------
+    noise : {"gaussian", "discrete-gaussian"}
+        The noise.
+    noise_step : float, Fraction, str or None
+        The step as given.
+    """
     step = check_noise_options(noise, noise_step)
     return None if step is None else str(step)
 
 
 def check_noise_options(noise, noise_step) -> Fraction | None:
-    """The lattice step of valid ``noise`` and ``noise_step`` (None for float noise)."""
+    """The lattice step of valid ``noise`` and ``noise_step`` (None for float noise).
+
+    Parameters
+    ----------
+    noise : {"gaussian", "discrete-gaussian"}
+        The noise.
+    noise_step : float, Fraction, str or None
+        The lattice step (only for the discrete Gaussian).
+    """
     check_noise(noise)
     if noise == "gaussian":
         if noise_step is not None:
@@ -309,7 +349,21 @@ def noise_test_alpha(alpha: float, draws: int, X, *, sigma: float, noise: str,
                      noise_step=None) -> float:
     """The level at which tests on at most ``draws`` noisy copies of each input of ``X``
     run so that their guarantee holds at ``alpha`` (:meth:`LatticeGaussian.test_alpha`;
-    ``alpha`` itself for float Gaussian noise)."""
+    ``alpha`` itself for float Gaussian noise).
+
+    Parameters
+    ----------
+    alpha : float
+        The guarantee asked for.
+    draws : int
+        The most noisy copies a test uses per input.
+    X : array, tensor, Dataset or DataLoader
+        The inputs (their size sets the sampler's deviation).
+    sigma : float
+        The noise level.
+    noise, noise_step
+        The noise.
+    """
     lattice = make_noise(noise, sigma, noise_step, "cpu")
     if lattice is None:
         return alpha
@@ -317,7 +371,13 @@ def noise_test_alpha(alpha: float, draws: int, X, *, sigma: float, noise: str,
 
 
 def coordinates_per_input(X) -> int:
-    """The number of entries of one input of ``X`` (array, tensor, Dataset, DataLoader)."""
+    """The number of entries of one input of ``X`` (array, tensor, Dataset, DataLoader).
+
+    Parameters
+    ----------
+    X : array, tensor, Dataset or DataLoader
+        The inputs.
+    """
     if isinstance(X, torch.utils.data.DataLoader):
         X = X.dataset
     if isinstance(X, (np.ndarray, torch.Tensor)) or hasattr(X, "shape"):

@@ -125,7 +125,13 @@ class RadiiCertificate:
 
 
 def check_radii(radii) -> np.ndarray:
-    """``radii`` as a sorted, duplicate-free float array of finite values ``≥ 0``."""
+    """``radii`` as a sorted, duplicate-free float array of finite values ``≥ 0``.
+
+    Parameters
+    ----------
+    radii : float or array-like of float
+        The grid.
+    """
     values = np.asarray(radii, dtype=np.float64).ravel() if not np.isscalar(radii) \
         else np.asarray([radii], dtype=np.float64)
     if not len(values) or not np.all(np.isfinite(values)) or np.any(values < 0):
@@ -138,7 +144,15 @@ def check_radii(radii) -> np.ndarray:
 
 def closed_radii(fired: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The grid radii each input is reported certified at: the tests that fired, closed
-    downward (the module's proof), and the largest such radius (0 where none)."""
+    downward (the module's proof), and the largest such radius (0 where none).
+
+    Parameters
+    ----------
+    fired : ndarray of bool, shape (N, R)
+        Which radius tests certified each input.
+    radii : ndarray of float, shape (R,)
+        The sorted grid.
+    """
     certified = np.logical_and.accumulate(fired, axis=1)
     radius = np.where(certified.any(axis=1),
                       radii[np.maximum(certified.sum(axis=1) - 1, 0)], 0.0)

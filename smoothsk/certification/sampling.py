@@ -281,7 +281,13 @@ SHARED_NOISE_TILE_BYTES = 16 * 2**10
 
 def shared_noise_tile(row_bytes: int) -> int:
     """Draws per tile of a shared noise block for inputs of ``row_bytes`` bytes each:
-    as many as fit in ``SHARED_NOISE_TILE_BYTES``, at least one, at most a block."""
+    as many as fit in ``SHARED_NOISE_TILE_BYTES``, at least one, at most a block.
+
+    Parameters
+    ----------
+    row_bytes : int
+        Bytes of one input.
+    """
     return min(NOISE_BLOCK, max(1, SHARED_NOISE_TILE_BYTES // max(1, row_bytes)))
 
 

@@ -218,7 +218,17 @@ def certify_to_tsv(
 
 def check_grid_run(radii, *, bound: str, interval: str, n_jobs) -> list | None:
     """The grid of a ``radii`` run as a sorted list (None: a CERTIFY run), refused with
-    options that only CERTIFY takes."""
+    options that only CERTIFY takes.
+
+    Parameters
+    ----------
+    radii : array-like of float or None
+        The grid (None: CERTIFY).
+    bound, interval : str
+        CERTIFY's options, refused with a grid unless at their defaults.
+    n_jobs : int or None
+        Workers, refused with a grid.
+    """
     if radii is None:
         return None
     from smoothsk.certification.radii import check_radii

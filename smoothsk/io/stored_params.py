@@ -146,13 +146,29 @@ def _check_device_name(value) -> str | None:
 
 
 def is_saved(name: str) -> bool:
-    """Whether parameter ``name`` is stored at all (training-time objects are not)."""
+    """Whether parameter ``name`` is stored at all (training-time objects are not).
+
+    Parameters
+    ----------
+    name : str
+        The parameter.
+    """
     return name not in NOT_SAVED and not name.startswith(NOT_SAVED_PREFIXES)
 
 
 def encode_param(name: str, value, allowed_names: dict[type, str]):
     """``value`` in the document's JSON form; classes must be in ``allowed_names``
-    (class → qualified name), anything else not plain is refused."""
+    (class → qualified name), anything else not plain is refused.
+
+    Parameters
+    ----------
+    name : str
+        The parameter (for the message).
+    value : object
+        Its value.
+    allowed_names : dict
+        Class → qualified name, for the classes a file may name.
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (np.integer, np.floating, np.bool_)):
@@ -172,7 +188,15 @@ def encode_param(name: str, value, allowed_names: dict[type, str]):
 
 def decode_param(value, allowed: dict[str, type]):
     """A document value back as Python: ``{"tuple": ...}`` a tuple, ``{"class": name}``
-    the class of that name in ``allowed``; an unknown class is refused."""
+    the class of that name in ``allowed``; an unknown class is refused.
+
+    Parameters
+    ----------
+    value : object
+        A document value.
+    allowed : dict
+        Qualified name → class.
+    """
     if isinstance(value, list):
         return [decode_param(v, allowed) for v in value]
     if isinstance(value, dict) and set(value) == {"tuple"}:
