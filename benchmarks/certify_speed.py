@@ -166,14 +166,7 @@ def raw_rate(model, shape, batch_size, repeats, rows=20_000, precision="fp32"):
 
 
 def _median_rate(run, rows, repeats, device):
-    times = []
-    for _ in range(repeats):
-        _wait(device)
-        start = time.perf_counter()
-        run()
-        _wait(device)
-        times.append(time.perf_counter() - start)
-    return rows / statistics.median(times)
+    return rows / harness.timed(run, repeats=repeats, warmup=0, device=device)["median"]
 
 
 def fast_settings(build, shape, classes, X, n, batches, settings, repeats, device, cohen):

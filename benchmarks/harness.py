@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["machine", "parse", "parser", "rss_mib", "timed", "write_json"]
+__all__ = ["cpu_model", "machine", "parse", "parser", "rss_mib", "timed", "write_json"]
 
 
 def parser(doc: str | None, *, threads: int | None = None,
@@ -73,7 +73,8 @@ def timed(function: Callable[[], object], *, repeats: int = 3, warmup: int = 1,
     return {"median": statistics.median(times), "min": min(times), "repeats": repeats}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for the record."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -86,7 +87,7 @@ def _cpu_model() -> str:
 def machine() -> dict:
     """Where a figure was measured: torch, its threads, the CPU and its bf16 support."""
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": _cpu_model(), "machine": platform.machine()}
+            "cpu": cpu_model(), "machine": platform.machine()}
     try:
         info["cpu_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

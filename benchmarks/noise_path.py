@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 
 import harness  # benchmarks/harness.py: parser, --threads, timing
@@ -45,18 +44,6 @@ from smoothsk.metrics import certified_accuracy
 from smoothsk.models import MLP
 
 FEATURES, CLASSES, SIGMA = 64, 10, 0.25
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), for the record."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _best_seconds(function, repeats: int) -> float:
@@ -195,7 +182,7 @@ def main(argv=None):
             **extra,
         ))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"torch": torch.__version__, "cpu": cpu_name(), "cores": os.cpu_count(),
+    result = {"torch": torch.__version__, "cpu": harness.cpu_model(), "cores": os.cpu_count(),
               "threads": torch.get_num_threads(),
               "inputs": args.inputs, "n0": 100, "n": args.n, "rows": rows,
               "spread": spread_over_seeds(args.seeds, args.spread_n)}

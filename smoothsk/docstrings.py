@@ -67,7 +67,7 @@ def with_shared_parameters(doc: str | None, base_doc: str | None) -> str | None:
         if heading is not None:
             out += [heading, "-" * len(heading)]
         if heading == "Parameters":
-            body = [line for line in lines]
+            body = list(lines)
             while body and not body[-1].strip():
                 body.pop()
             lines = body + extra + [""]

@@ -15,7 +15,7 @@ import contextlib
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from smoothsk.certification import core, sampling
+from smoothsk.certification import core, incremental, sampling
 from smoothsk.certification.adaptive import RadiusCertificate, certify_radius
 from smoothsk.certification.bounds import check_alpha
 from smoothsk.certification.certificate import Certificate, labels_or_marker
@@ -262,11 +262,9 @@ class SmoothedPredictionMixin:
         network's arithmetic; ``original`` runs at the certificate's.  Defaults come from
         the estimator as in :meth:`certify`.
         """
-        from smoothsk.certification.incremental import certify_incremental
-
         X = self.check_fitted_inputs(X)
         with torch_threads(self.n_threads):
-            result = certify_incremental(
+            result = incremental.certify_incremental(
                 self.module_, original, X, certificate, n_zeta=n_zeta, alpha_zeta=alpha_zeta,
                 modified_precision=self.precision,
                 **self._defaults(batch_size=batch_size, random_state=random_state),
