@@ -193,6 +193,8 @@ def run(args) -> int:
                 "describes": {"method": "pretrained" if plain else
                               getattr(clf, "training_info_", {}).get("method"),
                               "sigma": float(clf.noise_level_)}}
+    if hasattr(clf, "named_estimators_"):  # an ensemble: tables name its size
+        run_info["describes"]["members"] = len(clf.named_estimators_)
     already = count_complete_rows(args.out)
     bar = progress(len(indices), "certify", args.quiet, "input")
     start = time.perf_counter()

@@ -30,7 +30,10 @@ from smoothsk.cli.options import (
     progress,
     set_threads,
 )
-from smoothsk.methods.registry import METHODS, method_options
+from smoothsk.methods.registry import ASSEMBLED, METHODS, method_options
+
+# ``--method`` names: the training methods, then the models assembled from trained ones.
+_COMMAND_METHODS = {**METHODS, **ASSEMBLED}
 
 # Options a recipe also sets; None on the command line means "not given": then the
 # recipe's value, or the estimator's default.
@@ -44,7 +47,7 @@ def _all_method_options() -> dict:
     """Every method's options by parameter name (a name several methods share, such as
     ``num_noise``, has one type in all of them)."""
     options = {}
-    for cls in METHODS.values():
+    for cls in _COMMAND_METHODS.values():
         options.update(method_options(cls))
     return options
 
@@ -54,8 +57,9 @@ def add_parser(subparsers, method: str | None = None) -> None:
     method's own options in ``--help``."""
     train = subparsers.add_parser("train", help="train a smoothed classifier and save it")
     add_data(train)
-    train.add_argument("--method", required=True, choices=list(METHODS),
-                       help="the training method; --method NAME --help lists its options")
+    train.add_argument("--method", required=True, choices=list(_COMMAND_METHODS),
+                       help="the training method (ensemble: assemble --members); --method "
+                            "NAME --help lists its options")
     train.add_argument("--model", default="auto", choices=_network_names(),
                        help="auto: MLP for digits, LeNet for (Fashion-)MNIST, ResNet-110 for "
                             "CIFAR-10, ResNet-50 for ImageNet")
@@ -92,6 +96,9 @@ def add_parser(subparsers, method: str | None = None) -> None:
     train.add_argument("--target-model", default=None,
                        help="CAT-RS: a trained Gaussian model file whose smoothed prediction "
                             "is the KL target (default: train one at --target-sigma 0.25)")
+    train.add_argument("--members", default=None, metavar="A,B,...",
+                       help="ensemble: the members' model files, comma-separated (trained "
+                            "at one sigma on --dataset); the ensemble averages their votes")
     add_trust_pickle(train)
     _add_method_options(train, method)
     train.add_argument("--set", type=assignment, action="append", metavar="NAME=VALUE",
@@ -118,8 +125,8 @@ def _network_names():
 
 def _add_method_options(parser, method: str | None) -> None:
     """One option per method hyperparameter; those of ``method`` shown in ``--help``."""
-    shown = method_options(METHODS[method]) if method in METHODS else {}
-    group = parser.add_argument_group(f"{METHODS[method].display_name} options") \
+    shown = method_options(_COMMAND_METHODS[method]) if method in _COMMAND_METHODS else {}
+    group = parser.add_argument_group(f"{_COMMAND_METHODS[method].display_name} options") \
         if shown else parser
     for name, option in _all_method_options().items():
         target = group if name in shown else parser
@@ -347,6 +354,7 @@ def check_replaceable(out: Path, trust_pickle: bool) -> None:
 
 def run(args) -> int:
     from smoothsk.certification.inputs import take_rows
+    from smoothsk.cli.ensemble import assemble
     from smoothsk.io.checkpoint import TrainingCheckpoint, completed_epochs
     from smoothsk.io.runs import RunLockedError, exclusive_run
 
@@ -354,6 +362,10 @@ def run(args) -> int:
     check_device(args)
     check_writable(args.out)
     check_replaceable(Path(args.out), args.trust_pickle)
+    if args.method in ASSEMBLED:
+        return assemble(args)
+    if args.members is not None:
+        raise CommandError("--members only applies to --method ensemble.")
     check_pickle_suffix(args)
     flat = _classifier_takes_flat_inputs(args)
     X, y = load_data(args, "train", flat=flat)

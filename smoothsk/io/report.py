@@ -58,7 +58,9 @@ class CertificationRun:
         extra = "" if bound in (None, "binary") else f", {bound} bound"
         if noise not in (None, "gaussian"):
             extra += f", {noise} noise"
-        return f"{display_name(method)}, σ = {float(sigma):g}{extra}"
+        members = self.setting("members")
+        size = f" of {members}" if isinstance(members, int) and members > 1 else ""
+        return f"{display_name(method)}{size}, σ = {float(sigma):g}{extra}"
 
     @classmethod
     def from_certificate(cls, certificate, y_true, name: str = "certificate"):
@@ -132,7 +134,7 @@ def read_certification_tsv(path, name: str | None = None) -> CertificationRun:
 
 _TEXT_FIELDS = ("method", "bound", "interval", "noise", "noise_step", "dataset", "split",
                 "precision")
-_NUMBER_FIELDS = ("sigma", "n", "n0", "max_n", "alpha", "indices")
+_NUMBER_FIELDS = ("sigma", "n", "n0", "max_n", "alpha", "indices", "members")
 
 
 def _described(settings):

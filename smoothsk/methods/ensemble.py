@@ -23,7 +23,7 @@ from sklearn.utils import Bunch
 
 from smoothsk.base import SmoothedClassifier, is_fitted_estimator, unwrap_frozen
 from smoothsk.methods.pretrained import PretrainedSmoothingClassifier
-from smoothsk.validation import POSITIVE
+from smoothsk.validation import POSITIVE, Integer, StrOptions
 
 __all__ = ["EnsembleNetwork", "SmoothedEnsembleClassifier"]
 
@@ -111,7 +111,7 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
         The fitted members by name.
     """
 
-    method_name = None
+    method_name = "ensemble"
     display_name = "Ensemble"
     sigma_fixed_by_training = True
     side_model_params = ("estimators", "classifier")
@@ -120,8 +120,9 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
         **PretrainedSmoothingClassifier._parameter_constraints,
         "sigma": [*POSITIVE, None],
         "estimators": [list],
-        "voting": "no_validation",  # voting and consensus: checked with the members in fit
-        "consensus": "no_validation",
+        "voting": [StrOptions(set(VOTINGS))],
+        # at most the number of members: checked with the members in fit
+        "consensus": [Integer(2, None, closed="left"), None],
         "n_jobs": "no_validation",  # joblib's own check
     }
 

@@ -23,6 +23,7 @@ from smoothsk.methods.catrs import CATRSClassifier
 from smoothsk.methods.consistency import ConsistencyClassifier
 from smoothsk.methods.crt import CRTStudent
 from smoothsk.methods.denoised import DenoisedSmoothingClassifier
+from smoothsk.methods.ensemble import SmoothedEnsembleClassifier
 from smoothsk.methods.gaussian import GaussianAugClassifier
 from smoothsk.methods.macer import MACERClassifier
 from smoothsk.methods.pretrained import PretrainedSmoothingClassifier
@@ -31,7 +32,7 @@ from smoothsk.methods.smoothmix import SmoothMixClassifier
 from smoothsk.methods.stability import StabilityClassifier
 from smoothsk.validation import InvalidParameterError, check_parameters
 
-__all__ = ["METHODS", "MethodOption", "display_name", "method_class", "method_options"]
+__all__ = ["ASSEMBLED", "METHODS", "MethodOption", "display_name", "method_class", "method_options"]
 
 METHODS: dict[str, type[SmoothedClassifier]] = {cls.method_name: cls for cls in (
     GaussianAugClassifier,
@@ -46,9 +47,15 @@ METHODS: dict[str, type[SmoothedClassifier]] = {cls.method_name: cls for cls in 
 )}
 """``smoothsk train --method`` name → estimator class, in the order the CLI lists them."""
 
+ASSEMBLED: dict[str, type[SmoothedClassifier]] = {cls.method_name: cls for cls in (
+    SmoothedEnsembleClassifier,
+)}
+"""``smoothsk train --method`` names of models assembled from trained model files
+(``--members``) and trained no further → estimator class."""
+
 # Classes that name runs without being trained by ``smoothsk train`` (the smoothed
 # classifier of a plain fitted classifier, which ``smoothsk certify`` builds).
-_NAMED_ONLY = (PretrainedSmoothingClassifier,)
+_NAMED_ONLY = (PretrainedSmoothingClassifier, *ASSEMBLED.values())
 
 
 def method_class(name: str) -> type[SmoothedClassifier]:

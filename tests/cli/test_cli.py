@@ -602,3 +602,51 @@ def test_ctrl_c_says_what_each_command_leaves_behind(command, says, monkeypatch,
     result = run_here(*words[command], cwd=tmp_path)
     assert result.returncode == 130 and says in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_ensemble_of_trained_model_files_trains_certifies_and_reports(model, tmp_path):
+    small = ["--dataset", "digits", "--epochs", "1", "--threads", "1", "--quiet",
+             "--set", "module__hidden_units=(16,)", "--max-train", "200"]
+    second, other_sigma = tmp_path / "second.smoothsk", tmp_path / "wide.smoothsk"
+    run("train", "--method", "gaussian", "--sigma", "0.25", "--seed", "1", *small,
+        "--out", second)
+    ensemble = tmp_path / "ensemble.smoothsk"
+    result = run("train", "--method", "ensemble", "--dataset", "digits", "--members",
+                 f"{model},{second}", "--consensus", "2", "--out", ensemble)
+    assert "assembled an ensemble of 2 members (sigma=0.25, soft voting, 2-consensus)" \
+        in result.stdout
+    out = tmp_path / "ensemble.tsv"
+    run("certify", ensemble, "--dataset", "digits", "--max", "4", "--n0", "20", "--n", "200",
+        "--quiet", "--out", out)
+    sidecar = json.loads(Path(str(out) + ".run.json").read_text())
+    assert sidecar["describes"] == {"method": "ensemble", "sigma": 0.25, "members": 2}
+    assert "Ensemble of 2, σ = 0.25" in run("report", out, "--radii", "0,0.25").stdout
+    # the refusals say what to do, and leave nothing at --out
+    run("train", "--method", "gaussian", "--sigma", "0.5", *small, "--out", other_sigma)
+    base = ["train", "--dataset", "digits", "--out", tmp_path / "refused.smoothsk"]
+    for extra, says in [
+        (["--method", "ensemble", "--members", f"{model},{second}", "--epochs", "3"],
+         "--epochs train a network; --method ensemble trains nothing"),
+        (["--method", "ensemble", "--members", str(model)], "at least two trained model"),
+        (["--method", "ensemble", "--members", f"{model},{other_sigma}"],
+         "trained at different sigma ([0.25, 0.5])"),
+        (["--method", "ensemble", "--members", f"{model},{second}", "--consensus", "3"],
+         "consensus must be None or an int in 2 … 2"),
+        (["--method", "ensemble", "--members", f"{model},{tmp_path / 'none.smoothsk'}"],
+         "cannot use --members"),
+        (["--method", "gaussian", "--members", f"{model},{second}"],
+         "--members only applies to --method ensemble"),
+        (["--method", "gaussian", "--voting", "hard"], "--voting is not an option of"),
+    ]:
+        result = run_here(*base, *extra)
+        assert result.returncode != 0 and says in result.stderr, (extra, result.stderr)
+        assert not (tmp_path / "refused.smoothsk").exists()
+    result = run_here(*base, "--method", "ensemble", "--voting", "most")
+    assert result.returncode == 2 and "soft" in result.stderr and "hard" in result.stderr
+
+
+def test_ensemble_members_are_named_after_their_files_distinctly():
+    from smoothsk.cli.ensemble import member_names
+
+    assert member_names(["a/gauss.smoothsk", "b/gauss.smoothsk", "c/x__y.smoothsk"]) == \
+        ["gauss", "gauss-2", "x_y"]

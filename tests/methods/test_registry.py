@@ -12,7 +12,15 @@ from smoothsk import GaussianAugClassifier, SmoothedClassifier
 from smoothsk.cli import build_parser, main
 from smoothsk.io.model_file import load_model, save_model
 from smoothsk.io.report import CertificationRun
-from smoothsk.methods.registry import METHODS, display_name, method_class, method_options
+from smoothsk.methods.registry import (
+    ASSEMBLED,
+    METHODS,
+    display_name,
+    method_class,
+    method_options,
+)
+
+COMMAND_METHODS = {**METHODS, **ASSEMBLED}  # what ``smoothsk train --method`` offers
 
 FAST = dict(max_epochs=1, module__hidden_units=(16,), n0=10, n=20, n_predict=10,
             random_state=0)
@@ -53,18 +61,18 @@ def _help(*args) -> str:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(COMMAND_METHODS))
 def test_every_method_is_offered_with_its_own_options(name):
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     method = next(a for a in train._actions if a.dest == "method")
-    assert list(method.choices) == list(METHODS)
+    assert list(method.choices) == list(COMMAND_METHODS)
     text = _help("train", "--method", name, "--help")
-    own = method_options(METHODS[name])
+    own = method_options(COMMAND_METHODS[name])
     for option in own:
         assert re.search(rf"^  --{option.replace('_', '-')}\b", text, re.M)
     if own:
-        assert f"{METHODS[name].display_name} options" in text
-    others = {o for cls in METHODS.values() for o in method_options(cls)} - set(own)
+        assert f"{COMMAND_METHODS[name].display_name} options" in text
+    others = {o for cls in COMMAND_METHODS.values() for o in method_options(cls)} - set(own)
     for option in others:  # another method's options stay out of this method's help
         assert not re.search(rf"^  --{option.replace('_', '-')}\b", text, re.M)
 
@@ -98,6 +106,11 @@ def test_reports_name_methods_from_the_registry():
     assert run.label == "CAT-RS, σ = 0.5"
     assert display_name("denoised") == "Denoised" and display_name("other") == "other"
     assert display_name("pretrained") == "Pretrained"
+    assert display_name("ensemble") == "Ensemble"
+    assert method_options(ASSEMBLED["ensemble"]).keys() == {"voting", "consensus"}
+    ensemble = CertificationRun("e", np.arange(2), np.zeros(2), np.ones(2, bool), settings={
+        "describes": {"method": "ensemble", "sigma": 0.5, "members": 3}})
+    assert ensemble.label == "Ensemble of 3, σ = 0.5"
     with pytest.raises(ValueError, match="method must be one of"):
         method_class("magic")
 
