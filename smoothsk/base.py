@@ -340,6 +340,19 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         estimator continues training.  With a
         :class:`~smoothsk.io.checkpoint.TrainingCheckpoint` among the callbacks, a
         checkpoint of the same run is restored and only the missing epochs are trained.
+
+        Parameters
+        ----------
+        X : array-like, tensor or torch Dataset
+            Training inputs (in ``input_range``).
+        y : array-like or None, default=None
+            Their labels (None for a Dataset of pairs).
+        **fit_params
+            Passed to skorch's ``fit``.
+
+        Returns
+        -------
+        self
         """
         warm = self.warm_start and self.initialized_ and hasattr(self, "classes_fitted_")
         X, y = self.prepare_fit_data(X, y, fit_params, reset=not warm)
@@ -360,6 +373,22 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
 
         The first call learns ``classes_`` from ``classes`` (or ``y``).  Later calls
         are not re-seeded, so that they see fresh shuffles and noise.
+
+        Parameters
+        ----------
+        X : array-like, tensor or torch Dataset
+            Training inputs (in ``input_range``).
+        y : array-like or None, default=None
+            Their labels.
+        classes : array-like or None, default=None
+            Every label the estimator will see (scikit-learn's ``partial_fit``
+            convention); needed on the first call when ``y`` lacks some.
+        **fit_params
+            Passed to skorch's ``partial_fit``.
+
+        Returns
+        -------
+        self
         """
         first = not (self.initialized_ and hasattr(self, "classes_fitted_"))
         X, y = self.prepare_fit_data(X, y, fit_params, reset=first, classes=classes)

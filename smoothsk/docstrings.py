@@ -48,14 +48,30 @@ def _entries(lines: list[str]) -> list[tuple[str, list[str]]]:
 def with_shared_parameters(doc: str | None, base_doc: str | None) -> str | None:
     """``doc`` with the base class's Parameters entries that it does not document itself
     appended to its Parameters section (made before its other sections if it has none),
-    so that every estimator's page lists σ, n, α, lr, ... with its own parameters."""
+    so that every estimator's page lists σ, n, α, lr, ... with its own parameters.
+
+    Parameters
+    ----------
+    doc : str or None
+        The subclass's docstring (numpydoc); None or empty is returned as it is.
+    base_doc : str or None
+        The base class's docstring, whose Parameters entries are appended.
+
+    Returns
+    -------
+    str or None
+        The assembled docstring (``doc`` itself when nothing is missing).
+    """
     if not doc or not base_doc:
         return doc
     base = dict(_sections(inspect.cleandoc(base_doc)))
     shared = _entries(base.get("Parameters", []))
     pieces = _sections(inspect.cleandoc(doc))
     own = dict(pieces).get("Parameters", [])
-    named = {name.strip() for names, _ in _entries(own) for name in names.split(",")}
+    # "**kwargs" says where the rest goes; it does not document the base's group entry
+    # ("criterion, optimizer, lr, ..., **kwargs"), which is then appended as well
+    named = {name.strip() for names, _ in _entries(own) for name in names.split(",")} \
+        - {"**kwargs"}
     extra = [line for names, lines in shared
              if not {n.strip() for n in names.split(",")} & named for line in lines]
     if not extra:

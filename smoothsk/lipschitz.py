@@ -30,7 +30,22 @@ class UnknownLipschitzError(ValueError):
 
 
 def linear_part(transformer, n_features: int) -> np.ndarray:
-    """The matrix ``A`` of an affine transformer ``T(x) = A x + b`` (rows: outputs)."""
+    """The matrix ``A`` of an affine transformer ``T(x) = A x + b`` (rows: outputs).
+
+    Parameters
+    ----------
+    transformer : fitted scikit-learn transformer, "passthrough" or None
+        ``StandardScaler``, ``MinMaxScaler``, ``MaxAbsScaler``, ``PCA`` or the other
+        affine transformers :func:`lipschitz_constant` knows; None and "passthrough"
+        are the identity.
+    n_features : int
+        Its input dimension.
+
+    Raises
+    ------
+    UnknownLipschitzError
+        For a transformer that is not known to be affine.
+    """
     if transformer is None or transformer == "passthrough":
         return np.eye(n_features)
     check_is_fitted(transformer)

@@ -86,6 +86,13 @@ def smoothed_step(estimator, X):
     """``(last_step, X transformed by the earlier steps)`` for a Pipeline; else unchanged.
 
     Certificates of a Pipeline hold in the input space of its last (smoothed) step.
+
+    Parameters
+    ----------
+    estimator : estimator or Pipeline
+        A smoothsk estimator, or a Pipeline ending in one.
+    X : array-like
+        Inputs of ``estimator``.
     """
     if not hasattr(estimator, "steps"):
         return estimator, X
@@ -122,6 +129,22 @@ def certify_pipeline(estimator, X, *, radius_space: str = "input", **certify_par
     l2 Lipschitz constant ``L`` so that they hold for the pipeline's own inputs (raises
     :class:`~smoothsk.lipschitz.UnknownLipschitzError` where ``L`` is unknown);
     ``"last_step"`` keeps them in the smoothed step's input space.
+
+    Parameters
+    ----------
+    estimator : estimator or Pipeline
+        A fitted smoothsk estimator, or a Pipeline ending in one.
+    X : array-like
+        The pipeline's inputs.
+    radius_space : {"input", "last_step"}, default="input"
+        Where the radii hold.
+    **certify_params
+        Passed to the smoothed step's ``certify`` (``n``, ``alpha``, ...).
+
+    Returns
+    -------
+    Certificate
+        Radii in ``radius_space``.
     """
     scale = _radius_scale(estimator, X, radius_space)
     smoothed, X_smoothed = smoothed_step(estimator, X)

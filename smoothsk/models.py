@@ -206,6 +206,15 @@ class MLP(nn.Module):
 
     The default network of every smoothsk estimator when ``module=None``:
     ``in_features`` and ``num_classes`` are then taken from the training data.
+
+    Parameters
+    ----------
+    in_features : int
+        Entries per input after flattening (``X.shape[1]`` for tabular data).
+    num_classes : int
+        Logits per input.
+    hidden_units : sequence of int, default=(256, 256)
+        Width of each hidden ReLU layer, in order; ``()`` is a linear model.
     """
 
     def __init__(
@@ -235,6 +244,17 @@ class DnCNN(nn.Module):
     initialisation and a zero last layer (Salman et al.'s code), so an untrained
     denoiser is the identity.  The published denoisers use ``depth=17, width=64``; the
     defaults here (5, 32) train on a CPU.
+
+    Parameters
+    ----------
+    channels : int, default=1
+        Image channels in and out.
+    depth : int, default=5
+        Convolutions in all (at least 2).
+    width : int, default=32
+        Channels of the hidden convolutions.
+    kernel_size : int, default=3
+        Side of every convolution's kernel (padded to keep the image size).
     """
 
     def __init__(self, channels: int = 1, depth: int = 5, width: int = 32,
@@ -263,7 +283,15 @@ class DnCNN(nn.Module):
 
 class MLPDenoiser(nn.Module):
     """Residual MLP denoiser for flat inputs: ``D(x) = x − mlp(x)``, zero last layer
-    (the identity when untrained), the flat-input counterpart of :class:`DnCNN`."""
+    (the identity when untrained), the flat-input counterpart of :class:`DnCNN`.
+
+    Parameters
+    ----------
+    in_features : int
+        Entries per input (the output has as many).
+    hidden_units : sequence of int, default=(256, 256)
+        Width of each hidden ReLU layer of the residual :class:`MLP`.
+    """
 
     def __init__(self, in_features: int, hidden_units: Sequence[int] = (256, 256)):
         super().__init__()
@@ -282,6 +310,15 @@ class LeNet(nn.Module):
 
     conv 20@5×5 → ReLU → max-pool 2 → conv 50@5×5 → ReLU → max-pool 2 →
     fc 500 → ReLU → fc ``num_classes``, on ``in_channels`` × 28 × 28 inputs.
+
+    Parameters
+    ----------
+    num_classes : int, default=10
+        Logits per input.
+    in_channels : int, default=1
+        Image channels.
+    image_size : int, default=28
+        Side of the square images (flat inputs of ``image_size²`` entries are reshaped).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
@@ -329,6 +366,17 @@ class CIFARResNet(nn.Module):
     and ResNet-110 (k = 18, 1.7 M parameters) are the ones Cohen et al., SmoothMix and
     CRT use.  The first layer normalises with ``mean`` / ``std`` (CIFAR-10's by
     default), so inputs stay in [0, 1].
+
+    Parameters
+    ----------
+    depth : int, default=110
+        ``6k + 2`` layers (20, 56, 110, ...).
+    num_classes : int, default=10
+        Logits per input.
+    in_channels : int, default=3
+        Image channels.
+    mean, std : sequence of float or None, default=CIFAR-10's
+        Per-channel normalisation of the first layer; ``mean=None`` for none.
     """
 
     def __init__(self, depth: int = 110, num_classes: int = 10, in_channels: int = 3,
@@ -361,6 +409,16 @@ class ImageNetResNet50(nn.Module):
 
     ``weights`` is passed to ``torchvision.models.resnet50`` (None: random
     initialisation; nothing is downloaded unless a weights enum is given).
+
+    Parameters
+    ----------
+    num_classes : int, default=1000
+        Logits per input.
+    weights : torchvision weights enum or None, default=None
+        torchvision's pretrained weights (downloaded by torchvision unless cached), or
+        None for a random initialisation.
+    mean, std : sequence of float, default=ImageNet's
+        Per-channel normalisation in front of the network.
     """
 
     def __init__(self, num_classes: int = 1000, weights=None,

@@ -21,6 +21,19 @@ class LogProgress:
     """A minimal tqdm-compatible counter that prints a line every ``interval`` seconds.
 
     ``description: 120/500 inputs (24%), 35.2 inputs/s, 10.8 s left``
+
+    Parameters
+    ----------
+    total : int
+        The count that completes the work (0: unknown, no percentage or estimate).
+    description : str
+        What is counted, at the start of each line.
+    unit : str, default="input"
+        The counted thing's name (pluralised with an "s").
+    interval : float, default=30.0
+        Seconds between lines; the last line is printed when ``total`` is reached.
+    file : file-like or None, default=None
+        Where lines go (None: stderr).
     """
 
     def __init__(self, total: int, description: str, unit: str = "input", *,
@@ -60,7 +73,28 @@ class LogProgress:
 def progress_bar(total: int, description: str, *, unit: str = "input", enabled: bool = True,
                  file=None, interval: float = 30.0):
     """A tqdm bar (notebook-aware) on an interactive ``file`` (default stderr), a
-    :class:`LogProgress` on a file or pipe, or a silent counter when not ``enabled``."""
+    :class:`LogProgress` on a file or pipe, or a silent counter when not ``enabled``.
+
+    Parameters
+    ----------
+    total : int
+        The count that completes the work.
+    description : str
+        The bar's label.
+    unit : str, default="input"
+        The counted thing's name.
+    enabled : bool, default=True
+        False: a silent counter (``update`` still counts).
+    file : file-like or None, default=None
+        Where the bar goes (None: stderr).
+    interval : float, default=30.0
+        Seconds between :class:`LogProgress` lines on a non-interactive ``file``.
+
+    Returns
+    -------
+    tqdm or LogProgress
+        An object with ``update(k)``, ``set_postfix(**values)``, ``n`` and ``close()``.
+    """
     from tqdm.auto import tqdm
 
     file = file or sys.stderr

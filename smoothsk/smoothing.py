@@ -101,6 +101,15 @@ class SmoothedPredictionMixin:
         """Monte Carlo estimate of ``P(f(x + δ) = c)`` from ``n_predict`` draws per input.
 
         Columns follow ``classes_``; rows sum to 1.
+
+        Parameters
+        ----------
+        X : array-like or torch Dataset
+            Inputs, in the range and shape the estimator was fitted on.
+
+        Returns
+        -------
+        ndarray of float, shape (N, n_classes)
         """
         return self._smoothed_counts(X) / self.n_predict
 
@@ -108,6 +117,16 @@ class SmoothedPredictionMixin:
         """The smoothed classifier's vote ``argmax_c P(f(x + δ) = c)``, as labels.
 
         Never abstains; :meth:`predict_or_abstain` adds Cohen's significance test.
+
+        Parameters
+        ----------
+        X : array-like or torch Dataset
+            Inputs, in the range and shape the estimator was fitted on.
+
+        Returns
+        -------
+        ndarray, shape (N,)
+            Labels from ``classes_``.
         """
         votes = self._smoothed_counts(X).argmax(axis=1)
         return self.classes_[votes]
@@ -117,6 +136,15 @@ class SmoothedPredictionMixin:
 
         As scikit-learn's ``ClassifierMixin.score``; labels the model cannot predict
         raise instead of counting as wrong.
+
+        Parameters
+        ----------
+        X : array-like or torch Dataset
+            Inputs.
+        y : array-like
+            Their true labels.
+        sample_weight : array-like or None, default=None
+            Weights of the inputs in the accuracy.
         """
         self.encode_labels(np.asarray(y))
         return super().score(X, y, sample_weight=sample_weight)
@@ -130,6 +158,13 @@ class SmoothedPredictionMixin:
         ``abstain_label=None`` uses :func:`smoothsk.certification.certificate.default_abstain_label`
         (−1 for integer labels, ``"abstain"`` for strings): a marker of the labels'
         dtype, which scikit-learn's metrics accept (abstentions count as wrong).
+
+        Parameters
+        ----------
+        X : array-like or torch Dataset
+            Inputs, in the range and shape the estimator was fitted on.
+        abstain_label : object or None, default=None
+            What abstentions are returned as (None: the marker above).
         """
         alpha = check_alpha(self.alpha)  # set_params may have changed it since fit
         counts = self._smoothed_counts(X)
@@ -167,6 +202,23 @@ class SmoothedPredictionMixin:
         (:func:`smoothsk.certification.radius.certified_radius`).  ``sequential=True``
         (with ``max_n`` and ``tolerance``) is the anytime CERTIFY of
         :func:`smoothsk.certify`.
+
+        Parameters
+        ----------
+        X : array-like or torch Dataset
+            Inputs, in the range and shape the estimator was fitted on.
+        n0, n, alpha, batch_size, random_state : optional
+            None takes the estimator's ``n0``, ``n``, ``alpha``, ``certify_batch_size``
+            and ``random_state``.
+        index_offset, n_jobs, chunk_size, threads_per_worker, bound, interval
+            As in :func:`smoothsk.certify`.
+        sequential, max_n, tolerance
+            The anytime CERTIFY, as in :func:`smoothsk.certify`.
+
+        Returns
+        -------
+        Certificate
+            With ``classes`` set to ``classes_``.
         """
         X = self.check_fitted_inputs(X)
         with self._progress(len(X), "certify") as bar, torch_threads(self.n_threads):
@@ -206,6 +258,23 @@ class SmoothedPredictionMixin:
         selected class is not their label draw no estimation samples.  ``test`` picks
         the sequential test (``"rounds"`` or ``"betting"``).  Defaults come from the
         estimator as in :meth:`certify`.
+
+        Parameters
+        ----------
+        X : array-like or torch Dataset
+            Inputs, in the range and shape the estimator was fitted on.
+        radius : float
+            The l2 radius to decide.
+        y : array-like or None, default=None
+            True labels (skips inputs whose selected class differs).
+        n0, n, alpha, batch_size, random_state : optional
+            None takes the estimator's (as in :meth:`certify`).
+        test, first_round, growth, index_offset
+            As in :func:`smoothsk.certify_radius`.
+
+        Returns
+        -------
+        RadiusCertificate
         """
         X = self.check_fitted_inputs(X)
         y_index = self._label_indices(X, y)
@@ -232,6 +301,23 @@ class SmoothedPredictionMixin:
         decided, or ``max_n`` (default: ``n``) estimation draws.  With ``y`` (labels),
         inputs whose selected class is not their label draw no estimation samples.
         Defaults come from the estimator as in :meth:`certify`.
+
+        Parameters
+        ----------
+        X : array-like or torch Dataset
+            Inputs, in the range and shape the estimator was fitted on.
+        radii : array-like of float
+            The grid of l2 radii.
+        y : array-like or None, default=None
+            True labels (skips inputs whose selected class differs).
+        n0, max_n, alpha, batch_size, random_state : optional
+            None takes the estimator's (``max_n``: its ``n``).
+        first_round, growth, index_offset
+            As in :func:`smoothsk.certify_radii`.
+
+        Returns
+        -------
+        RadiiCertificate
         """
         X = self.check_fitted_inputs(X)
         y_index = self._label_indices(X, y)
@@ -256,11 +342,34 @@ class SmoothedPredictionMixin:
         pruned, fine-tuned or quantized one), from ``original``'s finished ``certificate``
         on the same ``X`` (see :func:`smoothsk.certify_incremental`).
 
-        Replays the certificate's draws, bounds how often the two networks disagree and
-        certifies from ``p̲_A − ζ̄`` at ``certificate.alpha + alpha_zeta``, falling back to
-        plain CERTIFY where that is weaker.  This estimator's ``precision`` is the modified
+        Runs both networks on ``n_zeta`` draws (seeded per input, a stream of their own),
+        bounds how often they disagree and certifies from ``p̲_A − ζ̄`` at
+        ``certificate.alpha + alpha_zeta``, falling back to plain CERTIFY where that
+        leaves nothing.  This estimator's ``precision`` is the modified
         network's arithmetic; ``original`` runs at the certificate's.  Defaults come from
         the estimator as in :meth:`certify`.
+
+        Parameters
+        ----------
+        X : array-like or torch Dataset
+            The inputs ``certificate`` was computed on, in its order.
+        original : fitted smoothsk estimator or torch.nn.Module
+            The network that was certified.
+        certificate : Certificate
+            Its finished CERTIFY certificate on ``X``.
+        n_zeta : int, default=10_000
+            Draws on which the two networks are compared.
+        alpha_zeta : float, default=0.001
+            Failure probability of the disagreement bound.
+        batch_size, random_state : optional
+            None takes the estimator's.
+        index_offset : int, default=0
+            As in :meth:`certify`.
+
+        Returns
+        -------
+        Certificate
+            Of this estimator, at level ``certificate.alpha + alpha_zeta``.
         """
         X = self.check_fitted_inputs(X)
         with torch_threads(self.n_threads):

@@ -58,7 +58,15 @@ SIGMA_MAX = float(np.finfo(np.float32).max) / 64
 
 
 class Integer(Interval):
-    """An integer in ``[left, right]`` (``right=None``: unbounded) that is not a ``bool``."""
+    """An integer in ``[left, right]`` (``right=None``: unbounded) that is not a ``bool``.
+
+    Parameters
+    ----------
+    left, right : int or None
+        The bounds (None: unbounded on that side).
+    closed : {"left", "right", "both", "neither"}
+        Which bounds belong to the interval (scikit-learn's ``Interval``).
+    """
 
     def __init__(self, left, right=None, *, closed: str):
         super().__init__(Integral, left, right, closed=closed)
@@ -68,7 +76,17 @@ class Integer(Interval):
 
 
 class Float(Interval):
-    """A finite real number in the interval, not a ``bool``."""
+    """A finite real number in the interval, not a ``bool``.
+
+    Parameters
+    ----------
+    left, right : float or None
+        The bounds (None: unbounded on that side).
+    closed : {"left", "right", "both", "neither"}
+        Which bounds belong to the interval (scikit-learn's ``Interval``).
+    note : str, default=""
+        Why the bounds are what they are, added to the refusal message.
+    """
 
     def __init__(self, left, right=None, *, closed: str, note: str = ""):
         super().__init__(Real, left, right, closed=closed)

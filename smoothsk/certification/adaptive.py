@@ -64,7 +64,17 @@ DEFAULT_GROWTH = {"rounds": 2.0, "betting": 1.25}
 
 
 def round_sizes(first_round: int, growth: float, n: int) -> np.ndarray:
-    """Cumulative sample sizes ``n_j = min(n, ⌈first_round · growth^(j−1)⌉)``, ending at ``n``."""
+    """Cumulative sample sizes ``n_j = min(n, ⌈first_round · growth^(j−1)⌉)``, ending at ``n``.
+
+    Parameters
+    ----------
+    first_round : int
+        Draws of the first round.
+    growth : float
+        Factor between consecutive round sizes (> 1).
+    n : int
+        The budget: the last cumulative size.
+    """
     first_round = inputs.check_positive_int(first_round, "first_round")
     n = inputs.check_positive_int(n, "n")
     if isinstance(growth, bool) or not isinstance(growth, numbers.Real) or not growth > 1:
@@ -97,14 +107,26 @@ class RadiusCertificate:
         ``test="rounds"``; for ``test="betting"`` the confidence sequence's bounds at the
         stopping time (the thresholds at which the certifying and the mirror wealth
         reach ``1/α``).  NaN where no draw was made.
+    radius : float
+        The radius tested.
     threshold : float
         ``Φ(radius/σ)``.
+    sigma : float
+        The noise level.
+    n0, n : int
+        Selection draws, and the budget of estimation draws per input.
+    alpha : float
+        Failure probability of each input's decision.
     round_sizes : ndarray of int
         Cumulative draws after each round; ``K = len(round_sizes)``.
     selection_counts : ndarray of int, shape (N, n_classes)
         Votes of the ``n0`` selection draws.
+    classes : ndarray or None
+        Labels of the class indices (set by the estimators' ``certify_radius``).
     test : {"betting", "rounds"}
         The sequential test that decided.
+    noise, noise_step
+        As in :class:`~smoothsk.Certificate`.
     """
 
     prediction: np.ndarray

@@ -35,6 +35,12 @@ class Certificate:
         One-sided Clopper–Pearson lower bound on ``p_A``.
     selection_counts, counts : ndarray of int, shape (N, n_classes)
         Votes from the ``n0`` selection draws and the ``n`` estimation draws.
+    sigma : float
+        The noise level certified at.
+    n0, n : int
+        Selection and estimation draws per input (``n``: the budget when sequential).
+    alpha : float
+        Failure probability of each input's certificate.
     classes : ndarray or None
         Labels of the class indices (set by the estimators' ``certify``).
     precision : str

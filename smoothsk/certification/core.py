@@ -124,8 +124,12 @@ def certify(
     interval : {"clopper-pearson", "randomized"}
         Which confidence bounds.
     sequential : bool
-        The anytime CERTIFY (Notes), with ``max_n`` (int or None: ``n``) and
-        ``tolerance`` (float or None: σ/10).
+        The anytime CERTIFY (Notes).
+    max_n : int or None
+        ``sequential=True``: the most estimation draws an input may take (None: ``n``).
+    tolerance : float or None
+        ``sequential=True``: an input stops once more draws cannot raise its radius by
+        more than this (None: σ/10).
     verbose : bool
         A progress bar when ``progress`` is None.
     threads : int or None

@@ -40,6 +40,13 @@ class DisagreementNetwork(torch.nn.Module):
 
     ``modified_precision`` runs the modified network under autocast at that precision
     (its quantized arithmetic) while the original runs as it was certified.
+
+    Parameters
+    ----------
+    original, modified : torch.nn.Module
+        ``f`` and ``f'``, returning logits.
+    modified_precision, original_precision : {"fp32", "bf16", "fp16"}, default="fp32"
+        The arithmetic each runs at.
     """
 
     def __init__(self, original: torch.nn.Module, modified: torch.nn.Module,

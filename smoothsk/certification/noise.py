@@ -163,6 +163,11 @@ def lattice_thresholds(scale: Fraction) -> np.ndarray:
 
     ``scale = σ/q`` in lattice units.  Computed at the positive points and mirrored
     (``Φ(−x) = 1 − Φ(x)``); the array is nondecreasing, from about 0 to about 2⁶⁰.
+
+    Parameters
+    ----------
+    scale : Fraction
+        σ / lattice step, exactly.
     """
     half_width = math.ceil(TAIL_Z * scale)
     points = [Fraction(2 * j + 1, 2) / scale for j in range(half_width)]
@@ -182,6 +187,11 @@ def guide_table(scale: Fraction) -> tuple[np.ndarray, tuple[int, int]]:
     ``guide[h]`` counts the thresholds ≤ the first integer of bucket ``h``; a bucket with
     at most one threshold inside needs one comparison more.  The central run of such
     buckets is ``[low, high)``; uniforms outside it (the far tails) take a binary search.
+
+    Parameters
+    ----------
+    scale : Fraction
+        σ / lattice step, exactly (as for :func:`lattice_thresholds`).
     """
     thresholds = lattice_thresholds(scale)
     shift = UNIFORM_BITS - GUIDE_BITS

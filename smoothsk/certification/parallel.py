@@ -84,6 +84,8 @@ def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size
     ----------
     function : callable
         A top-level (picklable) function of one chunk, e.g. serial CERTIFY.
+    module, X, sigma
+        The network, all inputs and the noise level, passed on to ``function``.
     n_jobs : int
         Workers (joblib semantics: −1 = all cores, or the cluster's workers under a
         Dask / Ray backend).

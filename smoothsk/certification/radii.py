@@ -70,10 +70,14 @@ class RadiiCertificate:
         The betting confidence sequence for ``p_A`` at the input's stop (NaN: no draws).
     radii, thresholds : ndarray of float, shape (K,)
         The grid, ascending, and ``Φ(r_k/σ)``.
-    sigma, n0, max_n, alpha : as given
+    sigma, n0, max_n, alpha : float, int, int, float
+        As given to :func:`certify_radii`.
+    selection_counts : ndarray of int, shape (N, n_classes)
+        Votes of the ``n0`` selection draws.
     classes : ndarray or None
         Labels of the class indices (set by the estimators' ``certify_radii``).
-    noise, noise_step : as in :class:`~smoothsk.Certificate`.
+    noise, noise_step
+        As in :class:`~smoothsk.Certificate`.
     """
 
     prediction: np.ndarray

@@ -335,6 +335,10 @@ def plot_certified_accuracy(runs, path=None, *, ax=None, y_true=None, max_radius
         The x-axis' end (default: the largest radius, plus 5 %).
     title : str or None
         A first title line; the second gives N, n and α when the runs share them.
+    size : (float, float), default=(3.4, 2.5)
+        The new figure's width and height in inches (ignored with ``ax``).
+    dpi : int, default=300
+        Resolution of the new figure and of a PNG written to ``path``.
 
     Returns
     -------

@@ -189,6 +189,9 @@ def certify_to_tsv(
         ``out`` whose sidecar differs raises :class:`RunMismatchError`.  The number of
         inputs may grow: a run extended to more ``indices`` (whose first ones are the
         rows already written) continues the file.
+    n0, n, alpha, batch_size, random_state
+        As in :meth:`~smoothsk.SmoothedClassifier.certify`; recorded in the sidecar, so
+        a resumed run refuses a change.
     progress : callable or None
         Called with the number of rows written after each call to ``certify``.
     rows_per_call : int or None

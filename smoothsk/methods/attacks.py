@@ -37,7 +37,19 @@ def smoothed_soft_prediction(module, X: torch.Tensor, noises: torch.Tensor) -> t
 
 
 def smoothed_attack_objective(module, X, y, noises) -> torch.Tensor:
-    """Per-example ``J(x̃) = −log((1/m) Σ_i F_y(x̃ + δ_i))``, shape (B,)."""
+    """Per-example ``J(x̃) = −log((1/m) Σ_i F_y(x̃ + δ_i))``, shape (B,).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Base network returning logits; ``F`` is its softmax.
+    X : Tensor
+        The points ``x̃`` attacked, ``(B, ...)``.
+    y : Tensor
+        Class indices ``(B,)``.
+    noises : Tensor
+        ``(m, B, ...)`` noise draws ``δ_i`` (already scaled by σ).
+    """
     soft = smoothed_soft_prediction(module, X, noises)
     return -torch.log(soft.gather(1, y.view(-1, 1)).squeeze(1).clamp_min(1e-20))
 
@@ -75,7 +87,15 @@ def frozen(module: torch.nn.Module):
 
 @dataclass
 class SmoothedAttackResult:
-    """``adversarial`` = x̃ᵀ (after all steps); ``intermediate`` = x̃ᵏ (after ``return_step``)."""
+    """What :func:`smoothed_pgd_attack` returns.
+
+    Attributes
+    ----------
+    adversarial : Tensor
+        x̃ᵀ, the iterate after all ``num_steps`` steps.
+    intermediate : Tensor
+        x̃ᵏ, the iterate after ``return_step`` steps.
+    """
 
     adversarial: torch.Tensor
     intermediate: torch.Tensor

@@ -51,8 +51,27 @@ def kl_pgd_noise_attack(
     so that the attacked noise stays a plausible Gaussian draw: its mean is the start's
     and its spread at most the start's (the authors divide the centred noise by its
     uncentred root mean square; transcribed as is).  The network runs frozen
-    (eval mode, no parameter gradients).  Returns the attacked noises, shape of ``noises``
-    ``(m, B, ...)``.
+    (eval mode, no parameter gradients).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Base network returning logits.
+    X : Tensor
+        Clean inputs ``(B, ...)``.
+    target_prob : Tensor
+        ``p̂``, the target distribution per input, ``(B, n_classes)``.
+    noises : Tensor
+        ``(m, B, ...)`` starting noise draws ``δ_i⁰`` (already scaled by σ).
+    num_steps : int
+        Ascent steps.
+    epsilon : float
+        Radius of the l2 ball the change of each noise vector stays in.
+
+    Returns
+    -------
+    Tensor
+        The attacked noises, shape of ``noises``.
     """
     m = len(noises)
     inputs = X.unsqueeze(0).expand_as(noises).flatten(0, 1)  # the authors' repeat(m, ...)
@@ -111,6 +130,14 @@ def catrs_loss(
 
     Parameters
     ----------
+    module : torch.nn.Module
+        The base network (returns logits), trained by the loss.
+    X, y : Tensor
+        The batch: inputs ``(B, ...)`` and class indices ``(B,)``.
+    sigma : float
+        The noise level σ.
+    num_noise, num_steps, epsilon, kl_weight, confidence_mask
+        As the parameters of the same names of :class:`~smoothsk.CATRSClassifier`.
     target_prob : Tensor (B, C)
         ``p̂(x)``, rows summing to 1.
     noises : Tensor, optional
@@ -158,6 +185,24 @@ def smoothed_targets(estimator, X, num: int, *, batch_size: int | None = None,
     The authors' ``smooth_prediction.py`` (``confidence_top2``): the empirical
     distribution of ``argmax f(x + δ)`` over ``num`` draws at the estimator's σ and
     precision, one row per input, columns in the estimator's ``classes_`` order.
+
+    Parameters
+    ----------
+    estimator : SmoothedClassifier
+        A fitted smoothsk estimator (CAT-RS's target model).
+    X : array or tensor
+        Inputs.
+    num : int
+        Noise draws per input.
+    batch_size : int or None, default=None
+        Draws per forward pass (None: the estimator's ``certify_batch_size``).
+    random_state : int, RandomState or None, default=None
+        Seeds the draws (per input, as in :func:`~smoothsk.certify`).
+
+    Returns
+    -------
+    ndarray of float32, shape (N, n_classes)
+        The empirical distribution of the votes.
     """
     counts = sampling.class_counts(
         estimator.module_, X, estimator.noise_level_, num,
@@ -324,11 +369,24 @@ class CATRSClassifier(SmoothedClassifier):
         self.target_model_ = target
 
     def fit(self, X, y=None, **fit_params):
-        """Fit (or take) the target model, compute ``p̂`` on ``X``, then train with CAT-RS."""
+        """Fit (or take) the target model, compute ``p̂`` on ``X``, then train with CAT-RS.
+
+        Parameters
+        ----------
+        X, y, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.fit`.
+        """
         self._prepare_target(X, y)
         return super().fit(X, y, **fit_params)
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """The first call prepares the target model and ``p̂`` as :meth:`fit` does.
+
+        Parameters
+        ----------
+        X, y, classes, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.partial_fit`.
+        """
         if not hasattr(self, "target_model_"):
             self._prepare_target(X, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)

@@ -184,11 +184,24 @@ class CRTStudent(SmoothedClassifier):
         return teacher_classes, teacher_shape
 
     def fit(self, X, y=None, **fit_params):
-        """Fit (or take) the teacher, check it matches the data, then train the student."""
+        """Fit (or take) the teacher, check it matches the data, then train the student.
+
+        Parameters
+        ----------
+        X, y, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.fit`.
+        """
         self._prepare_teacher(X, y)
         return super().fit(X, y, **fit_params)
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """The first call prepares the teacher as :meth:`fit` does.
+
+        Parameters
+        ----------
+        X, y, classes, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.partial_fit`.
+        """
         if not hasattr(self, "teacher_network_"):
             self._prepare_teacher(X, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)

@@ -91,7 +91,15 @@ def denoiser_loss(
 
 
 class DenoisedNetwork(torch.nn.Module):
-    """``f ∘ D``: the base network that is smoothed; the classifier stays in eval mode."""
+    """``f ∘ D``: the base network that is smoothed; the classifier stays in eval mode.
+
+    Parameters
+    ----------
+    denoiser : torch.nn.Module
+        ``D``, trained.
+    classifier : torch.nn.Module
+        ``f``, frozen (its parameters get no gradients).
+    """
 
     def __init__(self, denoiser: torch.nn.Module, classifier: torch.nn.Module):
         super().__init__()
@@ -119,7 +127,10 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
     Parameters
     ----------
     classifier : fitted classifier or torch.nn.Module
-        The frozen ``f``, as in :class:`PretrainedSmoothingClassifier` (with ``prefit``).
+        The frozen ``f``, as in :class:`PretrainedSmoothingClassifier`.
+    prefit : bool, default=True
+        Whether ``classifier`` is already fitted; False trains a clone of it on the
+        clean ``(X, y)`` first (as in :class:`PretrainedSmoothingClassifier`).
     module : torch.nn.Module class or instance, or None
         The denoiser ``D``.  None: :class:`~smoothsk.models.DnCNN` for image-shaped inputs
         (``module__depth``, ``module__width``), :class:`~smoothsk.models.MLPDenoiser` for
@@ -135,8 +146,8 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
         Epochs of MSE before stability for ``"mse+stability"``; None is half of
         ``max_epochs``.
     **kwargs
-        ``prefit`` and everything :class:`~smoothsk.base.SmoothedClassifier` takes (σ,
-        ``classes``, the optimiser, ...).
+        Everything :class:`~smoothsk.base.SmoothedClassifier` takes (σ, ``classes``, the
+        optimiser, ...).
 
     Notes
     -----
@@ -196,12 +207,25 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
         object.__setattr__(self, "gradient_network_", gradients)
 
     def fit(self, X, y=None, **fit_params):
-        """Train the denoiser in front of the frozen classifier."""
+        """Train the denoiser in front of the frozen classifier.
+
+        Parameters
+        ----------
+        X, y, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.fit`.
+        """
         self.validate_parameters()
         self._resolve_classifier(X, y)
         return SmoothedClassifier.fit(self, X, y, **fit_params)
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """Train the denoiser further; the first call prepares the classifier.
+
+        Parameters
+        ----------
+        X, y, classes, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.partial_fit`.
+        """
         if not hasattr(self, "classifier_network_"):
             self.validate_parameters()
             self._resolve_classifier(X, y)

@@ -39,6 +39,15 @@ class EnsembleNetwork(torch.nn.Module):
     are evaluated; where they all agree their class is the decision, and only the other
     rows go through the remaining members (Horváth et al.'s K-consensus).
     ``member_rows`` counts the rows every member evaluated, for measuring that saving.
+
+    Parameters
+    ----------
+    members : list of torch.nn.Module
+        The members' networks (returning logits over the same classes), in order.
+    voting : {"soft", "hard"}, default="soft"
+        Average of the members' probabilities, or of their votes.
+    consensus : int or None, default=None
+        K-consensus: the first K members decide the rows where they agree.
     """
 
     def __init__(self, members: list[torch.nn.Module], voting: str = "soft",
@@ -239,7 +248,13 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
 
     def fit(self, X, y=None, **fit_params):
         """Fit clones of the members (``prefit=False``), or check fitted ones, against
-        ``(X, y)``; then the ensemble is ready.  No other network is trained."""
+        ``(X, y)``; then the ensemble is ready.  No other network is trained.
+
+        Parameters
+        ----------
+        X, y, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.fit`.
+        """
         result = super().fit(X, y, **fit_params)
         self.trained_sigma_ = float(self.noise_level_)
         return result

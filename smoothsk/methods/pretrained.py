@@ -157,6 +157,11 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
 
         Learns ``input_shape_``, ``n_features_in_`` and ``classes_`` (the classifier's);
         no network is trained.
+
+        Parameters
+        ----------
+        X, y, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.fit`.
         """
         if self.module is not None:
             raise ValueError(f"{type(self).__name__} trains no network; module must be None "
@@ -191,7 +196,13 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """The first call is :meth:`fit`; later ones only check ``(X, y)``: there is
-        nothing to train incrementally."""
+        nothing to train incrementally.
+
+        Parameters
+        ----------
+        X, y, classes, **fit_params
+            As in :meth:`smoothsk.SmoothedClassifier.partial_fit`.
+        """
         if not is_fitted_estimator(self):
             return self.fit(X, y, **fit_params)
         self.prepare_fit_data(X, y, fit_params, reset=False)

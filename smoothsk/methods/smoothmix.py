@@ -115,6 +115,15 @@ def smoothmix_loss(
 
     Parameters
     ----------
+    module : torch.nn.Module
+        The base network (returns logits), trained by the loss.
+    X, y : Tensor
+        The batch: inputs ``(B, ...)`` and class indices ``(B,)``.
+    sigma : float
+        The noise level σ.
+    num_noise, num_steps, step_size, eta, mix_step, mix_radius, attack_radius, clip_range
+        As the parameters of the same names of :class:`~smoothsk.SmoothMixClassifier`
+        (``clip_range`` resolved to a pair or None).
     warmup : float
         The warm-up factor ``w(epoch)`` (see :func:`warmup_factor`), scaling η and the
         one-step radius.

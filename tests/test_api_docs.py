@@ -1,0 +1,120 @@
+"""The API reference documents every parameter: each entry of ``docs/api.rst`` (and each
+method an estimator user calls) names each of its parameters in a numpydoc Parameters
+section (Attributes for a dataclass, whose fields are its parameters).  This is what the
+rendered pages show; ``docs/check_site.py`` checks the same in a browser."""
+
+import dataclasses
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import smoothsk
+
+ROOT = Path(__file__).resolve().parents[1]
+USER_METHODS = ("fit", "partial_fit", "predict", "predict_proba", "predict_or_abstain",
+                "score", "certify", "certify_radius", "certify_radii", "certify_incremental")
+
+
+def _api_entries() -> list[str]:
+    """Dotted names of the autosummary entries of docs/api.rst, with their module."""
+    module, names = "smoothsk", []
+    for line in (ROOT / "docs" / "api.rst").read_text().splitlines():
+        current = re.match(r"\.\. currentmodule:: (\S+)", line)
+        if current:
+            module = current.group(1)
+            continue
+        entry = re.match(r"   ([A-Za-z_][\w.]*)$", line)
+        if entry:
+            names.append(f"{module}.{entry.group(1)}")
+    return names
+
+
+def _resolve(dotted: str):
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(dotted)
+
+
+def documented_names(doc: str, section: str) -> set[str] | None:
+    """The names a numpydoc ``section`` documents (``a, b : type`` lines count each
+    name), or None when there is no such section."""
+    match = re.search(rf"^{section}\n-+\n(.*?)(?:\n\n[A-Z][a-z ]+\n-+\n|\Z)", doc,
+                      re.S | re.M)
+    if match is None:
+        return None
+    names = set()
+    for line in match.group(1).splitlines():
+        header = re.match(r"^([*\w][\w*, ]*?)\s*(?::|$)", line)
+        if header and not line.startswith(" "):
+            names |= {name.strip().lstrip("*") for name in header.group(1).split(",")}
+    return names
+
+
+def undocumented(obj) -> list[str]:
+    """The parameters of ``obj`` its docstring does not document ("section" if it has
+    no section at all)."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    params = [p.name for p in signature.parameters.values()
+              if p.name not in ("self", "cls")
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not params:
+        return []
+    section = "Attributes" if dataclasses.is_dataclass(obj) else "Parameters"
+    names = documented_names(inspect.getdoc(obj) or "", section)
+    if names is None:
+        return [f"no {section} section"]
+    return [name for name in params if name not in names]
+
+
+@pytest.mark.parametrize("name", [n for n in _api_entries()
+                                  if callable(_resolve(n)) and not inspect.ismodule(_resolve(n))])
+def test_every_api_entry_documents_its_parameters(name):
+    assert undocumented(_resolve(name)) == [], name
+
+
+def test_the_estimators_user_methods_document_their_parameters():
+    missing = {}
+    for cls_name in smoothsk.__all__:
+        cls = getattr(smoothsk, cls_name)
+        if not (inspect.isclass(cls) and issubclass(cls, smoothsk.SmoothedClassifier)):
+            continue
+        for method in USER_METHODS:
+            if hasattr(cls, method) and undocumented(getattr(cls, method)):
+                missing[f"{cls_name}.{method}"] = undocumented(getattr(cls, method))
+    assert missing == {}
+
+
+def test_the_check_itself_sees_a_missing_parameter():
+    def documented(a, b):
+        """Something.
+
+        Parameters
+        ----------
+        a : int
+            One.
+        """
+
+    def grouped(a, b, **kwargs):
+        """Something.
+
+        Parameters
+        ----------
+        a, b : int
+            Both.
+        """
+
+    assert undocumented(documented) == ["b"] and undocumented(grouped) == []
+    assert undocumented(lambda x: x) == ["no Parameters section"]
