@@ -209,10 +209,8 @@ class MLP(nn.Module):
 
     Parameters
     ----------
-    in_features : int
-        Entries per input after flattening (``X.shape[1]`` for tabular data).
-    num_classes : int
-        Logits per input.
+    in_features, num_classes : int
+        Entries per input after flattening (``X.shape[1]``), and logits per input.
     hidden_units : sequence of int, default=(256, 256)
         Width of each hidden ReLU layer, in order; ``()`` is a linear model.
     """
@@ -247,14 +245,9 @@ class DnCNN(nn.Module):
 
     Parameters
     ----------
-    channels : int, default=1
-        Image channels in and out.
-    depth : int, default=5
-        Convolutions in all (at least 2).
-    width : int, default=32
-        Channels of the hidden convolutions.
-    kernel_size : int, default=3
-        Side of every convolution's kernel (padded to keep the image size).
+    channels, depth, width, kernel_size : int, default=1, 5, 32, 3
+        Image channels in and out; convolutions in all (at least 2); channels of the
+        hidden ones; every kernel's side (padded to keep the image size).
     """
 
     def __init__(self, channels: int = 1, depth: int = 5, width: int = 32,
@@ -313,12 +306,9 @@ class LeNet(nn.Module):
 
     Parameters
     ----------
-    num_classes : int, default=10
-        Logits per input.
-    in_channels : int, default=1
-        Image channels.
-    image_size : int, default=28
-        Side of the square images (flat inputs of ``image_size²`` entries are reshaped).
+    num_classes, in_channels, image_size : int, default=10, 1, 28
+        Logits per input, image channels, and the square images' side (flat inputs of
+        ``image_size²`` entries are reshaped).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
@@ -369,12 +359,8 @@ class CIFARResNet(nn.Module):
 
     Parameters
     ----------
-    depth : int, default=110
-        ``6k + 2`` layers (20, 56, 110, ...).
-    num_classes : int, default=10
-        Logits per input.
-    in_channels : int, default=3
-        Image channels.
+    depth, num_classes, in_channels : int, default=110, 10, 3
+        ``6k + 2`` layers (20, 56, 110, ...), logits per input, image channels.
     mean, std : sequence of float or None, default=CIFAR-10's
         Per-channel normalisation of the first layer; ``mean=None`` for none.
     """
