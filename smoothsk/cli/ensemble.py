@@ -40,8 +40,17 @@ def member_names(paths: list[str]) -> list[str]:
     return names
 
 
-def assemble(args) -> int:
-    """Load ``--members``, build the ensemble, check it on ``--dataset`` and save it."""
+def assemble(args, options: dict) -> int:
+    """Load ``--members``, build the ensemble, check it on ``--dataset`` and save it.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``smoothsk train`` arguments.
+    options : dict
+        The ensemble's own options given on the command line (``voting``, ``consensus``),
+        already checked to be options of :class:`~smoothsk.SmoothedEnsembleClassifier`.
+    """
     from smoothsk.io.model_file import load_model, save_model
     from smoothsk.io.runs import RunLockedError, exclusive_run
     from smoothsk.methods.registry import ASSEMBLED
@@ -65,8 +74,6 @@ def assemble(args) -> int:
             raise CommandError(f"cannot use --members {path}: {exc}") from exc
     flat = len(members[0].input_shape_) == 1
     X, y = load_data(args, "train", flat=flat)
-    options = {name: getattr(args, name) for name in ("voting", "consensus")
-               if getattr(args, name, None) is not None}
     ensemble = ASSEMBLED["ensemble"](list(zip(member_names(paths), members)), prefit=True,
                                      device=args.device, random_state=args.seed, **options)
     if args.batch_size is not None:

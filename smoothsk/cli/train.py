@@ -52,6 +52,24 @@ def _all_method_options() -> dict:
     return options
 
 
+def given_method_options(args) -> dict:
+    """The method options given on the command line, by parameter name; one that is not an
+    option of ``--method`` is refused rather than ignored (``--eta`` for ``gaussian``)."""
+    own = method_options(_COMMAND_METHODS[args.method])
+    given = {}
+    for name in _all_method_options():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name not in own:
+            takes = (f"its options: {', '.join('--' + n.replace('_', '-') for n in own)}"
+                     if own else "it has no options of its own")
+            raise CommandError(f"--{name.replace('_', '-')} is not an option of --method "
+                               f"{args.method} ({takes}; see --method {args.method} --help).")
+        given[name] = value
+    return given
+
+
 def add_parser(subparsers, method: str | None = None) -> None:
     """Add ``train``; ``method`` (what ``--method`` says on the command line) shows that
     method's own options in ``--help``."""
@@ -194,17 +212,7 @@ def build_estimator(args, dataset_train_size: int | None = None):
         params.update(module=None)
         for name in module_params:
             params.pop(name, None)
-    own = method_options(cls)
-    for name in _all_method_options():
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if name not in own:
-            takes = (f"its options: {', '.join('--' + n.replace('_', '-') for n in own)}"
-                     if own else "it has no options of its own")
-            raise CommandError(f"--{name.replace('_', '-')} is not an option of --method "
-                               f"{args.method} ({takes}; see --method {args.method} --help).")
-        params[name] = value
+    params.update(given_method_options(args))
     params.update(dict(args.set or []))
     defaults = cls().get_params(deep=False)
     for name, value in (args.set or []):
@@ -363,7 +371,7 @@ def run(args) -> int:
     check_writable(args.out)
     check_replaceable(Path(args.out), args.trust_pickle)
     if args.method in ASSEMBLED:
-        return assemble(args)
+        return assemble(args, given_method_options(args))
     if args.members is not None:
         raise CommandError("--members only applies to --method ensemble.")
     check_pickle_suffix(args)

@@ -637,6 +637,10 @@ def test_an_ensemble_of_trained_model_files_trains_certifies_and_reports(model, 
         (["--method", "gaussian", "--members", f"{model},{second}"],
          "--members only applies to --method ensemble"),
         (["--method", "gaussian", "--voting", "hard"], "--voting is not an option of"),
+        # another method's option is refused, not ignored (it was, before the ensemble
+        # went through the check every method goes through)
+        (["--method", "ensemble", "--members", f"{model},{second}", "--eta", "3"],
+         "--eta is not an option of --method ensemble (its options: --voting, --consensus"),
     ]:
         result = run_here(*base, *extra)
         assert result.returncode != 0 and says in result.stderr, (extra, result.stderr)
