@@ -68,6 +68,10 @@ class Certificate:
         Whether the anytime CERTIFY made it (:func:`certify`).
     tolerance : float or None
         Its stopping tolerance.
+    disagreements : ndarray of int or None, shape (N,)
+        :func:`certify_incremental`: of its ``n_zeta`` shared draws, those on which the
+        modified network's class differed from the original's (0 where the original
+        abstained and nothing was compared); ``disagreements / n_zeta`` is the observed ζ.
     smoothsk_version : str
         The library version that computed it.
     """
@@ -93,6 +97,7 @@ class Certificate:
     samples: np.ndarray | None = None
     sequential: bool = False
     tolerance: float | None = None
+    disagreements: np.ndarray | None = None
     smoothsk_version: str = field(default=__version__)
 
     def __len__(self) -> int:
@@ -119,6 +124,7 @@ class Certificate:
             bound=first.bound, interval=first.interval, pb_upper=joined("pb_upper"),
             uniforms=joined("uniforms"), noise=first.noise, noise_step=first.noise_step,
             samples=joined("samples"), sequential=first.sequential, tolerance=first.tolerance,
+            disagreements=joined("disagreements"),
         )
 
     def labels(self, abstain_label=None) -> np.ndarray:

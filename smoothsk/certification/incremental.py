@@ -104,7 +104,8 @@ def certify_incremental(
     -------
     Certificate
         Of ``modified``, at level ``certificate.alpha + alpha_zeta``; ``samples`` holds the
-        draws each input cost ``modified`` (``n_zeta``, or the fallback's ``n0 + n``).
+        draws each input cost ``modified`` (``n_zeta``, or the fallback's ``n0 + n``) and
+        ``disagreements`` the draws on which the two networks differed.
     """
     modified_net, _ = as_base_network(modified)
     original_net, classes = as_base_network(original)
@@ -127,7 +128,8 @@ def certify_incremental(
     (counts,) = sample_counts(pair, X, sigma, [n_zeta], batch_size=batch_size,
                               random_state=random_state, index_offset=index_offset,
                               streams=[STREAM_INCREMENTAL], active=kept)
-    disagreements = counts[:, 1] if counts.shape[1] > 1 else np.zeros(len(X), np.int64)
+    disagreements = (counts[:, 1] if counts.shape[1] > 1 else
+                     np.zeros(len(X))).astype(np.int64)
     zeta_upper = np.where(kept, bounds.upper_confidence_bound(disagreements, n_zeta,
                                                               alpha_zeta), 1.0)
     pa_lower = np.where(kept, certificate.pa_lower - zeta_upper, 0.0)
@@ -150,5 +152,5 @@ def certify_incremental(
         selection_counts=certificate.selection_counts, counts=certificate.counts,
         sigma=sigma, n0=certificate.n0, n=certificate.n, alpha=alpha,
         classes=classes if classes is not None else certificate.classes,
-        precision=modified_precision, samples=samples,
+        precision=modified_precision, samples=samples, disagreements=disagreements,
     )

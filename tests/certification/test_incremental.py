@@ -53,6 +53,7 @@ def test_an_unchanged_network_keeps_its_radii_up_to_the_disagreement_bound():
     np.testing.assert_allclose(same.pa_lower, cert.pa_lower - (1 - 0.001 ** (1 / 2000)),
                                rtol=1e-9)
     np.testing.assert_array_equal(same.prediction, cert.prediction)
+    np.testing.assert_array_equal(same.disagreements, 0)
 
 
 def test_a_network_that_disagrees_falls_back_to_certify():
@@ -67,6 +68,9 @@ def test_a_network_that_disagrees_falls_back_to_certify():
     np.testing.assert_array_equal(result.prediction[certified],
                                   flipped.true_class(X)[certified])
     assert np.all(result.samples > 2000)  # every input paid the fallback
+    # the negated classifier disagrees on every shared draw the original was compared on
+    compared = cert.prediction != ABSTAIN
+    np.testing.assert_array_equal(result.disagreements, np.where(compared, 200, 0))
     with pytest.raises(ValueError, match="holds 30 inputs"):
         certify_incremental(flipped, original, X[:5], cert)
 
