@@ -179,9 +179,11 @@ class TrainingCheckpoint(Callback):
         path = Path(self.path)
         if not path.exists():
             return 0
+        from smoothsk.io.files import load_data_only
+
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
+            state = load_data_only(path)
+        except (ValueError, OSError) as exc:
             raise CheckpointMismatchError(
                 f"{path} is not a readable training checkpoint ({exc}); remove it to start "
                 "over.") from exc

@@ -1,4 +1,5 @@
-"""Atomic files: a reader sees the old file or the complete new one, never a partial one."""
+"""Files: atomic writes (a reader sees the old file or the complete new one, never a
+partial one), digests, and torch archives read as data only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "file_digest"]
+__all__ = ["atomic_write", "atomic_write_text", "file_digest", "load_data_only"]
 
 
 def _umask() -> int:
@@ -116,3 +117,42 @@ def file_digest(path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_data_only(path):
+    """``torch.load(path, weights_only=True)`` onto the CPU, its refusal in one sentence.
+
+    The restricted unpickler builds tensors and plain containers only; a file that asks for
+    anything else (a global such as ``os.system``, an unknown opcode) is refused.  torch's
+    own message is several lines long and advises loading with ``weights_only=False``,
+    which would run the file's code: the ``ValueError`` raised here keeps only what the
+    file held.
+
+    Parameters
+    ----------
+    path : str or Path
+        The archive.
+
+    Raises
+    ------
+    ValueError
+        The file is not an archive of data (``OSError`` for a file that cannot be read).
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as exc:
+        skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        details = [line.strip() for line in str(exc).splitlines()
+                   if line.strip() and not line.strip().startswith(skip)]
+        raise ValueError("it holds more than data, and is not run: "
+                         + (" ".join(details).rstrip(".")
+                            or "refused by torch's restricted unpickler")) from exc
+    except Exception as exc:  # a damaged or foreign archive: zip, pickle or tensor errors
+        message = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+        raise ValueError(f"it is not a readable torch archive ({message})") from exc

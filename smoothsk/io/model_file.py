@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smoothsk.io.files import atomic_write
+from smoothsk.io.files import atomic_write, load_data_only
 from smoothsk.io.stored_params import (
     CLASS_PARAMS,
     check_stored_param,
@@ -229,9 +229,9 @@ def weights_digest(state_dict: dict) -> str:
 
 def _read_archive(path: Path) -> dict:
     try:
-        archive = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the restricted unpickler refuses anything but data
-        raise ValueError(f"{path} is not a readable smoothsk model file ({exc}).") from exc
+        archive = load_data_only(path)
+    except (ValueError, OSError) as exc:  # the restricted unpickler refuses anything but data
+        raise ValueError(f"{path} is not a readable smoothsk model file: {exc}.") from exc
     if not isinstance(archive, dict) or "document" not in archive:
         raise ValueError(f"{path} is not a smoothsk model file.")
     return archive

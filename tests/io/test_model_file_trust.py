@@ -213,3 +213,30 @@ def test_a_training_info_that_is_not_a_mapping_is_ignored(saved, tmp_path, digit
     torch.save(archive, tmp_path / "odd.smoothsk")
     model = load_model(tmp_path / "odd.smoothsk")  # the CLI reads training_info_.get(...)
     assert not hasattr(model, "training_info_") and len(model.predict(X[:2])) == 2
+
+
+class _RunsOnLoad:
+    # what a pickled payload looks like: unpickling it would call os.system
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("content", ["a global", "garbage"])
+def test_a_file_that_holds_more_than_data_is_refused_in_one_line(tmp_path, content):
+    from smoothsk.io.files import load_data_only
+
+    path = tmp_path / "m.smoothsk"
+    if content == "a global":
+        torch.save({"document": _RunsOnLoad()}, path)
+    else:
+        path.write_bytes(b"not an archive" * 8)
+    with pytest.raises(ValueError) as refused:
+        load_model(path)
+    message = str(refused.value)
+    # one line naming the file, without torch's advice to load with weights_only=False
+    assert "\n" not in message and str(path) in message
+    assert "weights_only" not in message and "trusted source" not in message
+    if content == "a global":
+        assert "more than data" in message and "system" in message
+    with pytest.raises(ValueError, match="not a readable torch archive|more than data"):
+        load_data_only(path)
