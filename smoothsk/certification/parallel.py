@@ -16,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import threading
+import time
 from collections.abc import Callable
 
 import torch
 from joblib import Parallel, delayed, effective_n_jobs
+from joblib.parallel import LokyBackend, get_active_backend
 
 from smoothsk.certification.inputs import (
     base_seed,
@@ -65,7 +68,42 @@ def _worker_device(on_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def _run_chunk(function, module, X, sigma, indices, threads, on_gpu, kwargs):
+_watching_parent = threading.Event()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    if _watching_parent.is_set():
+        return
+    _watching_parent.set()
+
+    def watch():
+        while os.getppid() == parent_pid:  # a dead parent's children are adopted elsewhere
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="smoothsk-exit-with-parent", daemon=True).start()
+
+
+def _start_worker(parent_pid: int) -> None:
+    """Loky's worker initializer: a worker exits as soon as the caller is gone (it is the
+    caller's child, so a parent other than ``parent_pid`` means the caller died while the
+    worker started).  A SIGKILLed caller runs no clean-up, and joblib's workers would go on
+    computing (and holding the caller's stderr open) long after it."""
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    _watch_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """The same, from a task: in workers of another process backend that are the caller's
+    children.  Dask and Ray workers are not, and are left to their cluster; the threading
+    backend runs in the caller."""
+    if os.getpid() != parent_pid and os.getppid() == parent_pid:
+        _watch_parent(parent_pid)
+
+
+def _run_chunk(function, module, X, sigma, indices, threads, on_gpu, parent_pid, kwargs):
+    _exit_with_parent(parent_pid)
     if threads:
         torch.set_num_threads(threads)
     # Every task works on its own copy in eval mode: with the threading backend the
@@ -126,14 +164,17 @@ def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size
     chunks = [slice(start, start + chunk_size) for start in range(0, total, chunk_size)]
     tasks = (
         delayed(_run_chunk)(function, portable, take_rows(X, rows), sigma, indices[rows],
-                            threads_per_worker, device.type == "cuda", kwargs)
+                            threads_per_worker, device.type == "cuda", os.getpid(), kwargs)
         for rows in chunks
     )
+    # loky's workers watch the caller from the moment they start, not from their first task
+    watch = ({"initializer": _start_worker, "initargs": (os.getpid(),)}
+             if isinstance(get_active_backend()[0], LokyBackend) else {})
     results = []
     # under the threading backend the workers set this process's thread count: restore it
     with torch_threads(torch.get_num_threads()):
         for rows, result in zip(chunks,
-                                Parallel(n_jobs=n_jobs, return_as="generator")(tasks)):
+                                Parallel(n_jobs=n_jobs, return_as="generator", **watch)(tasks)):
             results.append(result)
             if progress is not None:
                 progress(len(range(total)[rows]))

@@ -67,9 +67,19 @@ def _method_named(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``smoothsk`` with ``argv`` (default: the process's arguments); the exit status.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        The arguments after ``smoothsk``.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_method_named(argv))
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser(_method_named(argv)).parse_args(argv)
+    except KeyboardInterrupt:
+        print("smoothsk: interrupted while starting; nothing was done.", file=sys.stderr)
+        return 130
     try:
         return args.func(args)
     except (CommandError, FloatingPointError, ValueError) as exc:

@@ -654,3 +654,61 @@ def test_ensemble_members_are_named_after_their_files_distinctly():
 
     assert member_names(["a/gauss.smoothsk", "b/gauss.smoothsk", "c/x__y.smoothsk"]) == \
         ["gauss", "gauss-2", "x_y"]
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5])
+def test_ctrl_c_while_the_command_starts_is_one_line(delay, tmp_path):
+    # importing torch, scikit-learn and skorch takes seconds: the signal lands inside it
+    process = subprocess.Popen([SMOOTHSK, "report", str(tmp_path / "none.tsv")],
+                               stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("smoothsk") and "interrupted" in err
+
+
+def _process_group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize("moment", ["while the workers start", "while they certify"])
+def test_workers_die_with_a_sigkilled_certify(model, tmp_path, moment):
+    out = tmp_path / "killed.tsv"
+    process = subprocess.Popen(
+        [SMOOTHSK, "certify", str(model), "--dataset", "digits", "--n", "100000", "--jobs",
+         "2", "--quiet", "--out", str(out)], env=ENV, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        # the caller, loky's and multiprocessing's resource trackers, two workers
+        while len(_process_group(process.pid)) < 5 and time.time() < deadline:
+            time.sleep(0.05)
+        if moment == "while they certify":
+            while (not out.exists() or len(out.read_text().splitlines()) < 3) and \
+                    time.time() < deadline:
+                time.sleep(0.05)
+        process.kill()
+        process.wait()
+        # the workers notice within half a second of getting a task or of starting
+        # (importing torch takes seconds), then the trackers see their pipes close
+        deadline = time.time() + 60
+        while _process_group(process.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _process_group(process.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
