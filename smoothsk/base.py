@@ -329,7 +329,13 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
     # ------------------------------------------------------------------ training
     @abc.abstractmethod
     def training_loss(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Scalar loss of one training batch (``X`` and encoded ``y`` on the device)."""
+        """Scalar loss of one training batch: a method's one hook to write.
+
+        Parameters
+        ----------
+        X, y : torch.Tensor
+            The batch's inputs and class indices (encoded labels), on the device.
+        """
 
     def fit(self, X, y=None, **fit_params):
         """Learn ``classes_`` and train the base network with :meth:`training_loss`.
@@ -397,11 +403,6 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
             self.check_network_output(X)
         with torch_threads(self.n_threads), self.training_context():
             return NeuralNetClassifier.partial_fit(self, *self.training_data(X, y))
-
-    def training_data(self, X, y):
-        """What skorch iterates over in training: ``(X, y)`` here; a method whose loss
-        needs more per example (CAT-RS's targets) returns a Dataset and None."""
-        return X, y
 
     @property
     def classes_(self) -> np.ndarray:

@@ -58,7 +58,15 @@ class FitDataMixin:
         check_input_range(self.input_range)
 
     def check_inputs(self, X, *, reset: bool):
-        """Arrays and tensors become float32 arrays of a fixed per-sample shape."""
+        """Arrays and tensors become float32 arrays of a fixed per-sample shape.
+
+        Parameters
+        ----------
+        X : array-like, tensor or Dataset
+            The inputs (a Dataset passes through; its first item gives the shape).
+        reset : bool
+            Learn the per-sample shape (``fit``) rather than check it.
+        """
         if isinstance(X, torch.utils.data.Dataset) and not isinstance(X, torch.Tensor):
             if reset:
                 self.input_shape_ = tuple(torch.as_tensor(first_field(X[0])).shape)
@@ -77,7 +85,19 @@ class FitDataMixin:
         return X
 
     def prepare_fit_data(self, X, y, fit_params, *, reset: bool, classes=None):
-        """Validate ``X``, encode ``y`` against ``classes_`` (learned when ``reset``)."""
+        """Validate ``X``, encode ``y`` against ``classes_`` (learned when ``reset``).
+
+        Parameters
+        ----------
+        X, y
+            The data of ``fit`` / ``partial_fit``.
+        fit_params : dict
+            Further fit parameters, refused (none is supported).
+        reset : bool
+            Learn ``classes_`` and the input shape (``fit``) rather than check them.
+        classes : array-like or None
+            ``partial_fit``'s labels of every class.
+        """
         if fit_params:
             raise TypeError(
                 f"{type(self).__name__}.fit does not accept {sorted(fit_params)}; "
@@ -118,8 +138,13 @@ class FitDataMixin:
     def encode_labels(self, y, *, unseen: str = "raise") -> np.ndarray:
         """Class indices of the labels ``y`` in ``classes_``.
 
-        ``unseen="raise"`` rejects labels not seen in fit; ``"mark"`` maps them to −1
-        (an index no prediction has, so they never count as correct).
+        Parameters
+        ----------
+        y : array-like
+            Labels.
+        unseen : {"raise", "mark"}
+            ``"raise"`` rejects labels not seen in fit; ``"mark"`` maps them to −1 (an
+            index no prediction has, so they never count as correct).
         """
         y = np.asarray(y)
         # classes_ keeps the order it was given in (a teacher's or a Dataset's class
@@ -139,7 +164,19 @@ class FitDataMixin:
     def check_read_model(self, name: str, classes, X, y, input_shape=None) -> None:
         """A model this estimator only reads (a CRT teacher, CAT-RS's target, a classifier
         to smooth) must take inputs of the data's shape and know every label of ``y``
-        (of the ``classes`` parameter when ``X`` is a torch Dataset)."""
+        (of the ``classes`` parameter when ``X`` is a torch Dataset).
+
+        Parameters
+        ----------
+        name : str
+            The parameter holding the model, for the messages (``"teacher"``).
+        classes : array-like or None
+            The labels the model predicts (None: not checked).
+        X, y
+            The training data.
+        input_shape : tuple or None
+            The per-sample shape the model takes (None: not checked).
+        """
         if input_shape is not None and tuple(input_shape) != tuple(self.input_shape_):
             raise ValueError(f"{name} takes inputs of shape {tuple(input_shape)} but X has "
                              f"per-sample shape {tuple(self.input_shape_)}.")
@@ -158,7 +195,13 @@ class FitDataMixin:
         return None if self.classes is None or not len(self.classes) else self.classes
 
     def check_network_output(self, X):
-        """Run the new network on one input: our error, not torch's, for a mismatch."""
+        """Run the new network on one input: our error, not torch's, for a mismatch.
+
+        Parameters
+        ----------
+        X : ndarray or Dataset
+            The validated training inputs (the first is used).
+        """
         sample = X[:1] if isinstance(X, np.ndarray) else \
             np.asarray(first_field(X[0]), dtype=np.float32)[None]
         was_training = self.module_.training
@@ -181,6 +224,13 @@ class FitDataMixin:
         self.check_n_classes(logits.shape[1])
 
     def check_device_available(self, device="unset"):
+        """Refuse a CUDA device where torch sees none, with what to set instead.
+
+        Parameters
+        ----------
+        device : str, torch.device or None
+            The device to check (default: the estimator's ``device``).
+        """
         device = self.device if device == "unset" else device
         if device is not None and torch.device(device).type == "cuda" \
                 and not torch.cuda.is_available():

@@ -53,12 +53,24 @@ class SmoothedPredictionMixin:
 
     def prepare_without_fit(self, X) -> None:
         """The hook of an estimator that is ready before ``fit`` (a prefit classifier):
-        called with the inputs of the first ``predict`` or ``certify``; a no-op here."""
+        called with the inputs of the first ``predict`` or ``certify``; a no-op here.
+
+        Parameters
+        ----------
+        X : array-like, tensor or Dataset
+            The inputs of the call.
+        """
 
     def check_fitted_inputs(self, X) -> np.ndarray:
         """``X`` checked for prediction or certification: the estimator is fitted (or
         ready without fit), its σ is the one it was trained at, and ``X`` has the fitted
-        per-sample shape and lies in ``input_range``.  Returns the float32 array."""
+        per-sample shape and lies in ``input_range``.  Returns the float32 array.
+
+        Parameters
+        ----------
+        X : array-like, tensor or Dataset
+            The inputs of the call.
+        """
         self.prepare_without_fit(X)
         check_is_fitted(self, ["module_", "classes_fitted_"])
         self.check_device_available()
@@ -78,7 +90,13 @@ class SmoothedPredictionMixin:
                 "fitted classifier at any sigma, use PretrainedSmoothingClassifier).")
 
     def check_n_classes(self, n_outputs: int) -> None:
-        """Refuse a network whose number of outputs is not the number of classes."""
+        """Refuse a network whose number of outputs is not the number of classes.
+
+        Parameters
+        ----------
+        n_outputs : int
+            The network's number of logits.
+        """
         if n_outputs != len(self.classes_):
             raise ValueError(
                 f"The network returns {n_outputs} logits but fit saw {len(self.classes_)} "

@@ -99,7 +99,28 @@ class TrainingStepMixin:
         """Zero-based index of the current training epoch (for warm-up schedules)."""
         return 0 if self.history is None else max(len(self.history) - 1, 0)
 
+    def training_data(self, X, y):
+        """What skorch iterates over in training: ``(X, y)`` here; a method whose loss
+        needs more per example (CAT-RS's targets) returns a Dataset and None.
+
+        Parameters
+        ----------
+        X, y
+            The validated inputs and encoded labels of ``fit`` / ``partial_fit``.
+        """
+        return X, y
+
     def train_step_single(self, batch, **fit_params):
+        """skorch's training step: :meth:`training_loss` of ``batch`` at the estimator's
+        precision, checked finite, scaled for fp16, back-propagated.
+
+        Parameters
+        ----------
+        batch : tuple
+            ``(X, y)`` from the training iterator.
+        **fit_params
+            Unused (skorch's signature).
+        """
         self._set_training(True)
         Xi, yi = unpack_data(batch)
         with precision_context(self.precision, self.device):
@@ -116,6 +137,11 @@ class TrainingStepMixin:
         a diverged run stops with what to do instead of being saved as trained.  skorch
         reads the loss as a number after every step anyway, so this costs no extra
         device synchronisation.
+
+        Parameters
+        ----------
+        loss : torch.Tensor
+            The step's scalar loss.
         """
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -168,7 +194,13 @@ class TrainingStepMixin:
 
     def restore_checkpoint(self, X, y) -> int:
         """Epochs restored from a :class:`~smoothsk.io.checkpoint.TrainingCheckpoint`
-        among the callbacks (0 without one)."""
+        among the callbacks (0 without one).
+
+        Parameters
+        ----------
+        X, y
+            The training data, whose digest the checkpoint's fingerprint must match.
+        """
         from smoothsk.io.checkpoint import TrainingCheckpoint, data_digest
 
         checkpoints = [cb for _, cb in self.callbacks_ if isinstance(cb, TrainingCheckpoint)]

@@ -97,6 +97,23 @@ def test_the_estimators_user_methods_document_their_parameters():
     assert missing == {}
 
 
+def test_every_public_method_smoothsk_defines_documents_its_parameters():
+    # the hooks a method author overrides (training_loss, training_data, check_*, ...)
+    # as well as the user's methods; skorch's and scikit-learn's own are theirs to document
+    missing = {}
+    for cls_name in smoothsk.__all__:
+        cls = getattr(smoothsk, cls_name)
+        if not (inspect.isclass(cls) and issubclass(cls, smoothsk.SmoothedClassifier)):
+            continue
+        for name, function in inspect.getmembers(cls, inspect.isfunction):
+            owner = next(k for k in cls.__mro__ if name in k.__dict__)
+            if name.startswith("_") or not owner.__module__.startswith("smoothsk"):
+                continue
+            if undocumented(function):
+                missing[f"{owner.__name__}.{name}"] = undocumented(function)
+    assert missing == {}
+
+
 def test_the_check_itself_sees_a_missing_parameter():
     def documented(a, b):
         """Something.

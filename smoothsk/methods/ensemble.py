@@ -148,7 +148,13 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
     # ----------------------------------------------------------------- parameters
     def get_params(self, deep: bool = True) -> dict:
         """As scikit-learn's ``VotingClassifier``: with ``deep``, each member by name and
-        its parameters as ``<name>__<parameter>``."""
+        its parameters as ``<name>__<parameter>``.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Include the members and their parameters.
+        """
         params = super().get_params(deep=False)
         if deep and self.estimators:
             for name, estimator in self.estimators:

@@ -177,7 +177,13 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
     def prepare_without_fit(self, X) -> None:
         """A prefit classifier needs no ``fit`` (as scikit-learn's ``FrozenEstimator``):
         the first ``predict``, ``certify`` or ``score`` checks it against ``X`` and learns
-        the input shape, as ``fit(X)`` would."""
+        the input shape, as ``fit(X)`` would.
+
+        Parameters
+        ----------
+        X : array-like, tensor or Dataset
+            The inputs of the call.
+        """
         if self.prefit and not self.trains_a_network and not is_fitted_estimator(self):
             state = dict(self.__dict__)
             try:
