@@ -32,13 +32,9 @@ import numpy as np
 from smoothsk.datasets import load_fashion_mnist
 from smoothsk.io.checkpoint import TrainingCheckpoint, data_digest
 from smoothsk.io.files import atomic_write_text
-from smoothsk.io.report import (
-    CertificationRun,
-    markdown_table,
-    plot_certified_accuracy,
-    read_certification_tsv,
-)
 from smoothsk.io.runs import certify_to_tsv, load_model, save_model
+from smoothsk.io.study import write_grid_report as write_grid_report_of
+from smoothsk.io.study import write_study_report
 from smoothsk.models import LeNet
 from smoothsk.recipes import estimator_class, recipe, recipe_params
 
@@ -201,70 +197,14 @@ def weights_digest(clf) -> str:
 
 
 def write_grid_report(out: Path, args):
-    """``radii.md``: certified accuracy at each grid radius, and paired differences.
-
-    At a grid radius r an input counts as certified-correct when ``correct`` and its
-    radius ≥ r (``certify_radii`` reports the largest grid radius it certified).  The
-    paired standard error of a difference between two methods on the same k images is
-    the sample standard deviation of the per-image differences over √k.
-    """
+    """``radii.md`` (:func:`smoothsk.io.study.write_grid_report`)."""
     grid = grid_of(args)
-    runs = {}
-    for method in ORDER:
-        for tsv in sorted(out.glob(f"{method}-sigma*-radii.tsv")):
-            sigma = float(tsv.stem.split("-sigma", 1)[1].removesuffix("-radii"))
-            runs[(method, sigma)] = read_certification_tsv(tsv, LABEL[method])
-    if not runs:
-        return
-    lines = [f"Fashion-MNIST, LeNet, {args.train:,} training images, {args.epochs} epochs; "
-             f"certify_radii on the grid {', '.join(f'{r:g}' for r in grid)} (at most "
-             f"{args.n:,} estimation draws, n0 = 100, α = 0.001).\n"]
-    for sigma in sorted({s for _, s in runs}):
-        at_sigma = {m: run for (m, s), run in runs.items() if s == sigma}
-        lines += [f"### σ = {sigma:g}\n",
-                  "| method | images | " + " | ".join(f"r={r:g}" for r in grid) + " |",
-                  "|---|---|" + "---|" * len(grid)]
-        for method, run in at_sigma.items():
-            cells = _mean_se_cells(_grid_hits(run, grid), "")
-            lines.append(f"| {LABEL[method]} | {len(run.idx):,} | " + " | ".join(cells) + " |")
-        lines += ["", "Paired differences in certified accuracy (points, mean ± SE over the "
-                  "images both runs certified):\n",
-                  "| difference | images | " + " | ".join(f"r={r:g}" for r in grid) + " |",
-                  "|---|---|" + "---|" * len(grid)]
-        methods = list(at_sigma)
-        for i, first in enumerate(methods):
-            for second in methods[i + 1:]:
-                a, b = at_sigma[first], at_sigma[second]
-                shared, ia, ib = np.intersect1d(a.idx, b.idx, return_indices=True)
-                if len(shared) < 2:
-                    continue
-                cells = _mean_se_cells(_grid_hits(b, grid)[ib] - _grid_hits(a, grid)[ia], "+")
-                lines.append(f"| {LABEL[second]} − {LABEL[first]} | {len(shared):,} | "
-                             + " | ".join(cells) + " |")
-        lines.append("")
-    atomic_write_text(out / "radii.md", "\n".join(lines))
-    print("\n".join(lines))
-
-
-def _mean_se_cells(values: np.ndarray, sign: str) -> list[str]:
-    """``mean ± SE`` in points for each column of ``(images, radii)`` values."""
-    mean = 100 * values.mean(axis=0)
-    se = 100 * values.std(axis=0, ddof=1) / np.sqrt(len(values))
-    return [f"{m:{sign}.2f} ± {e:.2f}" for m, e in zip(mean, se)]
-
-
-def _grid_hits(run, grid) -> np.ndarray:
-    """``(images, radii)`` 0/1: correct and certified at each grid radius."""
-    radius = np.asarray(run.radius, dtype=float)
-    correct = np.asarray(run.correct, dtype=bool)
-    return (correct[:, None] & (radius[:, None] >= np.asarray(grid)[None, :])).astype(float)
-
-
-ORDER = ("gaussian", "stability", "consistency", "macer", "smoothadv", "smoothmix", "crt",
-         "catrs")
-LABEL = {"gaussian": "Gaussian", "stability": "Stability", "consistency": "Consistency",
-         "macer": "MACER", "smoothadv": "SmoothAdv", "smoothmix": "SmoothMix",
-         "crt": "CRT student", "catrs": "CAT-RS"}
+    text = write_grid_report_of(
+        out, grid, f"Fashion-MNIST, LeNet, {args.train:,} training images, {args.epochs} "
+        f"epochs; certify_radii on the grid {', '.join(f'{r:g}' for r in grid)} (at most "
+        f"{args.n:,} estimation draws, n0 = 100, α = 0.001).")
+    if text:
+        print(text)
 
 
 def _batch_text(args) -> str:
@@ -275,118 +215,14 @@ def _batch_text(args) -> str:
 
 
 def write_report(out: Path, args):
-    """Tables and curves for every (method, σ) whose TSVs are in ``out`` (all pieces)."""
-    trained = [json.loads(p.read_text()) for p in out.glob("train-*.json")]
-    sigmas = sorted({float(t["sigma"]) for t in trained})
-    methods = [m for m in ORDER if any(t["method"] == m for t in trained)]
-    radii = {0.25: [0, 0.25, 0.5, 0.75, 1.0], 0.5: [0, 0.5, 1.0, 1.5, 2.0],
-             1.0: [0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]}
-    lines = [f"Fashion-MNIST, LeNet, {args.train:,} training images, {args.epochs} epochs, "
-             f"{_batch_text(args)}; certified every {args.test_every}th test image "
-             f"(at most {args.max_test}), n0 = 100, α = 0.001.\n"]
-    found = {}
-    for sigma in sigmas:
-        rows, curves = [], []
-        for method in methods:
-            for tsv in sorted(out.glob(f"{method}-sigma{sigma:g}-n*.tsv"),
-                              key=lambda p: int(p.stem.rsplit("-n", 1)[1])):
-                n = int(tsv.stem.rsplit("-n", 1)[1])
-                info = json.loads((out / f"train-{method}-sigma{sigma:g}.json").read_text())
-                seconds = info["seconds"]
-                run = read_certification_tsv(tsv, _run_name(method, n, seconds))
-                full = found.get((method, sigma, args.n))
-                if full is not None and len(run.idx) < len(full[0].idx):
-                    # a subset run: show the full run on the same images next to it
-                    rows.append(_same_images(full[0], run.idx, _run_name(
-                        method, args.n, seconds, f"same {len(run.idx)} images")))
-                    run.name = _run_name(method, n, seconds, f"{len(run.idx)} images")
-                rows.append(run)
-                curves.append(run)
-                found[(method, sigma, n)] = (run, seconds)
-        if not rows:
-            continue
-        lines.append(f"### σ = {sigma:g}\n")
-        lines.append(markdown_table(rows, radii.get(sigma, [0, 0.5, 1.0])))
-        png = out / f"curves-sigma{sigma:g}.png"
-        plot_certified_accuracy(curves, png, title=f"Fashion-MNIST, LeNet, σ = {sigma:g}")
-        lines.append(f"![σ = {sigma:g}]({png.name})\n")
-    lines += claims(found, args.n)
-    atomic_write_text(out / "results.md", "\n".join(lines))
-    summary = {f"{m}|{s:g}|{n}": (run.average_certified_radius, seconds)
-               for (m, s, n), (run, seconds) in found.items()}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-    print("\n".join(lines))
-
-
-def paired_gain(base, other) -> tuple[float, float, int]:
-    """Mean and standard error of ``other − base`` in ``radius · correct`` over shared images.
-
-    ACR is the mean of ``radius · correct`` per image, so on the same images the ACR
-    difference is the mean of the per-image differences; its standard error is their
-    sample standard deviation over √k (pairing removes the between-image variance).
-    """
-    shared, a, b = np.intersect1d(base.idx, other.idx, return_indices=True)
-    diff = other.radius[b] * other.correct[b] - base.radius[a] * base.correct[a]
-    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    return float(diff.mean()), float(se), len(shared)
-
-
-def _run_name(method: str, n: int, seconds: float, images: str | None = None) -> str:
-    images = f", {images}" if images else ""
-    return f"{LABEL[method]} (n = {n:,}{images}, train {seconds:.0f} s)"
-
-
-def _same_images(run, idx, name: str) -> CertificationRun:
-    """``run`` restricted to the images ``idx``, for a like-for-like row next to a subset run."""
-    keep = np.isin(run.idx, idx)
-    return CertificationRun(name, run.idx[keep], run.radius[keep], run.correct[keep])
-
-
-def _by_sigma(item):
-    (method, sigma, size), _ = item
-    return sigma, ORDER.index(method), size
-
-
-# (method, the method its published claim compares it with)
-COMPARISONS = tuple((m, "gaussian") for m in ORDER if m not in ("gaussian", "crt")) + (
-    ("catrs", "smoothmix"), ("smoothadv", "smoothmix"))
-
-
-def _paired_text(base, other) -> str:
-    """``other − base`` ACR over their shared images: ``gain ± se (z SE, k images)``."""
-    gain, se, k = paired_gain(base, other)
-    return f"{gain:+.3f} ± {se:.3f} ({gain / se:+.1f} SE, {k} images)"
-
-
-def claims(found: dict, n: int) -> list[str]:
-    """The published relative claims, as numbers: paired ACR gains and CRT's ratios."""
-    lines = ["### Relative claims (paired over the same images: mean ± standard error)\n"]
-    ordered = sorted(found.items(), key=_by_sigma)
-    for (method, sigma, size), (run, seconds) in ordered:
-        for reference in (r for m, r in COMPARISONS if m == method):
-            if (reference, sigma, size) not in found:
-                continue
-            base, base_seconds = found[(reference, sigma, size)]
-            lines.append(f"- σ = {sigma:g}, n = {size:,}: {LABEL[method]} − {LABEL[reference]} "
-                         f"ACR = {_paired_text(base, run)}; training wall time "
-                         f"{seconds:.0f} / {base_seconds:.0f} s")
-    for (method, sigma, size), (run, seconds) in ordered:
-        if method != "crt" or ("smoothmix", sigma, size) not in found:
-            continue
-        teacher, teacher_seconds = found[("smoothmix", sigma, size)]
-        gain, se, _ = paired_gain(teacher, run)
-        lines.append(f"- σ = {sigma:g}, n = {size:,}: CRT student / SmoothMix teacher ACR = "
-                     f"{run.average_certified_radius / teacher.average_certified_radius:.3f} "
-                     f"(difference {gain:+.3f} ± {se:.3f}); training wall time "
-                     f"{seconds:.0f} / {teacher_seconds:.0f} s = {seconds / teacher_seconds:.3f} "
-                     f"({teacher_seconds / seconds:.0f}× less)")
-    for (method, sigma, size), (run, _) in ordered:
-        if size == n or (method, sigma, n) not in found:
-            continue
-        gain, se, k = paired_gain(found[(method, sigma, n)][0], run)
-        lines.append(f"- σ = {sigma:g}: {LABEL[method]} ACR at n = {size:,} − at n = {n:,} = "
-                     f"{gain:+.3f} ± {se:.3f} (same {k} images)")
-    return lines + [""]
+    """``results.md``, ``summary.json`` and the curves
+    (:func:`smoothsk.io.study.write_study_report`)."""
+    text = write_study_report(
+        out, f"Fashion-MNIST, LeNet, {args.train:,} training images, {args.epochs} epochs, "
+        f"{_batch_text(args)}; certified every {args.test_every}th test image (at most "
+        f"{args.max_test}), n0 = 100, α = 0.001.", args.n)
+    if text:
+        print(text)
 
 
 if __name__ == "__main__":

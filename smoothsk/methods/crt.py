@@ -119,7 +119,7 @@ class CRTStudent(SmoothedClassifier):
     """
 
     method_name = "crt"
-    display_name = "CRT"
+    display_name = "CRT student"
 
     side_model_params = ("teacher",)
 

@@ -1,28 +1,18 @@
-"""The reproduction study's report (benchmarks/reproduce.py --report-only) on synthetic TSVs.
+"""A reproduction study's reports (``smoothsk.io.study``, which benchmarks/reproduce.py
+calls) on synthetic TSVs.
 
 The tables and claims of docs/results.md come from this code, so its arithmetic is checked
 against values computed here by hand from the rows written.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
-
-
-@pytest.fixture(scope="module")
-def reproduce():
-    import sys
-
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports benchmarks/harness.py
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from smoothsk.io.report import read_certification_tsv
+from smoothsk.io.study import paired_gain, write_grid_report, write_study_report
 
 
 def _write_tsv(path: Path, idx, radius, correct):
@@ -57,10 +47,11 @@ def study(tmp_path):
     return tmp_path, runs
 
 
-def test_report_tables_and_claims(reproduce, study):
+def test_report_tables_and_claims(study):
     out, runs = study
-    reproduce.main(["--out", str(out), "--report-only"])
+    written = write_study_report(out, "A study.", 10_000)
     text = (out / "results.md").read_text()
+    assert written == text and text.startswith("A study.\n")
 
     # ACR is the mean of radius · correct; the paired gain is the mean difference on the
     # same images and its standard error the sample sd of the differences over √k.
@@ -87,3 +78,34 @@ def test_report_tables_and_claims(reproduce, study):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["smoothmix|0.5|10000"][0] == pytest.approx(runs["smoothmix"].mean(), abs=1e-6)
     assert summary["crt|0.5|10000"][1] == 5.0
+
+
+def test_grid_report_cells_are_mean_and_paired_standard_error(tmp_path):
+    rng = np.random.default_rng(1)
+    idx = np.arange(12)
+    grid = [0.25, 0.5]
+    hits = {}
+    for method in ("gaussian", "consistency"):
+        radius = rng.choice([0.0, 0.25, 0.5], len(idx))
+        correct = rng.random(len(idx)) < 0.9
+        _write_tsv(tmp_path / f"{method}-sigma0.5-radii.tsv", idx, radius, correct)
+        hits[method] = np.stack([correct & (radius >= r) for r in grid], axis=1) * 100.0
+    text = write_grid_report(tmp_path, grid, "Grid.")
+    assert text == (tmp_path / "radii.md").read_text()
+    for method, label in (("gaussian", "Gaussian"), ("consistency", "Consistency")):
+        mean, se = hits[method].mean(0), hits[method].std(0, ddof=1) / np.sqrt(len(idx))
+        assert (f"| {label} | 12 | {mean[0]:.2f} ± {se[0]:.2f} | {mean[1]:.2f} ± "
+                f"{se[1]:.2f} |") in text
+    diff = hits["consistency"] - hits["gaussian"]
+    mean, se = diff.mean(0), diff.std(0, ddof=1) / np.sqrt(len(idx))
+    assert f"| Consistency − Gaussian | 12 | {mean[0]:+.2f} ± {se[0]:.2f} |" in text
+    assert write_grid_report(tmp_path / "none", grid, "Grid.") is None
+
+
+def test_paired_gain_uses_only_the_shared_images(tmp_path):
+    _write_tsv(tmp_path / "a.tsv", [0, 1, 2], [1.0, 2.0, 3.0], [True, True, False])
+    _write_tsv(tmp_path / "b.tsv", [1, 2, 3], [1.0, 1.0, 9.0], [True, True, True])
+    a, b = read_certification_tsv(tmp_path / "a.tsv"), read_certification_tsv(tmp_path / "b.tsv")
+    gain, se, k = paired_gain(a, b)
+    # images 1 and 2: differences 1 − 2 = −1 and 1 − 0 = +1
+    assert k == 2 and gain == pytest.approx(0.0) and se == pytest.approx(np.sqrt(2) / np.sqrt(2))
