@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # local wheel folder (find-links), with which torchvision cannot import.
 TORCH  := "torch>=2.14" "torchvision>=0.29"
 
-.PHONY: demo test lint docs data clean
+.PHONY: demo test lint docs check-site data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ docs:
 	rm -rf docs/_build docs/api docs/auto_examples docs/sg_execution_times.rst
 	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 	@echo "site: docs/_build/html/site.html"
+
+# The built site (make docs first) rendered page by page in headless Chromium: parameters
+# on every API page, the gallery's outputs, no dead link (docs/check_site.py).
+check-site:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	if [ "$$(id -u)" = "0" ]; then \
+		apt-get update && apt-get install -y chromium; \
+	else \
+		echo "Run as root: apt-get update && apt-get install -y chromium"; exit 1; \
+	fi
+	$(BIN)/python docs/check_site.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check smoothsk tests examples benchmarks

@@ -110,17 +110,51 @@ def check_repository_links(site: Path, path: Path, page: Page) -> list[str]:
     return problems
 
 
+def takes_parameters(dotted: str) -> str | None:
+    """The section an API entry's page must render its parameters under ("Parameters";
+    "Attributes" for a dataclass, whose fields are its parameters), or None when the
+    object takes none (a constant, an exception, a class whose ``__init__`` takes
+    nothing of its own)."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for part in parts[cut:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            return None
+        break
+    else:
+        return None
+    if not callable(obj) or inspect.ismodule(obj):
+        return None
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    if not any(p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in signature.parameters.values()):
+        return None
+    return "Attributes" if dataclasses.is_dataclass(obj) else "Parameters"
+
+
 def check_api_page(site: Path, path: Path, page: Page) -> list[str]:
     """An API page of a callable with parameters lists them under "Parameters"."""
-    text = " ".join("".join(page.text).split())
-    if "Parameters" not in text:
-        # a constant, or a class/function whose signature takes nothing
-        signature = text.split("(", 1)[1].split(")", 1)[0] if "(" in text else ""
-        if signature.strip() and not signature.strip().startswith(("*", "self")):
-            return [f"{path.relative_to(site)}: no Parameters section for ({signature[:60]})"]
+    section = takes_parameters(path.stem)
+    if section is None:
         return []
+    text = " ".join("".join(page.text).split())
+    if section not in text:
+        return [f"{path.relative_to(site)}: no {section} section for {path.stem}'s parameters"]
     if "field-list" not in page.classes and "parameters" not in " ".join(page.classes):
-        return [f"{path.relative_to(site)}: a Parameters heading but no rendered parameters"]
+        return [f"{path.relative_to(site)}: a {section} heading but no rendered parameters"]
     return []
 
 

@@ -31,7 +31,9 @@ X_test, y_test = load_dataset("digits", split="test", flat=True)
 
 pipe = make_pipeline(
     StandardScaler(),
-    GaussianAugClassifier(sigma=0.5, max_epochs=30, lr=0.05,
+    # standardized features are not in [0, 1]: input_range=None declares that the smoothed
+    # step takes any values (its radii are in the scaled space, as said above)
+    GaussianAugClassifier(sigma=0.5, input_range=None, max_epochs=30, lr=0.05,
                           optimizer=torch.optim.SGD, optimizer__momentum=0.9,
                           batch_size=64, n0=100, n=10_000, random_state=0),
 )
