@@ -119,7 +119,7 @@ def main(argv=None):
         clf = GaussianAugClassifier(module=LeNet, sigma=args.sigma, max_epochs=args.epochs,
                                     random_state=0).fit(X, y)
         trained = f"GaussianAugClassifier(LeNet, sigma={args.sigma}), {args.epochs} epochs"
-    sigma = float(clf.noise_level_)
+    sigma = float(clf.noise_level)
     settings = dict(n0=100, n=args.n, alpha=0.001, batch_size=1000, random_state=1)
     rows = []
 

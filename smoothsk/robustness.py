@@ -102,7 +102,7 @@ def empirical_robustness(
         Seeds the attack noise and PREDICT's noise.
     """
     smoothed, X = smoothed_step(estimator, X)  # a Pipeline: its last step's input space
-    if not hasattr(smoothed, "module_") or not hasattr(smoothed, "noise_level_"):
+    if not hasattr(smoothed, "module_") or not hasattr(smoothed, "noise_level"):
         raise ValueError(
             f"{type(smoothed).__name__} is not a fitted smoothsk estimator; fit one (or a "
             "Pipeline ending in one) before attacking it."
@@ -125,7 +125,7 @@ def empirical_robustness(
     seed = inputs.base_seed(random_state)
 
     module = smoothed.module_
-    sigma = smoothed.noise_level_
+    sigma = smoothed.noise_level
     device, dtype = inputs.module_device_dtype(module)
     X_t = torch.as_tensor(X, dtype=dtype)
     y_t = torch.as_tensor(y_index)

@@ -31,9 +31,16 @@ class SmoothedPredictionMixin:
     """The smoothed ``g(x) = argmax_c P(f(x + δ) = c)`` of the fitted network ``module_``."""
 
     @property
-    def noise_level_(self) -> float:
-        """The σ in use: ``sigma`` here; subclasses may resolve it in ``fit``."""
+    def noise_level(self) -> float:
+        """The σ in use: ``sigma`` here; subclasses may resolve it in ``fit`` (CRT's
+        teacher, an ensemble's members).  It exists before ``fit``, hence no trailing
+        underscore."""
         return self.sigma
+
+    @property
+    def noise_level_(self) -> float:
+        """The former name of :attr:`noise_level`, kept for code written against 0.2."""
+        return self.noise_level
 
     def noise_options(self) -> dict:
         """The ``noise`` and ``noise_step`` every certification and prediction uses."""
@@ -81,10 +88,10 @@ class SmoothedPredictionMixin:
         trained = getattr(self, "trained_sigma_", None)
         if not self.sigma_fixed_by_training or trained is None:
             return
-        if not np.isclose(float(self.noise_level_), trained, rtol=1e-12, atol=0):
+        if not np.isclose(float(self.noise_level), trained, rtol=1e-12, atol=0):
             raise ValueError(
                 f"This {type(self).__name__} was trained at sigma={trained:g}, but its sigma "
-                f"is now {self.noise_level_:g} (set_params after fit): its certificates would "
+                f"is now {self.noise_level:g} (set_params after fit): its certificates would "
                 "describe a smoothed classifier its network was not trained for. Set sigma "
                 f"back to {trained:g}, or fit again to train at the new sigma (to smooth a "
                 "fitted classifier at any sigma, use PretrainedSmoothingClassifier).")
@@ -107,7 +114,7 @@ class SmoothedPredictionMixin:
         X = self.check_fitted_inputs(X)
         with self._progress(len(X), "predict") as bar, torch_threads(self.n_threads):
             counts = sampling.class_counts(
-                self.module_, X, self.noise_level_, self.n_predict,
+                self.module_, X, self.noise_level, self.n_predict,
                 batch_size=self.certify_batch_size, random_state=self.random_state,
                 precision=self.precision, progress=bar.update, shared_noise=self.shared_noise,
                 **self.noise_options(),
@@ -186,7 +193,7 @@ class SmoothedPredictionMixin:
         """
         alpha = check_alpha(self.alpha)  # set_params may have changed it since fit
         counts = self._smoothed_counts(X)
-        alpha = noise_test_alpha(alpha, self.n_predict, X, sigma=self.noise_level_,
+        alpha = noise_test_alpha(alpha, self.n_predict, X, sigma=self.noise_level,
                                  **self.noise_options())
         index = predict_from_counts(counts, alpha)
         return labels_or_marker(self.classes_, index, abstain_label)
@@ -241,7 +248,7 @@ class SmoothedPredictionMixin:
         X = self.check_fitted_inputs(X)
         with self._progress(len(X), "certify") as bar, torch_threads(self.n_threads):
             result = core.certify(
-                self.module_, X, self.noise_level_,
+                self.module_, X, self.noise_level,
                 **self._defaults(n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                  random_state=random_state),
                 index_offset=index_offset, n_jobs=n_jobs, chunk_size=chunk_size,
@@ -299,7 +306,7 @@ class SmoothedPredictionMixin:
         with self._progress(len(X), f"certify at r={radius:g}") as bar, \
                 torch_threads(self.n_threads):
             result = certify_radius(
-                self.module_, X, self.noise_level_, radius, y=y_index,
+                self.module_, X, self.noise_level, radius, y=y_index,
                 **self._defaults(n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                  random_state=random_state),
                 test=test, first_round=first_round, growth=growth,
@@ -341,7 +348,7 @@ class SmoothedPredictionMixin:
         y_index = self._label_indices(X, y)
         with self._progress(len(X), "certify radii") as bar, torch_threads(self.n_threads):
             result = certify_radii(
-                self.module_, X, self.noise_level_, radii, y=y_index,
+                self.module_, X, self.noise_level, radii, y=y_index,
                 **self._defaults(n0=n0, max_n=max_n, alpha=alpha, batch_size=batch_size,
                                  random_state=random_state),
                 first_round=first_round,

@@ -95,9 +95,15 @@ class TrainingStepMixin:
                               for item in self.callbacks))
 
     @property
-    def epoch_index_(self) -> int:
-        """Zero-based index of the current training epoch (for warm-up schedules)."""
+    def epoch_index(self) -> int:
+        """Zero-based index of the current training epoch (for warm-up schedules; 0
+        before ``fit``)."""
         return 0 if self.history is None else max(len(self.history) - 1, 0)
+
+    @property
+    def epoch_index_(self) -> int:
+        """The former name of :attr:`epoch_index`, kept for code written against 0.2."""
+        return self.epoch_index
 
     def training_data(self, X, y):
         """What skorch iterates over in training: ``(X, y)`` here; a method whose loss
@@ -145,7 +151,7 @@ class TrainingStepMixin:
         """
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"The training loss is {loss.item()} at epoch {self.epoch_index_ + 1}: training "
+                f"The training loss is {loss.item()} at epoch {self.epoch_index + 1}: training "
                 "diverged. Lower the learning rate (lr) or sigma, or check the inputs."
             )
 
@@ -220,7 +226,7 @@ class TrainingStepMixin:
         self._fitting = True
         try:
             yield
-            self.trained_sigma_ = float(self.noise_level_)
+            self.trained_sigma_ = float(self.noise_level)
         finally:
             del self._fitting
 

@@ -143,3 +143,13 @@ def test_inputs_outside_the_declared_range_are_refused_with_what_to_do(digits):
     for bad in [(1, 0), (0, float("inf")), (0,), "01"]:
         with pytest.raises(ValueError, match="input_range"):
             GaussianAugClassifier(sigma=0.5, max_epochs=1, input_range=bad).fit(X[:50], y[:50])
+
+
+def test_properties_that_exist_before_fit_have_no_trailing_underscore():
+    from smoothsk import CRTStudent, GaussianAugClassifier
+
+    clf = GaussianAugClassifier(sigma=0.5)
+    assert clf.noise_level == 0.5 and clf.epoch_index == 0
+    # the former names still answer, for code written against 0.2
+    assert clf.noise_level_ == 0.5 and clf.epoch_index_ == 0
+    assert CRTStudent(sigma=0.25).noise_level_ == 0.25

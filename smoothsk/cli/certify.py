@@ -140,7 +140,7 @@ def run(args) -> int:
     elif args.sigma is not None:
         raise CommandError(
             f"--sigma applies to a plain classifier; a smoothsk model keeps the sigma it was "
-            f"trained with ({clf.noise_level_:g}).")
+            f"trained with ({clf.noise_level:g}).")
     elif args.device != "cpu" or str(clf.device) != "cpu":
         clf.set_params(device=args.device)  # moves the network and sets its layout
     if args.precision is not None:
@@ -192,7 +192,7 @@ def run(args) -> int:
                 "split": args.split, "skip": args.skip,  # --max may grow: the run extends
                 "describes": {"method": "pretrained" if plain else
                               getattr(clf, "training_info_", {}).get("method"),
-                              "sigma": float(clf.noise_level_)}}
+                              "sigma": float(clf.noise_level)}}
     if hasattr(clf, "named_estimators_"):  # an ensemble: tables name its size
         run_info["describes"]["members"] = len(clf.named_estimators_)
     already = count_complete_rows(args.out)

@@ -91,6 +91,6 @@ def assemble(args, options: dict) -> int:
         raise CommandError(f"cannot assemble --members into an ensemble: {exc}") from exc
     consensus = f", {ensemble.consensus}-consensus" if ensemble.consensus else ""
     print(f"assembled an ensemble of {len(members)} members (sigma="
-          f"{ensemble.noise_level_:g}, {ensemble.voting} voting{consensus}) checked on "
+          f"{ensemble.noise_level:g}, {ensemble.voting} voting{consensus}) checked on "
           f"{args.dataset}; saved {args.out}")
     return 0

@@ -409,7 +409,7 @@ def run(args) -> int:
     finally:
         bar.close()
     loss = clf.history[-1, "train_loss"]
-    print(f"trained {type(clf).__name__} (sigma={clf.noise_level_:g}) on {args.dataset} for "
+    print(f"trained {type(clf).__name__} (sigma={clf.noise_level:g}) on {args.dataset} for "
           f"{epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s (final loss "
           f"{loss:.4f}); saved {args.out}{note}")
     return 0

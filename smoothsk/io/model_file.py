@@ -380,7 +380,7 @@ def _rebuild(document: dict, state: dict, models: dict, path: Path):
         if "sigma_" in fitted:
             estimator.sigma_ = fitted["sigma_"]
         # files before 0.2 do not record it: they were saved at the σ they were trained at
-        estimator.trained_sigma_ = float(fitted.get("trained_sigma", estimator.noise_level_))
+        estimator.trained_sigma_ = float(fitted.get("trained_sigma", estimator.noise_level))
         if estimator.module is None and not hasattr(estimator, "classifier"):
             # files written before images got LeNet by default hold an MLP
             estimator.default_network_ = fitted.get("default_network", "MLP")

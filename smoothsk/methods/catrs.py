@@ -205,7 +205,7 @@ def smoothed_targets(estimator, X, num: int, *, batch_size: int | None = None,
         The empirical distribution of the votes.
     """
     counts = sampling.class_counts(
-        estimator.module_, X, estimator.noise_level_, num,
+        estimator.module_, X, estimator.noise_level, num,
         batch_size=batch_size or estimator.certify_batch_size, random_state=random_state,
         precision=estimator.precision,
     )
@@ -401,9 +401,9 @@ class CATRSClassifier(SmoothedClassifier):
         return _WithTargets(X, y, self.target_prob_), None
 
     def training_loss(self, X, y):
-        doubled = self.epsilon_warmup is not None and self.epoch_index_ >= self.epsilon_warmup
+        doubled = self.epsilon_warmup is not None and self.epoch_index >= self.epsilon_warmup
         return catrs_loss(
-            self.module_, X["X"], y, X["target_prob"], self.noise_level_,
+            self.module_, X["X"], y, X["target_prob"], self.noise_level,
             num_noise=self.num_noise, num_steps=self.num_steps,
             epsilon=self.epsilon * (2.0 if doubled else 1.0), kl_weight=self.kl_weight,
             confidence_mask=self.confidence_mask,

@@ -98,6 +98,6 @@ class ConsistencyClassifier(SmoothedClassifier):
 
     def training_loss(self, X, y):
         return consistency_loss(
-            self.module_, X, y, self.noise_level_, num_noise=self.num_noise,
+            self.module_, X, y, self.noise_level, num_noise=self.num_noise,
             consistency_weight=self.consistency_weight, entropy_weight=self.entropy_weight,
         )

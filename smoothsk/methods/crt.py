@@ -147,7 +147,7 @@ class CRTStudent(SmoothedClassifier):
         self.allow_sigma_mismatch = allow_sigma_mismatch
 
     @property
-    def noise_level_(self) -> float:
+    def noise_level(self) -> float:
         return getattr(self, "sigma_", self.sigma)
 
     def _resolve_teacher(self, X, y):
@@ -167,7 +167,7 @@ class CRTStudent(SmoothedClassifier):
             if not is_fitted_estimator(teacher):
                 teacher = clone(teacher).fit(X, y)
             self.teacher_, self.teacher_network_ = teacher, _TeacherNetwork(teacher.module_)
-            teacher_sigma, teacher_classes = teacher.noise_level_, teacher.classes_
+            teacher_sigma, teacher_classes = teacher.noise_level, teacher.classes_
             teacher_shape = teacher.input_shape_
         else:
             raise ValueError(

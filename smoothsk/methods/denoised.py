@@ -260,11 +260,11 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
         if self.objective != "mse+stability":
             return self.objective
         switch = self.max_epochs // 2 if self.mse_epochs is None else self.mse_epochs
-        return "mse" if self.epoch_index_ < switch else "stability"
+        return "mse" if self.epoch_index < switch else "stability"
 
     def training_loss(self, X, y):
         return denoiser_loss(self.module_.denoiser, self.gradient_network_, X, y,
-                             self.noise_level_, objective=self.current_objective_)
+                             self.noise_level, objective=self.current_objective_)
 
 
 def finetune_denoiser(denoised: DenoisedSmoothingClassifier, X, y=None, *,

@@ -192,7 +192,7 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
         return type(self)(**params)
 
     @property
-    def noise_level_(self) -> float:
+    def noise_level(self) -> float:
         return self.sigma if self.sigma is not None else getattr(self, "members_sigma_", None)
 
     # ----------------------------------------------------------------- fitting
@@ -228,7 +228,7 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
                 raise ValueError("prefit=False fits the members: call fit(X, y).")
             members = Parallel(n_jobs=self.n_jobs)(
                 delayed(_fit_member)(estimator, X, y) for _, estimator in self.estimators)
-        sigmas = sorted({float(m.noise_level_) for m in members})
+        sigmas = sorted({float(m.noise_level) for m in members})
         if len(sigmas) > 1:
             raise ValueError(f"The members were trained at different sigma ({sigmas}); "
                              "an ensemble smooths at one sigma: use members trained at one.")
@@ -262,7 +262,7 @@ class SmoothedEnsembleClassifier(PretrainedSmoothingClassifier):
             As in :meth:`smoothsk.SmoothedClassifier.fit`.
         """
         result = super().fit(X, y, **fit_params)
-        self.trained_sigma_ = float(self.noise_level_)
+        self.trained_sigma_ = float(self.noise_level)
         return result
 
     @property

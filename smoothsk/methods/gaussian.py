@@ -54,4 +54,4 @@ class GaussianAugClassifier(SmoothedClassifier):
     display_name = "Gaussian"
 
     def training_loss(self, X, y):
-        return gaussian_augmentation_loss(self.module_, X, y, self.noise_level_)
+        return gaussian_augmentation_loss(self.module_, X, y, self.noise_level)

@@ -133,13 +133,13 @@ class MACERClassifier(SmoothedClassifier):
     @property
     def current_robustness_weight_(self) -> float:
         """λ of the current epoch: 0 while deferred, else ``robustness_weight``."""
-        if self.deferred is not None and self.epoch_index_ <= self.deferred:
+        if self.deferred is not None and self.epoch_index <= self.deferred:
             return 0.0
         return self.robustness_weight
 
     def training_loss(self, X, y):
         return macer_loss(
-            self.module_, X, y, self.noise_level_, num_noise=self.num_noise,
+            self.module_, X, y, self.noise_level, num_noise=self.num_noise,
             inverse_temperature=self.inverse_temperature, margin=self.margin,
             robustness_weight=self.current_robustness_weight_,
         )

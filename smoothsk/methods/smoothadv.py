@@ -144,11 +144,11 @@ class SmoothAdvClassifier(SmoothedClassifier):
     @property
     def current_epsilon_(self) -> float:
         """ε of the current epoch after warm-up."""
-        return self.epsilon * warmup_factor(self.epoch_index_, self.warmup)
+        return self.epsilon * warmup_factor(self.epoch_index, self.warmup)
 
     def training_loss(self, X, y):
         return smoothadv_loss(
-            self.module_, X, y, self.noise_level_, epsilon=self.current_epsilon_,
+            self.module_, X, y, self.noise_level, epsilon=self.current_epsilon_,
             num_steps=self.num_steps, num_noise=self.num_noise,
             clip_range=resolve_clip_range(self.clip_range, self.input_range),
         )

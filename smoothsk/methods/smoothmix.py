@@ -259,10 +259,10 @@ class SmoothMixClassifier(SmoothedClassifier):
 
     def training_loss(self, X, y):
         return smoothmix_loss(
-            self.module_, X, y, self.noise_level_,
+            self.module_, X, y, self.noise_level,
             num_noise=self.num_noise, num_steps=self.num_steps, step_size=self.step_size,
             eta=self.eta, mix_step=self.mix_step, mix_radius=self.mix_radius,
             attack_radius=self.attack_radius,
             clip_range=resolve_clip_range(self.clip_range, self.input_range),
-            warmup=warmup_factor(self.epoch_index_, self.warmup),
+            warmup=warmup_factor(self.epoch_index, self.warmup),
         )

@@ -83,5 +83,5 @@ class StabilityClassifier(SmoothedClassifier):
         self.stability_weight = stability_weight
 
     def training_loss(self, X, y):
-        return stability_loss(self.module_, X, y, self.noise_level_,
+        return stability_loss(self.module_, X, y, self.noise_level,
                               stability_weight=self.stability_weight)

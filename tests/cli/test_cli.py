@@ -166,7 +166,7 @@ def test_a_classifier_you_already_have_certified_and_denoised(model, tmp_path):
     run("train", "--method", "denoised", "--classifier", model, "--objective", "stability",
         "--sigma", "0.5", *small, "--out", tmp_path / "denoised.smoothsk")
     denoised = load_model(tmp_path / "denoised.smoothsk")
-    assert denoised.objective == "stability" and denoised.noise_level_ == 0.5
+    assert denoised.objective == "stability" and denoised.noise_level == 0.5
     result = run("train", "--method", "denoised", "--classifier", tmp_path / "logistic.joblib",
                  "--trust-pickle", *small, "--out", tmp_path / "denoised.joblib")
     assert "joblib pickle" in result.stdout

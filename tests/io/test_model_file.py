@@ -62,7 +62,7 @@ def test_crt_student_keeps_its_sigma_without_the_teacher(fitted, digits, tmp_pat
     student = CRTStudent(teacher=fitted, module__hidden_units=(16,), **FAST).fit(X[:200], y[:200])
     save_model(student, tmp_path / "s")
     loaded = load_model(tmp_path / "s")
-    assert loaded.teacher is None and loaded.noise_level_ == 0.25
+    assert loaded.teacher is None and loaded.noise_level == 0.25
     np.testing.assert_array_equal(loaded.predict(X[:10]), student.predict(X[:10]))
 
 

@@ -59,7 +59,7 @@ def test_the_ensemble_certifies_its_averaged_network_and_beats_its_best_member(m
     X, y = digits
     ensemble = SmoothedEnsembleClassifier(members, prefit=True, random_state=0, **{
         k: FAST[k] for k in ("n0", "n", "n_predict")}).fit(X[:900], y[:900])
-    assert ensemble.noise_level_ == 0.5 and list(ensemble.named_estimators_) == ["m0", "m1",
+    assert ensemble.noise_level == 0.5 and list(ensemble.named_estimators_) == ["m0", "m1",
                                                                                  "m2"]
     cert = ensemble.certify(X[900:1200])
     network = EnsembleNetwork([m.module_ for _, m in members])
