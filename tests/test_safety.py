@@ -214,3 +214,35 @@ def test_alpha_set_after_fit_complex_inputs_and_tsv_breaking_labels_are_refused(
         certify_to_tsv(named, X[:6], names[:6], np.arange(6), out, run_info={}, n0=10, n=20,
                        alpha=0.01, batch_size=100, random_state=0)
     assert not out.exists()
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs, filled (needs the right to mount, as root)."""
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        with open(mount / "filler", "wb") as stream:
+            try:
+                stream.write(b"x" * 128 * 1024)
+            except OSError:
+                pass
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_the_lock_file_goes_even_when_the_disk_is_full(full_disk):
+    out = full_disk / "run.tsv"
+    with pytest.raises(OSError, match="No space"):
+        with exclusive_run(out):
+            with open(out, "w") as stream:  # the run's own output cannot be written
+                stream.write("x" * 100_000)
+                stream.flush()
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "run.tsv"]
+    assert not (full_disk / "run.tsv.lock").exists()

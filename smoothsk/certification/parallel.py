@@ -170,11 +170,17 @@ def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size
     # loky's workers watch the caller from the moment they start, not from their first task
     watch = ({"initializer": _start_worker, "initargs": (os.getpid(),)}
              if isinstance(get_active_backend()[0], LokyBackend) else {})
+    try:
+        parallel = Parallel(n_jobs=n_jobs, return_as="generator", **watch)
+    except ValueError as exc:  # joblib's multiprocessing backend cannot stream results
+        raise ValueError(f"certify with n_jobs needs a joblib backend that returns results "
+                         f"as they finish: loky (the default), threading, dask or ray "
+                         f"({exc}).") from exc
     results = []
     # under the threading backend the workers set this process's thread count: restore it
     with torch_threads(torch.get_num_threads()):
         for rows, result in zip(chunks,
-                                Parallel(n_jobs=n_jobs, return_as="generator", **watch)(tasks)):
+                                parallel(tasks)):
             results.append(result)
             if progress is not None:
                 progress(len(range(total)[rows]))

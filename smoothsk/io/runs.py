@@ -88,11 +88,13 @@ def exclusive_run(out):
                 f"{out} is being written by process {holder}; wait for it to finish or stop "
                 "it, or choose another output."
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
         try:
+            # unbuffered, and allowed to fail: on a full disk the PID (only for the
+            # message) is not written, the run's own write says what happened, and the
+            # lock file is still removed
+            os.ftruncate(handle.fileno(), 0)
+            with contextlib.suppress(OSError):
+                os.pwrite(handle.fileno(), str(os.getpid()).encode(), 0)
             yield
         finally:
             lock_path.unlink(missing_ok=True)  # still held: nobody can have it meanwhile
