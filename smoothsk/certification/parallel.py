@@ -179,8 +179,7 @@ def map_input_chunks(function: Callable, module, X, sigma, *, n_jobs, chunk_size
     results = []
     # under the threading backend the workers set this process's thread count: restore it
     with torch_threads(torch.get_num_threads()):
-        for rows, result in zip(chunks,
-                                parallel(tasks)):
+        for rows, result in zip(chunks, parallel(tasks)):
             results.append(result)
             if progress is not None:
                 progress(len(range(total)[rows]))
