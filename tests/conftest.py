@@ -3,6 +3,15 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+# Estimator settings the test modules share (``from conftest import ...``), by how much
+# training a test needs: one epoch of a tiny network, two SGD epochs, eight SGD epochs.
+TINY_FIT = dict(max_epochs=1, module__hidden_units=(16,), n0=10, n=20, n_predict=10,
+                random_state=0)
+SHORT_FIT = dict(max_epochs=2, optimizer=torch.optim.SGD, lr=0.05, batch_size=64, n0=32,
+                 n=200, n_predict=50, random_state=0)
+SGD_FIT = dict(max_epochs=8, lr=0.05, optimizer=torch.optim.SGD, optimizer__momentum=0.9,
+               batch_size=64, n0=32, n=300, n_predict=100, random_state=0)
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

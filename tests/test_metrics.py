@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SGD_FIT
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -18,9 +19,7 @@ from smoothsk import (
 )
 from smoothsk.lipschitz import UnknownLipschitzError
 
-FAST = dict(max_epochs=8, lr=0.05,
-            optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
-            n_predict=100, random_state=0)
+FAST = SGD_FIT
 
 
 def _certificate(prediction, radius, classes=None):
@@ -124,7 +123,6 @@ def test_epoch_scoring_with_string_labels(digits):
 
 
 def _torch_threads(estimator, X, y):
-    import torch
 
     return float(torch.get_num_threads())
 

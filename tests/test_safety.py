@@ -7,13 +7,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import SHORT_FIT
 
 from smoothsk import GaussianAugClassifier, certified_accuracy_scorer, certify
 from smoothsk.io.report import read_certification_tsv
 from smoothsk.io.runs import RunLockedError, certify_to_tsv, exclusive_run
 
-FAST = dict(max_epochs=2,
-optimizer=torch.optim.SGD, lr=0.05, batch_size=64, n0=32, n=200, n_predict=50, random_state=0)
+FAST = SHORT_FIT
 
 
 class _NaNNet(torch.nn.Module):

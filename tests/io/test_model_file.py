@@ -8,13 +8,13 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from conftest import SHORT_FIT
 
 from smoothsk import CRTStudent, GaussianAugClassifier, MACERClassifier
 from smoothsk.io.model_file import FORMAT_VERSION, load_model, register_network, save_model
 from smoothsk.models import LeNet
 
-FAST = dict(max_epochs=2,
-optimizer=torch.optim.SGD, lr=0.05, batch_size=64, n0=32, n=200, n_predict=50, random_state=0)
+FAST = SHORT_FIT
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FIT
 
 from smoothsk import GaussianAugClassifier
 from smoothsk.io.model_file import check_stored_param, load_classifier, load_model, save_model
 
-FAST = dict(max_epochs=1, module__hidden_units=(16,), n0=10, n=20, n_predict=10,
-            random_state=0)
+FAST = TINY_FIT
 
 
 def _marker_command(marker):

@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SGD_FIT
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
 from smoothsk import CRTStudent, GaussianAugClassifier, SmoothMixClassifier, crt_loss
 
-FAST = dict(max_epochs=8, lr=0.05,
-            optimizer=torch.optim.SGD, optimizer__momentum=0.9, batch_size=64, n0=32, n=300,
-            n_predict=100, random_state=0)
+FAST = SGD_FIT
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import TINY_FIT
 
 from smoothsk import GaussianAugClassifier, SmoothedClassifier
 from smoothsk.cli import build_parser, main
@@ -22,8 +23,7 @@ from smoothsk.methods.registry import (
 
 COMMAND_METHODS = {**METHODS, **ASSEMBLED}  # what ``smoothsk train --method`` offers
 
-FAST = dict(max_epochs=1, module__hidden_units=(16,), n0=10, n=20, n_predict=10,
-            random_state=0)
+FAST = TINY_FIT
 
 
 @pytest.fixture(scope="module")
