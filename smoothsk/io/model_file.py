@@ -223,7 +223,9 @@ def weights_digest(state_dict: dict) -> str:
             raise TypeError(f"state_dict entry {name!r} is not a tensor")
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # Flattened first: a 0-d tensor (BatchNorm's num_batches_tracked) has no byte view.
+        raw = tensor.reshape(-1).view(torch.uint8)
+        digest.update(raw.numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 

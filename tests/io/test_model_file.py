@@ -1,5 +1,6 @@
 """Safe model files: round trip, allow-list, no code execution, old pickles refused."""
 
+import hashlib
 import os
 import pickle
 import zipfile
@@ -11,8 +12,14 @@ import torch
 from conftest import SHORT_FIT
 
 from smoothsk import CRTStudent, GaussianAugClassifier, MACERClassifier
-from smoothsk.io.model_file import FORMAT_VERSION, load_model, register_network, save_model
-from smoothsk.models import LeNet
+from smoothsk.io.model_file import (
+    FORMAT_VERSION,
+    load_model,
+    register_network,
+    save_model,
+    weights_digest,
+)
+from smoothsk.models import CIFARResNet, LeNet
 
 FAST = SHORT_FIT
 
@@ -55,6 +62,37 @@ def test_string_classes_tuple_params_and_lenet(tmp_path):
     assert list(loaded.classes_) == ["dog", "cat"] and loaded.deferred == 1
     assert loaded.module is LeNet
     np.testing.assert_array_equal(loaded.predict(X[:5]), clf.predict(X[:5]))
+
+
+def test_a_batchnorm_network_round_trips_with_its_running_statistics(tmp_path):
+    # BatchNorm's num_batches_tracked is a 0-d tensor, which has no byte view of its own:
+    # the digest of the weights must still cover it (and every other entry).
+    rng = np.random.default_rng(0)
+    X = rng.random((32, 1, 12, 12)).astype(np.float32)
+    y = np.arange(32) % 2
+    clf = GaussianAugClassifier(
+        sigma=0.25, module=CIFARResNet, module__depth=8, module__in_channels=1,
+        module__num_classes=2, module__mean=None, **dict(FAST, max_epochs=1)).fit(X, y)
+    state = clf.module_.state_dict()
+    assert any(tensor.ndim == 0 for tensor in state.values())
+    save_model(clf, tmp_path / "resnet.smoothsk")
+    loaded = load_model(tmp_path / "resnet.smoothsk")
+    for name, tensor in state.items():
+        torch.testing.assert_close(loaded.module_.state_dict()[name], tensor)
+    np.testing.assert_array_equal(loaded.predict(X[:6]), clf.predict(X[:6]))
+
+
+def test_the_weights_digest_of_nd_tensors_is_their_bytes_in_order():
+    # Files written before 0-d tensors were supported recorded this digest: it must not move.
+    state = {"b": torch.arange(6, dtype=torch.float32).view(2, 3), "a": torch.ones(2)}
+    expected = hashlib.sha256()
+    for name in ("a", "b"):
+        tensor = state[name]
+        expected.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        expected.update(tensor.numpy().tobytes())
+    assert weights_digest(state) == expected.hexdigest()
+    with_scalar = dict(state, n=torch.tensor(7))
+    assert weights_digest(with_scalar) != weights_digest(dict(state, n=torch.tensor(8)))
 
 
 def test_crt_student_keeps_its_sigma_without_the_teacher(fitted, digits, tmp_path):
