@@ -298,17 +298,6 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
     """Whether ``fit`` needs ``y``.  False where the classes come from a model that is
     only read (:class:`~smoothsk.PretrainedSmoothingClassifier`), so ``fit(X)`` works."""
 
-    side_model_params: tuple = ()
-    """Parameters holding models that are only read (a CRT teacher, CAT-RS's target
-    model): ``clone`` keeps a fitted one by reference, and skorch never registers,
-    moves or re-initialises them."""
-
-    def __setattr__(self, name, value):
-        if name in self.side_model_params:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def __sklearn_clone__(self):
         if not self.side_model_params:
             return super().__sklearn_clone__()
@@ -360,6 +349,7 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         -------
         self
         """
+        self.prepare_side_models(X, y, partial=False)
         warm = self.warm_start and self.initialized_ and hasattr(self, "classes_fitted_")
         X, y = self.prepare_fit_data(X, y, fit_params, reset=not warm)
         with seeded_torch(self.random_state, self.device), torch_threads(self.n_threads), \
@@ -396,6 +386,7 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         -------
         self
         """
+        self.prepare_side_models(X, y, partial=True)
         first = not (self.initialized_ and hasattr(self, "classes_fitted_"))
         X, y = self.prepare_fit_data(X, y, fit_params, reset=first, classes=classes)
         if first:

@@ -5,7 +5,8 @@
 per-sample shape inside the declared ``input_range``, learns ``classes_`` and encodes
 labels as class indices, and checks that a model the estimator only reads (a teacher, a
 target, a classifier to smooth) fits the data.  Method authors call its public methods
-from their own ``fit`` preparation and may override :meth:`~FitDataMixin.classes_for_fit`.
+from :meth:`~FitDataMixin.prepare_side_models`, the hook ``fit`` and ``partial_fit`` call
+first, and may override :meth:`~FitDataMixin.classes_for_fit`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,32 @@ def given_classes(classes) -> np.ndarray:
 
 class FitDataMixin:
     """Parameter, input and label checks of a smoothsk estimator's ``fit``."""
+
+    side_model_params: tuple = ()
+    """Parameters holding models that are only read (a CRT teacher, CAT-RS's target
+    model): ``clone`` keeps a fitted one by reference, and skorch never registers,
+    moves or re-initialises them."""
+
+    def __setattr__(self, name, value):
+        if name in self.side_model_params:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def prepare_side_models(self, X, y, *, partial: bool) -> None:
+        """Hook: fit or take the models only read (``side_model_params``), check them
+        against ``(X, y)`` and keep what training needs; the default has none.
+
+        ``fit`` calls it first with ``partial=False``; every ``partial_fit`` calls it
+        first with ``partial=True``, where a model already prepared is kept as it is.
+
+        Parameters
+        ----------
+        X, y
+            The training data, as ``fit`` received them.
+        partial : bool
+            Whether the call comes from ``partial_fit``.
+        """
 
     def validate_parameters(self):
         """Every parameter against ``_parameter_constraints`` (scikit-learn's checks)."""

@@ -351,7 +351,16 @@ class CATRSClassifier(SmoothedClassifier):
                                                  TrainingCheckpoint)] or None
         return GaussianAugClassifier(**clone(params, safe=False)).fit(X, y)
 
-    def _prepare_target(self, X, y):
+    def prepare_side_models(self, X, y, *, partial: bool) -> None:
+        """Fit (or take) the target model and check it against ``(X, y)``.
+
+        Parameters
+        ----------
+        X, y, partial
+            As in :meth:`smoothsk.SmoothedClassifier.prepare_side_models`.
+        """
+        if partial and hasattr(self, "target_model_"):
+            return
         X_checked = self.check_inputs(X, reset=True)
         target = unwrap_frozen(self.target_model)
         if target is None:
@@ -367,29 +376,6 @@ class CATRSClassifier(SmoothedClassifier):
         self.check_read_model("target_model", target.classes_, X_checked, y,
                                target.input_shape_)
         self.target_model_ = target
-
-    def fit(self, X, y=None, **fit_params):
-        """Fit (or take) the target model, compute ``p̂`` on ``X``, then train with CAT-RS.
-
-        Parameters
-        ----------
-        X, y, **fit_params
-            As in :meth:`smoothsk.SmoothedClassifier.fit`.
-        """
-        self._prepare_target(X, y)
-        return super().fit(X, y, **fit_params)
-
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
-        """The first call prepares the target model and ``p̂`` as :meth:`fit` does.
-
-        Parameters
-        ----------
-        X, y, classes, **fit_params
-            As in :meth:`smoothsk.SmoothedClassifier.partial_fit`.
-        """
-        if not hasattr(self, "target_model_"):
-            self._prepare_target(X, y)
-        return super().partial_fit(X, y, classes=classes, **fit_params)
 
     def classes_for_fit(self):
         # p̂'s columns are the target model's classes, in its order.

@@ -183,30 +183,16 @@ class CRTStudent(SmoothedClassifier):
         self.sigma_ = sigma
         return teacher_classes, teacher_shape
 
-    def fit(self, X, y=None, **fit_params):
-        """Fit (or take) the teacher, check it matches the data, then train the student.
+    def prepare_side_models(self, X, y, *, partial: bool) -> None:
+        """Fit (or take) the teacher and check it against ``(X, y)`` and the student.
 
         Parameters
         ----------
-        X, y, **fit_params
-            As in :meth:`smoothsk.SmoothedClassifier.fit`.
+        X, y, partial
+            As in :meth:`smoothsk.SmoothedClassifier.prepare_side_models`.
         """
-        self._prepare_teacher(X, y)
-        return super().fit(X, y, **fit_params)
-
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
-        """The first call prepares the teacher as :meth:`fit` does.
-
-        Parameters
-        ----------
-        X, y, classes, **fit_params
-            As in :meth:`smoothsk.SmoothedClassifier.partial_fit`.
-        """
-        if not hasattr(self, "teacher_network_"):
-            self._prepare_teacher(X, y)
-        return super().partial_fit(X, y, classes=classes, **fit_params)
-
-    def _prepare_teacher(self, X, y):
+        if partial and hasattr(self, "teacher_network_"):
+            return
         X_checked = self.check_inputs(X, reset=True)
         teacher_classes, teacher_shape = self._resolve_teacher(X, y)
         self.check_read_model("the teacher", teacher_classes, X_checked, y, teacher_shape)

@@ -206,30 +206,11 @@ class DenoisedSmoothingClassifier(PretrainedSmoothingClassifier):
             )
         object.__setattr__(self, "gradient_network_", gradients)
 
-    def fit(self, X, y=None, **fit_params):
-        """Train the denoiser in front of the frozen classifier.
-
-        Parameters
-        ----------
-        X, y, **fit_params
-            As in :meth:`smoothsk.SmoothedClassifier.fit`.
-        """
-        self.validate_parameters()
-        self._resolve_classifier(X, y)
-        return SmoothedClassifier.fit(self, X, y, **fit_params)
-
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
-        """Train the denoiser further; the first call prepares the classifier.
-
-        Parameters
-        ----------
-        X, y, classes, **fit_params
-            As in :meth:`smoothsk.SmoothedClassifier.partial_fit`.
-        """
-        if not hasattr(self, "classifier_network_"):
-            self.validate_parameters()
-            self._resolve_classifier(X, y)
-        return SmoothedClassifier.partial_fit(self, X, y, classes=classes, **fit_params)
+    # The denoiser is trained as any network is, by the base's fit (whose first step,
+    # prepare_side_models, resolves the classifier), not by the fit-nothing of
+    # PretrainedSmoothingClassifier.
+    fit = SmoothedClassifier.fit
+    partial_fit = SmoothedClassifier.partial_fit
 
     def initialize_module(self):
         if not hasattr(self, "classifier_network_"):  # rebuilt from a model file

@@ -152,6 +152,19 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
         object.__setattr__(self, "gradient_network_", gradients)
         self.check_read_model("the classifier", self.classifier_classes_, X, y)
 
+    def prepare_side_models(self, X, y, *, partial: bool) -> None:
+        """Fit (``prefit=False``) or take the classifier and check it against ``(X, y)``.
+
+        Parameters
+        ----------
+        X, y, partial
+            As in :meth:`smoothsk.SmoothedClassifier.prepare_side_models`.
+        """
+        if partial and hasattr(self, "classifier_network_"):
+            return
+        self.validate_parameters()
+        self._resolve_classifier(X, y)
+
     def fit(self, X, y=None, **fit_params):
         """Check the classifier against ``(X, y)`` (with ``prefit=False``: fit it first).
 
@@ -167,8 +180,7 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
             raise ValueError(f"{type(self).__name__} trains no network; module must be None "
                              "(DenoisedSmoothingClassifier trains a denoiser in front of "
                              "the classifier).")
-        self.validate_parameters()
-        self._resolve_classifier(X, y)
+        self.prepare_side_models(X, y, partial=False)
         X, _ = self.prepare_fit_data(X, y, fit_params, reset=True)
         self.initialize()
         self.check_network_output(X)

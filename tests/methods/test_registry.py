@@ -54,6 +54,41 @@ def test_every_registered_method_trains_saves_and_loads(name, base_model, digits
     np.testing.assert_array_equal(loaded.predict(X[:8]), clf.predict(X[:8]))
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+def test_methods_train_through_the_one_fit_and_its_hooks(name):
+    # A method adds a loss and hooks (prepare_side_models, classes_for_fit, ...), never a
+    # fit or partial_fit of its own that a fix to the base's would miss.
+    cls = method_class(name)
+    assert cls.fit is SmoothedClassifier.fit
+    assert cls.partial_fit is SmoothedClassifier.partial_fit
+
+
+@pytest.mark.parametrize("name", ["crt", "denoised", "catrs"])
+def test_side_models_are_prepared_by_fit_and_kept_by_partial_fit(name, base_model, digits,
+                                                                 monkeypatch):
+    X, y = digits
+    cls = method_class(name)
+    params = dict(FAST, **_side_models(name, base_model))
+    if name == "denoised":
+        params.pop("module__hidden_units")
+    calls = []
+    hook = cls.prepare_side_models
+
+    def spy(self, X, y, *, partial):
+        calls.append(partial)
+        return hook(self, X, y, partial=partial)
+
+    monkeypatch.setattr(cls, "prepare_side_models", spy)
+    clf = cls(**params).fit(X[:120], y[:120])
+    prepared = {key: value for key, value in vars(clf).items()
+                if key in ("teacher_network_", "target_model_", "classifier_network_")}
+    assert prepared
+    clf.partial_fit(X[:120], y[:120])
+    assert calls == [False, True]
+    for key, value in prepared.items():
+        assert getattr(clf, key) is value, key
+
+
 def _help(*args) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
