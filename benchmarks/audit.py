@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from smoothsk.io.files import load_data_only
+from smoothsk.testing import process_group_members
 
 SMOOTHSK = str(Path(sys.executable).with_name("smoothsk"))
 
@@ -356,19 +357,6 @@ def parallel_backends(clf, X) -> list[tuple[str, str | None]]:
     return results
 
 
-def _group(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(group) == pgid and state != "Z":
-                members.append(int(entry.name))
-    return members
-
-
 def kills(work: Path, model: Path) -> list[tuple[str, str | None]]:
     results = []
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -382,9 +370,9 @@ def kills(work: Path, model: Path) -> list[tuple[str, str | None]]:
         process.kill()
         process.wait()
         deadline = time.time() + 30
-        while _group(process.pid) and time.time() < deadline:
+        while process_group_members(process.pid) and time.time() < deadline:
             time.sleep(0.2)
-        left = _group(process.pid)
+        left = process_group_members(process.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         results.append((f"SIGKILL of certify --jobs 2 after {delay:g} s",

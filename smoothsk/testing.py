@@ -1,4 +1,4 @@
-"""What scikit-learn's estimator checks expect of smoothsk estimators.
+"""Helpers for testing smoothsk estimators, and what scikit-learn's checks expect of them.
 
 Every smoothsk estimator passes ``sklearn.utils.estimator_checks.parametrize_with_checks``
 except the checks below, each for a stated reason.  Use them in your own tests of a
@@ -8,9 +8,14 @@ custom subclass::
                              expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
     def test_sklearn_compatible(estimator, check):
         check(estimator)
+
+:func:`process_group_members` lists the live processes of a process group, for tests
+that a killed run leaves no worker behind.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -39,6 +44,11 @@ def tiny_estimator_params(**overrides) -> dict:
     fits simple data quickly, not an annealed one.  ``input_range=None``: the checks feed
     arbitrary real data, where a smoothsk estimator otherwise refuses values outside
     [0, 1].
+
+    Parameters
+    ----------
+    **overrides
+        Settings that replace or add to the small ones (``sigma=None``, ...).
     """
     params = dict(
         sigma=0.1, max_epochs=3, lr_schedule="constant", input_range=None,
@@ -47,3 +57,27 @@ def tiny_estimator_params(**overrides) -> dict:
     )
     params.update(overrides)
     return params
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """The PIDs of the live (not zombie) processes of process group ``pgid``.
+
+    Read from ``/proc/<pid>/stat`` (Linux); processes that exit while it reads are
+    skipped.
+
+    Parameters
+    ----------
+    pgid : int
+        The process group (``os.getpgid`` of its leader).
+    """
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # the command name may hold spaces and parentheses: fields after the last ")"
+                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(group) == pgid and state != "Z":
+                members.append(int(entry.name))
+    return members

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from smoothsk.io.report import read_certification_tsv
+from smoothsk.testing import process_group_members
 
 pytestmark = pytest.mark.subprocess  # most tests run the installed entry point
 
@@ -670,20 +671,6 @@ def test_ctrl_c_while_the_command_starts_is_one_line(delay, tmp_path):
     assert err.startswith("smoothsk") and "interrupted" in err
 
 
-def _process_group(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid`` (from /proc)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(group) == pgid and state != "Z":
-                members.append(int(entry.name))
-    return members
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 @pytest.mark.parametrize("moment", ["while the workers start", "while they certify"])
 def test_workers_die_with_a_sigkilled_certify(model, tmp_path, moment):
@@ -695,7 +682,7 @@ def test_workers_die_with_a_sigkilled_certify(model, tmp_path, moment):
     try:
         deadline = time.time() + 120
         # the caller, loky's and multiprocessing's resource trackers, two workers
-        while len(_process_group(process.pid)) < 5 and time.time() < deadline:
+        while len(process_group_members(process.pid)) < 5 and time.time() < deadline:
             time.sleep(0.05)
         if moment == "while they certify":
             while (not out.exists() or len(out.read_text().splitlines()) < 3) and \
@@ -706,9 +693,9 @@ def test_workers_die_with_a_sigkilled_certify(model, tmp_path, moment):
         # the workers notice within half a second of getting a task or of starting
         # (importing torch takes seconds), then the trackers see their pipes close
         deadline = time.time() + 60
-        while _process_group(process.pid) and time.time() < deadline:
+        while process_group_members(process.pid) and time.time() < deadline:
             time.sleep(0.1)
-        assert _process_group(process.pid) == []
+        assert process_group_members(process.pid) == []
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
