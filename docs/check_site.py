@@ -114,35 +114,14 @@ def takes_parameters(dotted: str) -> str | None:
     """The section an API entry's page must render its parameters under ("Parameters";
     "Attributes" for a dataclass, whose fields are its parameters), or None when the
     object takes none (a constant, an exception, a class whose ``__init__`` takes
-    nothing of its own)."""
-    import dataclasses
-    import importlib
-    import inspect
+    nothing of its own) or cannot be imported."""
+    from smoothsk.docstrings import parameters_to_document, resolve_name
 
-    parts = dotted.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        try:
-            for part in parts[cut:]:
-                obj = getattr(obj, part)
-        except AttributeError:
-            return None
-        break
-    else:
-        return None
-    if not callable(obj) or inspect.ismodule(obj):
-        return None
     try:
-        signature = inspect.signature(obj)
-    except (TypeError, ValueError):
+        wanted = parameters_to_document(resolve_name(dotted))
+    except ImportError:
         return None
-    if not any(p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-               for p in signature.parameters.values()):
-        return None
-    return "Attributes" if dataclasses.is_dataclass(obj) else "Parameters"
+    return wanted and wanted[0]
 
 
 def check_api_page(site: Path, path: Path, page: Page) -> list[str]:

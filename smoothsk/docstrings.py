@@ -3,14 +3,17 @@
 A method's estimator names only its own parameters; the rest (σ, n, α, lr, ...) reach
 it through ``**kwargs``.  :func:`with_shared_parameters` appends the base class's
 Parameters entries to the subclass's docstring, so that ``help()``, IDEs and the API
-reference document them all.
+reference document them all.  :func:`resolve_name` and :func:`parameters_to_document`
+say what an API entry must document; the API-reference test and the site check use them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import inspect
 
-__all__ = ["with_shared_parameters"]
+__all__ = ["parameters_to_document", "resolve_name", "with_shared_parameters"]
 
 _SECTIONS = ("Parameters", "Attributes", "Returns", "Examples", "Notes", "See Also",
              "References", "Methods")
@@ -89,3 +92,57 @@ def with_shared_parameters(doc: str | None, base_doc: str | None) -> str | None:
             lines = body + extra + [""]
         out += lines
     return "\n".join(out)
+
+
+def resolve_name(dotted: str):
+    """The object a dotted name (``"smoothsk.certification.certify"``) names.
+
+    Parameters
+    ----------
+    dotted : str
+        A module path, then attribute names.
+
+    Raises
+    ------
+    ImportError
+        When no prefix is a module, or an attribute is missing.
+    """
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for part in parts[cut:]:
+                obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise ImportError(f"{dotted}: {exc}") from exc
+        return obj
+    raise ImportError(f"no module in {dotted!r}")
+
+
+def parameters_to_document(obj) -> tuple[str, list[str]] | None:
+    """The numpydoc section ``obj``'s docstring must have and the names it must list.
+
+    ``("Parameters", names)`` for a callable with named parameters (``self``, ``cls``,
+    ``*args`` and ``**kwargs`` aside); ``("Attributes", fields)`` for a dataclass, whose
+    fields are its parameters; None for what takes none (a constant, a module, a
+    callable whose signature cannot be read or has no named parameter).
+
+    Parameters
+    ----------
+    obj : object
+        An API entry: a function, class, method or constant.
+    """
+    if not callable(obj) or inspect.ismodule(obj):
+        return None
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in signature.parameters.values()
+             if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not names:
+        return None
+    return ("Attributes" if dataclasses.is_dataclass(obj) else "Parameters"), names

@@ -3,8 +3,6 @@ method an estimator user calls) names each of its parameters in a numpydoc Param
 section (Attributes for a dataclass, whose fields are its parameters).  This is what the
 rendered pages show; ``docs/check_site.py`` checks the same in a browser."""
 
-import dataclasses
-import importlib
 import inspect
 import re
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import smoothsk
+from smoothsk.docstrings import parameters_to_document, resolve_name
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_METHODS = ("fit", "partial_fit", "predict", "predict_proba", "predict_or_abstain",
@@ -32,19 +31,6 @@ def _api_entries() -> list[str]:
     return names
 
 
-def _resolve(dotted: str):
-    parts = dotted.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for part in parts[cut:]:
-            obj = getattr(obj, part)
-        return obj
-    raise ImportError(dotted)
-
-
 def documented_names(doc: str, section: str) -> set[str] | None:
     """The names a numpydoc ``section`` documents (``a, b : type`` lines count each
     name), or None when there is no such section."""
@@ -63,16 +49,10 @@ def documented_names(doc: str, section: str) -> set[str] | None:
 def undocumented(obj) -> list[str]:
     """The parameters of ``obj`` its docstring does not document ("section" if it has
     no section at all)."""
-    try:
-        signature = inspect.signature(obj)
-    except (TypeError, ValueError):
+    wanted = parameters_to_document(obj)
+    if wanted is None:
         return []
-    params = [p.name for p in signature.parameters.values()
-              if p.name not in ("self", "cls")
-              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if not params:
-        return []
-    section = "Attributes" if dataclasses.is_dataclass(obj) else "Parameters"
+    section, params = wanted
     names = documented_names(inspect.getdoc(obj) or "", section)
     if names is None:
         return [f"no {section} section"]
@@ -80,9 +60,9 @@ def undocumented(obj) -> list[str]:
 
 
 @pytest.mark.parametrize("name", [n for n in _api_entries()
-                                  if callable(_resolve(n)) and not inspect.ismodule(_resolve(n))])
+                                  if parameters_to_document(resolve_name(n))])
 def test_every_api_entry_documents_its_parameters(name):
-    assert undocumented(_resolve(name)) == [], name
+    assert undocumented(resolve_name(name)) == [], name
 
 
 def test_the_estimators_user_methods_document_their_parameters():
@@ -135,3 +115,15 @@ def test_the_check_itself_sees_a_missing_parameter():
 
     assert undocumented(documented) == ["b"] and undocumented(grouped) == []
     assert undocumented(lambda x: x) == ["no Parameters section"]
+
+
+def test_names_resolve_and_say_what_they_must_document():
+    from smoothsk.certification.core import Certificate
+
+    assert resolve_name("smoothsk.certification.core.certify") is smoothsk.certify
+    with pytest.raises(ImportError, match="no_such_name"):
+        resolve_name("smoothsk.certification.no_such_name")
+    assert parameters_to_document(resolve_name("smoothsk.models.NETWORK_NAMES")) is None
+    section, names = parameters_to_document(Certificate)
+    assert section == "Attributes" and "radius" in names
+    assert parameters_to_document(smoothsk.certify)[1][:3] == ["module", "X", "sigma"]
