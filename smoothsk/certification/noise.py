@@ -180,13 +180,14 @@ def lattice_thresholds(scale: Fraction) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def guide_table(scale: Fraction) -> tuple[np.ndarray, tuple[int, int]]:
-    """The 2¹⁶-entry guide of :func:`lattice_thresholds` ``(scale)`` and the range of
-    uniform integers it serves with one comparison.
+def guide_table(scale: Fraction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 2¹⁶-bucket guide of :func:`lattice_thresholds` ``(scale)``, by the top 16 bits.
 
-    ``guide[h]`` counts the thresholds ≤ the first integer of bucket ``h``; a bucket with
-    at most one threshold inside needs one comparison more.  The central run of such
-    buckets is ``[low, high)``; uniforms outside it (the far tails) take a binary search.
+    A 60-bit uniform ``U = H·2⁴⁴ + L`` falls in bucket ``H``.  ``base[H]`` counts the
+    thresholds ≤ ``H·2⁴⁴`` (the bucket's first integer); ``kind[H]`` is 0 when no threshold
+    lies inside the bucket (the count is ``base[H]`` whatever ``L``), 1 when one does, at
+    ``H·2⁴⁴ + remainder[H]`` (the count is ``base[H] + [L ≥ remainder[H]]``), and 2 when
+    several do (the far tails: a binary search on ``U``).
 
     Parameters
     ----------
@@ -195,15 +196,14 @@ def guide_table(scale: Fraction) -> tuple[np.ndarray, tuple[int, int]]:
     """
     thresholds = lattice_thresholds(scale)
     shift = UNIFORM_BITS - GUIDE_BITS
-    edges = np.arange(2**GUIDE_BITS, dtype=np.int64) << shift
-    guide = np.searchsorted(thresholds, edges, side="right").astype(np.int64)
-    inside = np.searchsorted(thresholds, edges + (1 << shift) - 1, side="right") - guide
-    crowded = np.flatnonzero(inside > 1)
-    middle = 2**GUIDE_BITS // 2
-    below, above = crowded[crowded < middle], crowded[crowded >= middle]
-    first = int(below.max()) + 1 if len(below) else 0
-    last = int(above.min()) if len(above) else 2**GUIDE_BITS
-    return guide, ((first << shift, last << shift) if first < last else (0, 0))
+    starts = np.arange(2**GUIDE_BITS, dtype=np.int64) << shift
+    base = np.searchsorted(thresholds, starts, side="right").astype(np.int64)
+    inside = np.searchsorted(thresholds, starts + (1 << shift) - 1, side="right") - base
+    kind = np.minimum(inside, 2).astype(np.int8)
+    remainder = np.zeros(2**GUIDE_BITS, dtype=np.int64)
+    one = inside == 1
+    remainder[one] = thresholds[base[one]] - starts[one]
+    return base, kind, remainder
 
 
 class LatticeGaussian:
@@ -226,12 +226,11 @@ class LatticeGaussian:
         self.device = torch.device(device or "cpu")
         thresholds = lattice_thresholds(self.scale)
         self.half_width = len(thresholds) // 2
-        # Padded with 2⁶² so that an index one past the last threshold compares false.
-        padded = np.append(thresholds, np.int64(1 << 62))
-        self.thresholds = torch.as_tensor(padded, device=self.device)
-        guide, self.fast_range = guide_table(self.scale)
-        self.guide = torch.as_tensor(guide, device=self.device)
         self.sorted_thresholds = torch.as_tensor(thresholds, device=self.device)
+        base, kind, remainder = (torch.as_tensor(table, device=self.device)
+                                 for table in guide_table(self.scale))
+        self.base, self.kind, self.remainder = base, kind, remainder
+        self._offset_tables: dict[torch.dtype, torch.Tensor] = {}
 
     def coordinate_distance(self) -> float:
         """τ: total-variation distance of one sampled coordinate from the exact rounded
@@ -252,17 +251,36 @@ class LatticeGaussian:
         return alpha - slack
 
     def sample(self, shape, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        """Integer lattice offsets ``J`` of ``shape`` (as ``dtype``, exact)."""
-        uniform = torch.randint(0, 1 << UNIFORM_BITS, tuple(shape), generator=generator,
-                                device=self.device, dtype=torch.int64)
-        index = torch.take(self.guide, uniform >> (UNIFORM_BITS - GUIDE_BITS))
-        index.add_(torch.take(self.thresholds, index) <= uniform)
-        low, high = self.fast_range
-        tails = (uniform < low) | (uniform >= high)
-        if bool(tails.any()):
-            index[tails] = torch.searchsorted(self.sorted_thresholds, uniform[tails],
-                                              right=True)
-        return index.sub_(self.half_width).to(dtype)
+        """Integer lattice offsets ``J`` of ``shape`` (as ``dtype``, exact).
+
+        Inverse CDF on ``U = H·2⁴⁴ + L`` (:func:`guide_table`): the 16-bit ``H`` of every
+        coordinate is drawn, then the 44-bit ``L`` only where the bucket holds a threshold
+        (a few percent of draws), then ``U`` itself only in the far tails.  ``H`` and
+        ``L`` are independent and uniform, so ``U`` is uniform on ``[0, 2⁶⁰)`` and every
+        offset is the exact inverse-CDF draw of its ``U``.
+        """
+        if dtype not in self._offset_tables:
+            self._offset_tables[dtype] = (self.base - self.half_width).to(dtype)
+        size = math.prod(shape)
+        high = torch.randint(0, 1 << GUIDE_BITS, (size,), generator=generator,
+                             device=self.device, dtype=torch.int32)
+        offsets = self._offset_tables[dtype].index_select(0, high)
+        inside = self.kind.index_select(0, high).nonzero().squeeze(1)
+        if len(inside):
+            buckets = high.index_select(0, inside).long()
+            low = torch.randint(0, 1 << (UNIFORM_BITS - GUIDE_BITS), (len(inside),),
+                                generator=generator, device=self.device, dtype=torch.int64)
+            step = (low >= self.remainder.index_select(0, buckets)).to(dtype)
+            tails = (self.kind.index_select(0, buckets) == 2).nonzero().squeeze(1)
+            if len(tails):
+                tail_buckets = buckets.index_select(0, tails)
+                uniform = (tail_buckets << (UNIFORM_BITS - GUIDE_BITS)) | low.index_select(0,
+                                                                                        tails)
+                counts = torch.searchsorted(self.sorted_thresholds, uniform, right=True)
+                step.index_copy_(0, tails,
+                                 (counts - self.base.index_select(0, tail_buckets)).to(dtype))
+            offsets.index_add_(0, inside, step)
+        return offsets.view(tuple(shape))
 
     def lattice_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """Where lattice coordinates are held: the network's dtype when it represents

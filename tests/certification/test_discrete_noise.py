@@ -102,16 +102,34 @@ def test_the_lattice_step_is_read_as_an_exact_fraction():
 @pytest.mark.parametrize("sigma", [0.02, 0.5])
 def test_the_guide_table_sampler_is_exactly_the_inverse_cdf(sigma):
     noise = LatticeGaussian(sigma, STEP)
-    shape = (64, 4096)
+    shape, low_bits = (64, 4096), UNIFORM_BITS - GUIDE_BITS
     offsets = noise.sample(shape, torch.Generator().manual_seed(3), torch.float64)
-    uniform = torch.randint(0, 1 << UNIFORM_BITS, shape, dtype=torch.int64,
-                            generator=torch.Generator().manual_seed(3))
+    # The same generator, replayed: the top 16 bits of every U, then the low 44 bits of
+    # those whose bucket holds a threshold.
+    generator = torch.Generator().manual_seed(3)
+    high = torch.randint(0, 1 << GUIDE_BITS, (offsets.numel(),), generator=generator,
+                         dtype=torch.int32).long()
+    inside = noise.kind[high] != 0
+    uniform = high << low_bits
+    uniform[inside] |= torch.randint(0, 1 << low_bits, (int(inside.sum()),),
+                                     generator=generator, dtype=torch.int64)
     expected = torch.searchsorted(noise.sorted_thresholds, uniform, right=True) - noise.half_width
-    assert torch.equal(offsets, expected.double())
-    # the check covers both paths: uniforms in the far tails use the binary search
-    low, high = noise.fast_range
-    assert bool(((uniform < low) | (uniform >= high)).any())
-    assert high - low > (1 << UNIFORM_BITS) * 0.99 and GUIDE_BITS == 16
+    assert torch.equal(offsets.view(-1), expected.double())
+    # the check covers the three kinds of bucket, the far tails' binary search included
+    assert set(noise.kind[high].unique().tolist()) == {0, 1, 2}
+    # a bucket of kind 0 holds no threshold: its count is the same at its first and last U
+    starts = torch.arange(1 << GUIDE_BITS, dtype=torch.int64) << low_bits
+    first = torch.searchsorted(noise.sorted_thresholds, starts, right=True)
+    last = torch.searchsorted(noise.sorted_thresholds, starts + (1 << low_bits) - 1, right=True)
+    empty = noise.kind == 0
+    assert torch.equal(first[empty], last[empty]) and bool((last[~empty] > first[~empty]).all())
+    # ... and one of kind 1 has its threshold exactly at start + remainder
+    one = noise.kind == 1
+    at = starts[one] + noise.remainder[one]
+    assert torch.equal(torch.searchsorted(noise.sorted_thresholds, at - 1, right=True), first[one])
+    assert torch.equal(torch.searchsorted(noise.sorted_thresholds, at, right=True), first[one] + 1)
+    assert torch.equal(noise.base, first)
+    assert GUIDE_BITS == 16
 
 
 @pytest.mark.parametrize("sigma", [0.03, 0.25])
