@@ -16,7 +16,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 MARKER = re.compile(r"<!-- checked: (\S+) sigma=([0-9.]+)( grid)? -->")
 METHODS = {"gaussian": "gaussian", "stability": "stability", "consistency": "consistency",
            "smoothmix": "smoothmix", "macer": "macer", "crt": "crt", "cat-rs": "catrs",
-           "smoothadv": "smoothadv"}
+           "smoothadv": "smoothadv",
+           # CRT students of other architectures (benchmarks/crt_architectures.py)
+           "resnet-8": "crt-resnet8", "mlp": "crt-mlp", "mlp-gaussian": "gaussian-mlp"}
 
 
 def _checked_tables(text: str):
