@@ -27,14 +27,10 @@ import numpy as np
 import reproduce  # benchmarks/reproduce.py: the study's training of the teacher
 
 from smoothsk.datasets import load_fashion_mnist
-from smoothsk.io.checkpoint import TrainingCheckpoint
-from smoothsk.io.files import atomic_write_text
-from smoothsk.io.runs import certify_to_tsv, load_model, save_model
+from smoothsk.io.runs import certify_to_tsv, load_model
 from smoothsk.models import MLP, CIFARResNet, LeNet, count_parameters
-from smoothsk.recipes import estimator_class, recipe, recipe_params
 
 SIGMA = 0.5
-STUDY = Path("benchmarks/results/fashion-mnist-full-bf16")
 
 # The students: a network class and its parameters (skorch's ``module__*``).
 STUDENTS = {
@@ -44,10 +40,9 @@ STUDENTS = {
 }
 
 
-def study_args(args) -> Namespace:
-    """The settings of the committed σ = 0.5 study (``reproduce.py``'s arguments)."""
-    return Namespace(train=60_000, epochs=30, batch_size=None, precision="bf16",
-                     channels_last=True, target_draws=1_000)
+# The settings of the committed σ = 0.5 study, as ``reproduce.py``'s arguments.
+STUDY_SETTINGS = Namespace(train=60_000, epochs=30, batch_size=None, precision="bf16",
+                           channels_last=True, target_draws=1_000)
 
 
 def train_network(method: str, name: str, teacher, X, y, out: Path):
@@ -58,28 +53,16 @@ def train_network(method: str, name: str, teacher, X, y, out: Path):
     if model_path.exists() and info_path.exists():
         return load_model(model_path), json.loads(info_path.read_text())
     network, network_params = STUDENTS[name]
-    params = recipe_params(recipe(method, "mnist", SIGMA), epochs=30)
-    params.update(module=network, random_state=0, verbose=1, precision="bf16",
-                  channels_last=True,
-                  **{f"module__{key}": value for key, value in network_params.items()})
-    if method == "crt":
-        params["teacher"] = teacher
-    clf = estimator_class(method)(**params)
-    checkpoint = out / "models" / f"{method}-{name}-sigma{SIGMA:g}.ckpt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    clf.set_params(callbacks=list(clf.callbacks or [])
-                   + [("checkpoint", TrainingCheckpoint(checkpoint))])
-    clf.fit(X, y)
-    info = {"method": method, "student": name, "network": network.__name__,
-            "network_params": {k: list(v) if isinstance(v, tuple) else v
-                               for k, v in network_params.items()},
-            "parameters": count_parameters(clf.module_), "sigma": SIGMA,
-            "seconds": float(sum(clf.history[:, "dur"])), "epochs": 30,
-            "train_size": len(X), "precision": "bf16", "channels_last": True,
-            "recipe": f"smoothsk.recipes {method}, mnist family"}
-    save_model(clf, model_path)
-    atomic_write_text(info_path, json.dumps(info, indent=1))
-    checkpoint.unlink(missing_ok=True)
+    clf = reproduce.method_estimator(method, SIGMA, STUDY_SETTINGS, teacher, module=network,
+                                     **network_params)
+    info = reproduce.fit_and_save(clf, X, y, model_path, info_path, {
+        "method": method, "student": name, "network": network.__name__,
+        "network_params": {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in network_params.items()},
+        "parameters": count_parameters(network(**network_params)), "sigma": SIGMA,
+        "epochs": STUDY_SETTINGS.epochs, "train_size": len(X),
+        "precision": STUDY_SETTINGS.precision, "channels_last": STUDY_SETTINGS.channels_last,
+        "recipe": f"smoothsk.recipes {method}, mnist family"})
     print(f"trained {method} {name}: {info['seconds']:.0f} s", flush=True)
     return clf, info
 
@@ -110,7 +93,7 @@ def main(argv=None):
     X, y = load_fashion_mnist(args.root, split="train")
     X_test, y_test = load_fashion_mnist(args.root, split="test")
     indices = np.arange(0, len(X_test), 20)[:500]
-    teacher, _ = reproduce.train("smoothmix", SIGMA, study_args(args), X, y, out)
+    teacher, _ = reproduce.train("smoothmix", SIGMA, STUDY_SETTINGS, X, y, out)
     for name in args.students.split(","):
         student, _ = train_network("crt", name, teacher, X, y, out)
         certify(student, f"crt-{name}", X_test, y_test, indices, out)

@@ -39,14 +39,16 @@ from smoothsk.models import LeNet
 from smoothsk.recipes import estimator_class, recipe, recipe_params
 
 
-def method_estimator(method, sigma, args, teacher=None):
-    """The published MNIST-family recipe (smoothsk.recipes) for LeNet, shortened to
-    ``--epochs`` with the schedule's shape kept; ``--batch-size`` overrides its batch."""
+def method_estimator(method, sigma, args, teacher=None, module=LeNet, **module_params):
+    """The published MNIST-family recipe (smoothsk.recipes) for ``module`` (LeNet unless
+    given, with its ``module_params``), shortened to ``--epochs`` with the schedule's shape
+    kept; ``--batch-size`` overrides its batch."""
     params = recipe_params(recipe(method, "mnist", sigma), epochs=args.epochs)
     if args.batch_size is not None:
         params["batch_size"] = args.batch_size
-    params.update(module=LeNet, random_state=0, verbose=1,  # per-epoch lines in the log
-                  precision=args.precision, channels_last=args.channels_last)
+    params.update(module=module, random_state=0, verbose=1,  # per-epoch lines in the log
+                  precision=args.precision, channels_last=args.channels_last,
+                  **{f"module__{key}": value for key, value in module_params.items()})
     if method == "crt":
         params["teacher"] = teacher
     if method == "catrs":  # the authors' σ = 0.25 Gaussian model, at --target-draws
@@ -74,24 +76,31 @@ def train(method, sigma, args, X, y, out: Path):
     elif method == "catrs":
         teacher, _ = train("gaussian", 0.25, args, X, y, out)
     clf = method_estimator(method, sigma, args, teacher)
-    # Checkpointed every epoch: a killed run continues where it stopped, to the same weights.
-    checkpoint = out / "models" / f"{method}-sigma{sigma:g}.ckpt"
+    info = fit_and_save(clf, X, y, model_path, info_path, {
+        "method": method, "sigma": sigma, "epochs": args.epochs, "train_size": len(X),
+        "batch_size": args.batch_size,
+        "recipe": "smoothsk.recipes, mnist family", "precision": args.precision,
+        **({"target_draws": args.target_draws} if method == "catrs" else {}),
+        "channels_last": args.channels_last})
+    print(f"trained {method} σ={sigma}: {info['seconds']:.0f} s", flush=True)
+    return clf, info
+
+
+def fit_and_save(clf, X, y, model_path: Path, info_path: Path, info: dict) -> dict:
+    """Fit ``clf`` with a checkpoint every epoch beside ``model_path`` (a killed run
+    continues where it stopped, to the same weights), save it there, and write ``info``
+    to ``info_path`` with ``"seconds"`` set to the training time over every resumed piece.
+    Returns that ``info``."""
+    checkpoint = model_path.with_suffix(".ckpt")
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     clf.set_params(callbacks=list(clf.callbacks or [])
                    + [("checkpoint", TrainingCheckpoint(checkpoint))])
     clf.fit(X, y)
-    seconds = float(sum(clf.history[:, "dur"]))  # training time over every resumed piece
-    info = {"method": method, "sigma": sigma, "seconds": seconds,
-            "epochs": args.epochs, "train_size": len(X), "batch_size": args.batch_size,
-            "recipe": "smoothsk.recipes, mnist family", "precision": args.precision,
-            **({"target_draws": args.target_draws} if method == "catrs" else {}),
-            "channels_last": args.channels_last}
-    model_path.parent.mkdir(parents=True, exist_ok=True)
+    info = dict(info, seconds=float(sum(clf.history[:, "dur"])))
     save_model(clf, model_path)
     atomic_write_text(info_path, json.dumps(info, indent=1))
     checkpoint.unlink(missing_ok=True)
-    print(f"trained {method} σ={sigma}: {info['seconds']:.0f} s", flush=True)
-    return clf, info
+    return info
 
 
 def main(argv=None):

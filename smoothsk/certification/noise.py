@@ -44,8 +44,10 @@ UNIFORM_BITS = 60
 # Thresholds reach ±TAIL_Z standard deviations: Φ(−10) < 7.7e-24, far below 2⁻⁶⁰.
 TAIL_Z = 10
 TAIL_MASS_BOUND = 1.6e-23  # ≥ 2Φ(−10)
-# Top bits of a uniform integer that index the guide table (2¹⁶ entries).
+# Top bits of a uniform integer that index the guide table (2¹⁶ entries); the rest are
+# drawn only where a bucket needs them.
 GUIDE_BITS = 16
+LOW_BITS = UNIFORM_BITS - GUIDE_BITS
 # Integers float32 represents exactly: |m + J| must stay below this.
 FLOAT32_EXACT = 2**24
 
@@ -195,10 +197,9 @@ def guide_table(scale: Fraction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         σ / lattice step, exactly (as for :func:`lattice_thresholds`).
     """
     thresholds = lattice_thresholds(scale)
-    shift = UNIFORM_BITS - GUIDE_BITS
-    starts = np.arange(2**GUIDE_BITS, dtype=np.int64) << shift
+    starts = np.arange(2**GUIDE_BITS, dtype=np.int64) << LOW_BITS
     base = np.searchsorted(thresholds, starts, side="right").astype(np.int64)
-    inside = np.searchsorted(thresholds, starts + (1 << shift) - 1, side="right") - base
+    inside = np.searchsorted(thresholds, starts + (1 << LOW_BITS) - 1, side="right") - base
     kind = np.minimum(inside, 2).astype(np.int8)
     remainder = np.zeros(2**GUIDE_BITS, dtype=np.int64)
     one = inside == 1
@@ -227,9 +228,8 @@ class LatticeGaussian:
         thresholds = lattice_thresholds(self.scale)
         self.half_width = len(thresholds) // 2
         self.sorted_thresholds = torch.as_tensor(thresholds, device=self.device)
-        base, kind, remainder = (torch.as_tensor(table, device=self.device)
-                                 for table in guide_table(self.scale))
-        self.base, self.kind, self.remainder = base, kind, remainder
+        self.base, self.kind, self.remainder = (torch.as_tensor(table, device=self.device)
+                                                for table in guide_table(self.scale))
         self._offset_tables: dict[torch.dtype, torch.Tensor] = {}
 
     def coordinate_distance(self) -> float:
@@ -268,14 +268,13 @@ class LatticeGaussian:
         inside = self.kind.index_select(0, high).nonzero().squeeze(1)
         if len(inside):
             buckets = high.index_select(0, inside).long()
-            low = torch.randint(0, 1 << (UNIFORM_BITS - GUIDE_BITS), (len(inside),),
+            low = torch.randint(0, 1 << LOW_BITS, (len(inside),),
                                 generator=generator, device=self.device, dtype=torch.int64)
             step = (low >= self.remainder.index_select(0, buckets)).to(dtype)
             tails = (self.kind.index_select(0, buckets) == 2).nonzero().squeeze(1)
             if len(tails):
                 tail_buckets = buckets.index_select(0, tails)
-                uniform = (tail_buckets << (UNIFORM_BITS - GUIDE_BITS)) | low.index_select(0,
-                                                                                        tails)
+                uniform = (tail_buckets << LOW_BITS) | low.index_select(0, tails)
                 counts = torch.searchsorted(self.sorted_thresholds, uniform, right=True)
                 step.index_copy_(0, tails,
                                  (counts - self.base.index_select(0, tail_buckets)).to(dtype))
