@@ -67,6 +67,15 @@ MUTATIONS = [
      "smoothsk/certification/sampling.py",
      "batch = self.lattice.from_lattice(batch, self.dtype)", "batch = batch.to(self.dtype)",
      ["tests/certification/test_discrete_noise.py"]),
+    ("incremental: fallback on the original certificate's draws",
+     "smoothsk/certification/incremental.py", "random_state=_fresh_seed(random_state)",
+     "random_state=random_state", ["tests/certification/test_incremental.py"]),
+    ("incremental: fallback at α + α_ζ", "smoothsk/certification/incremental.py",
+     "n=certificate.n, alpha=alpha_zeta,", "n=certificate.n, alpha=alpha,",
+     ["tests/certification/test_incremental.py"]),
+    ("incremental: path chosen after the disagreement draws",
+     "smoothsk/certification/incremental.py", "fallback = np.flatnonzero(~cheap)",
+     "fallback = np.flatnonzero(~certified)", ["tests/certification/test_incremental.py"]),
 ]
 
 

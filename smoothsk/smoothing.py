@@ -361,6 +361,7 @@ class SmoothedPredictionMixin:
 
     def certify_incremental(self, X, original, certificate: Certificate, *,
                             n_zeta: int = 10_000, alpha_zeta: float = 0.001,
+                            recertify_above: float | None = 0.99,
                             batch_size=None, random_state=None,
                             index_offset: int = 0) -> Certificate:
         """Certify this estimator, a modified copy of ``original`` (a reduced-precision,
@@ -369,10 +370,10 @@ class SmoothedPredictionMixin:
 
         Runs both networks on ``n_zeta`` draws (seeded per input, a stream of their own),
         bounds how often they disagree and certifies from ``p̲_A − ζ̄`` at
-        ``certificate.alpha + alpha_zeta``, falling back to plain CERTIFY where that
-        leaves nothing.  This estimator's ``precision`` is the modified
-        network's arithmetic; ``original`` runs at the certificate's.  Defaults come from
-        the estimator as in :meth:`certify`.
+        ``certificate.alpha + alpha_zeta``; inputs that path cannot serve (chosen from
+        the original certificate alone) get plain CERTIFY on fresh draws.  This
+        estimator's ``precision`` is the modified network's arithmetic; ``original`` runs
+        at the certificate's.  Defaults come from the estimator as in :meth:`certify`.
 
         Parameters
         ----------
@@ -386,6 +387,9 @@ class SmoothedPredictionMixin:
             Draws on which the two networks are compared.
         alpha_zeta : float, default=0.001
             Failure probability of the disagreement bound.
+        recertify_above : float or None, default=0.99
+            Inputs whose original ``p̲_A`` is at least this are certified from scratch
+            (see :func:`smoothsk.certify_incremental`).
         batch_size, random_state : optional
             None takes the estimator's.
         index_offset : int, default=0
@@ -400,7 +404,7 @@ class SmoothedPredictionMixin:
         with torch_threads(self.n_threads):
             result = incremental.certify_incremental(
                 self.module_, original, X, certificate, n_zeta=n_zeta, alpha_zeta=alpha_zeta,
-                modified_precision=self.precision,
+                modified_precision=self.precision, recertify_above=recertify_above,
                 **self._defaults(batch_size=batch_size, random_state=random_state),
                 index_offset=index_offset)
         self.check_n_classes(result.counts.shape[1])

@@ -48,7 +48,8 @@ def test_an_unchanged_network_keeps_its_radii_up_to_the_disagreement_bound():
     original, _ = modified_pair(rng)
     X = points_at_radii(original, 0.5 * norm.ppf(rng.uniform(0.8, 0.99, 40)), rng)
     cert = certify(original, X, 0.5, n=5000, random_state=0)
-    same = certify_incremental(original, original, X, cert, n_zeta=2000, alpha_zeta=0.001)
+    same = certify_incremental(original, original, X, cert, n_zeta=2000, alpha_zeta=0.001,
+                               recertify_above=None)
     # zero disagreements: p̲_A less Clopper–Pearson's upper bound of 0/2000 at 0.001
     np.testing.assert_allclose(same.pa_lower, cert.pa_lower - (1 - 0.001 ** (1 / 2000)),
                                rtol=1e-9)
@@ -56,23 +57,70 @@ def test_an_unchanged_network_keeps_its_radii_up_to_the_disagreement_bound():
     np.testing.assert_array_equal(same.disagreements, 0)
 
 
-def test_a_network_that_disagrees_falls_back_to_certify():
+def test_a_network_that_disagrees_abstains_on_the_cheap_path_and_is_recertified_above():
     rng = np.random.default_rng(2)
     original, _ = modified_pair(rng)
     flipped = LinearBinary(-original.w.detach().numpy(), -float(original.b.detach()))
     X = points_at_radii(original, 0.5 * norm.ppf(rng.uniform(0.8, 0.99, 30)), rng)
     cert = certify(original, X, 0.5, n=2000, random_state=0)
-    result = certify_incremental(flipped, original, X, cert, n_zeta=200, random_state=0)
+    result = certify_incremental(flipped, original, X, cert, n_zeta=200, random_state=0,
+                                 recertify_above=0.9)
+    recertified = result.samples > 2000
+    assert recertified.any() and not recertified.all()
+    np.testing.assert_array_equal(recertified, cert.pa_lower >= 0.9)
+    # the negated classifier disagrees on every shared draw: ζ̄ = 1, nothing certified
+    np.testing.assert_array_equal(result.disagreements, np.where(recertified, 0, 200))
+    assert np.all(result.prediction[~recertified] == ABSTAIN)
+    # recertified from scratch: the flipped network's own class
     certified = result.prediction != ABSTAIN
-    assert certified.any()
+    assert certified[recertified].any()
     np.testing.assert_array_equal(result.prediction[certified],
                                   flipped.true_class(X)[certified])
-    assert np.all(result.samples > 2000)  # every input paid the fallback
-    # the negated classifier disagrees on every shared draw the original was compared on
-    compared = cert.prediction != ABSTAIN
-    np.testing.assert_array_equal(result.disagreements, np.where(compared, 200, 0))
     with pytest.raises(ValueError, match="holds 30 inputs"):
         certify_incremental(flipped, original, X[:5], cert)
+    with pytest.raises(ValueError, match="recertify_above"):
+        certify_incremental(flipped, original, X, cert, recertify_above=0.5)
+
+
+def test_the_path_is_chosen_from_the_original_certificate_alone():
+    # The fallback's level is sound only if which inputs fall back is fixed by the
+    # original certificate (docs/certification.md): neither the modified network nor the
+    # disagreement draws may move an input from one path to the other.
+    rng = np.random.default_rng(3)
+    original, modified = modified_pair(rng, tilt=0.3)
+    flipped = LinearBinary(-original.w.detach().numpy(), -float(original.b.detach()))
+    X = points_at_radii(original, 0.5 * norm.ppf(rng.uniform(0.5, 0.999, 60)), rng)
+    cert = certify(original, X, 0.5, n=2000, random_state=0)
+    paths = [certify_incremental(net, original, X, cert, n_zeta=300, random_state=seed).samples
+             for net, seed in ((original, 0), (modified, 1), (flipped, 2))]
+    for samples in paths[1:]:
+        np.testing.assert_array_equal(samples > 2000, paths[0] > 2000)
+    zeta_floor = 1 - 0.001 ** (1 / 300)  # Clopper–Pearson's bound of 0 disagreements in 300
+    cheap = (cert.prediction != ABSTAIN) & (cert.pa_lower - zeta_floor > 0.5) & \
+        (cert.pa_lower < 0.99)
+    np.testing.assert_array_equal(paths[0] == 300, cheap)
+    assert cheap.any() and not cheap.all()
+
+
+def test_the_fallback_draws_fresh_noise_at_level_alpha_zeta():
+    rng = np.random.default_rng(4)
+    original, _ = modified_pair(rng)
+    X = points_at_radii(original, 0.5 * norm.ppf(rng.uniform(0.7, 0.95, 40)), rng)
+    cert = certify(original, X, 0.5, n=2000, alpha=0.001, random_state=0)
+    # every certified input recertified, the copy identical, at the original's level:
+    # on the original's own draws each p̲_A would come back unchanged
+    again = certify_incremental(original, original, X, cert, alpha_zeta=0.001,
+                                random_state=0, recertify_above=0.51)
+    assert np.all(again.samples == cert.n0 + cert.n)
+    assert (again.pa_lower != cert.pa_lower).mean() > 0.8
+    # the fallback's level is α_ζ, not α + α_ζ: a constant network's n of n votes give
+    # Clopper–Pearson's α_ζ^(1/n) exactly
+    constant = LinearBinary(np.zeros(X.shape[1]), 1.0)
+    cert = certify(constant, X, 0.5, n=2000, alpha=0.2, random_state=0)
+    result = certify_incremental(constant, constant, X, cert, alpha_zeta=1e-6)
+    assert np.all(result.samples == cert.n0 + cert.n)  # p̲_A = 0.2^(1/2000) > 0.99
+    np.testing.assert_allclose(result.pa_lower, 1e-6 ** (1 / 2000), rtol=1e-9)
+    assert result.alpha == pytest.approx(0.2 + 1e-6)
 
 
 @pytest.mark.slow
