@@ -36,8 +36,8 @@ from smoothsk import SmoothedEnsembleClassifier
 from smoothsk.datasets import load_fashion_mnist
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.report import read_certification_tsv
-from smoothsk.io.runs import certify_to_tsv, load_model
-from smoothsk.io.study import paired_gain
+from smoothsk.io.runs import certify_to_tsv, count_complete_rows, load_model
+from smoothsk.io.study import grid_hits, paired_gain
 
 SIGMA = 0.5
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -82,7 +82,7 @@ def run_part(args) -> None:
     mixed ensemble and K-consensus."""
     X, y = load_fashion_mnist(args.root, split="train")
     X_test, y_test = load_fashion_mnist(args.root, split="test")
-    indices = np.arange(0, len(X_test), 20)[:500]
+    indices = np.arange(0, len(X_test), 20)[: args.images]
     method = args.part
     fitted = []
     for k in (3, args.members):
@@ -121,43 +121,68 @@ def summary(run) -> dict:
 
 
 def report(args) -> None:
-    runs = {p.stem: read_certification_tsv(p) for p in sorted(args.out.glob("*.tsv"))}
+    """``ensemble-fmnist.json`` and ``.md``: each finished ensemble against its best member
+    (highest ACR) on the same images — the ACR gain and the certified-accuracy differences
+    at ``RADII``, each the mean of per-image differences ± their standard error."""
+    runs = {}
+    for path in sorted(args.out.glob("*.tsv")):
+        if count_complete_rows(path):  # a run just started has none yet
+            runs[path.stem] = read_certification_tsv(path)
     groups = {f"{m}-ensemble{k}": [f"{m}-seed{s}" for s in range(k)]
               for m in ("gaussian", "consistency") for k in (3, 5)}
     groups["mixed-ensemble3"] = [f"{m}-seed{s}" for m, s in MIXED]
-    rows = {name: summary(run) for name, run in runs.items()}
-    lines = ["| ensemble | best member | member ACR | ensemble ACR | gain (paired) | relative |",
-             "|---|---|---|---|---|---|"]
+    acr_lines = ["| ensemble | images | best member | best member ACR | ensemble ACR | "
+                 "gain (paired) |", "|---|---|---|---|---|---|"]
+    radii = RADII[1:]
+    accuracy_lines = ["| ensemble | " + " | ".join(f"r={r:g}" for r in radii) + " |",
+                      "|---|" + "---|" * len(radii)]
     comparisons = {}
     for name, names in groups.items():
-        if name not in runs or any(n not in runs for n in names):
-            continue
+        if name not in runs or any(n not in runs for n in names) or \
+                any(not np.array_equal(runs[n].idx, runs[name].idx) for n in names):
+            continue  # not finished on the same images yet
         best = max(names, key=lambda n: runs[n].average_certified_radius)
         gain, se, k = paired_gain(runs[best], runs[name])
         base = runs[best].average_certified_radius
-        comparisons[name] = {"best_member": best, "gain": round(gain, 4), "se": round(se, 4),
-                             "images": k, "relative": round(gain / base, 4)}
-        lines.append(f"| {name} | {best} | {base:.3f} | "
-                     f"{runs[name].average_certified_radius:.3f} | "
-                     f"{gain:+.3f} ± {se:.3f} | {gain / base:+.1%} |")
+        hits = grid_hits(runs[name], radii).astype(float) - \
+            grid_hits(runs[best], radii).astype(float)
+        hit_se = hits.std(axis=0, ddof=1) / np.sqrt(k)
+        member_accuracy = runs[best].certified_accuracy(radii)
+        comparisons[name] = {
+            "members": names, "best_member": best, "images": k, "gain": round(gain, 4),
+            "se": round(se, 4), "relative": round(gain / base, 4),
+            "certified_accuracy_gain": {f"{r:g}": [round(float(d), 4), round(float(e), 4)]
+                                        for r, d, e in zip(radii, hits.mean(axis=0), hit_se)}}
+        acr_lines.append(f"| `{name}` | {k} | `{best}` | {base:.3f} | "
+                         f"{runs[name].average_certified_radius:.3f} | "
+                         f"{gain:+.3f} ± {se:.3f} ({gain / base:+.1%}) |")
+        accuracy_lines.append(f"| `{name}` | " + " | ".join(
+            f"{100 * a:.1f} → {100 * (a + d):.1f} ({100 * d:+.1f} ± {100 * e:.1f})"
+            for a, d, e in zip(member_accuracy, hits.mean(axis=0), hit_se)) + " |")
     cost_path = args.out / "consensus-cost.json"
     cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
-    result = {"sigma": SIGMA, "n": args.n, "alpha": 0.001, "runs": rows,
+    result = {"sigma": SIGMA, "n": args.n, "alpha": 0.001,
+              "runs": {name: summary(run) for name, run in runs.items()},
               "comparisons": comparisons, "consensus": cost, "machine": harness.machine()}
     atomic_write_text(args.out / "ensemble-fmnist.json", json.dumps(result, indent=1))
-    atomic_write_text(args.out / "ensemble-fmnist.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = "\n".join(acr_lines) + "\n\n" + "\n".join(accuracy_lines) + "\n"
+    atomic_write_text(args.out / "ensemble-fmnist.md", text)
+    print(text)
 
 
 def main(argv=None):
     parser = harness.parser(__doc__, threads=1)
     parser.add_argument("--part", required=True,
                         choices=["gaussian", "consistency", "report"])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ensemble-fmnist"))
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).parent / "results" / "ensemble-fmnist")
     parser.add_argument("--root", default=None, help="Fashion-MNIST IDX directory")
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--images", type=int, default=500,
+                        help="the first this many of the study's 500 images (every 20th); "
+                             "a later run with more extends every TSV")
     parser.add_argument("--consensus-images", type=int, default=100)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     args = harness.parse(parser, argv)
