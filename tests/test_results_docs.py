@@ -2,6 +2,7 @@
 table marked ``<!-- checked: <results dir> sigma=<σ> -->`` is recomputed here from those
 files, cell by cell, so a mistyped or stale number fails the suite."""
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -106,3 +107,41 @@ def test_every_checked_table_matches_its_files():
                                           ("82.0", "82.0")])
 def test_cells_are_read_as_numbers(cell, number):
     assert _number(cell) == number
+
+
+ENSEMBLE_MARKER = "<!-- checked: ensemble-fmnist -->"
+# benchmarks/ensemble_fmnist.py's members of each ensemble
+MIXED_MEMBERS = ["gaussian-seed0", "consistency-seed0", "gaussian-seed1"]
+
+
+def _members(ensemble: str) -> list[str]:
+    if ensemble.startswith("mixed"):
+        return MIXED_MEMBERS
+    method, k = re.fullmatch(r"(\w+)-ensemble(\d)", ensemble).groups()
+    return [f"{method}-seed{s}" for s in range(int(k))]
+
+
+def test_the_ensemble_table_matches_its_files():
+    # each row: the ensemble's TSV, its best member's (the highest ACR), and the paired
+    # gain: mean ± sample SD / √k of the per-image differences of radius · correct
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    at = lines.index(ENSEMBLE_MARKER)
+    rows = [[c.strip() for c in row.strip("|").split("|")]
+            for row in itertools.takewhile(lambda r: r.startswith("|"), lines[at + 1:])][2:]
+    assert len(rows) >= 3
+    directory = RESULTS / "ensemble-fmnist"
+    for name, images, best, best_acr, acr, gain in rows:
+        name = name.strip("`")
+        runs = {m: read_certification_tsv(directory / f"{m}.tsv") for m in _members(name)}
+        ensemble = read_certification_tsv(directory / f"{name}.tsv")
+        top = max(runs, key=lambda m: runs[m].average_certified_radius)
+        assert best.strip("`") == top, name
+        assert _number(images) == str(len(ensemble.idx))
+        assert all(np.array_equal(run.idx, ensemble.idx) for run in runs.values())
+        assert best_acr == f"{runs[top].average_certified_radius:.3f}"
+        assert acr == f"{ensemble.average_certified_radius:.3f}"
+        diff = ensemble.radius * ensemble.correct - runs[top].radius * runs[top].correct
+        relative = diff.mean() / runs[top].average_certified_radius
+        se = diff.std(ddof=1) / np.sqrt(len(diff))
+        assert gain == f"{diff.mean():+.3f} ± {se:.3f} ({relative:+.1%})", name
