@@ -85,7 +85,7 @@ def run_part(args) -> None:
     indices = np.arange(0, len(X_test), 20)[: args.images]
     method = args.part
     fitted = []
-    for k in (3, args.members):
+    for k in ensemble_sizes(args):
         for seed in range(len(fitted), k):
             fitted.append(member(method, seed, args, X, y))
             certify_run(f"{method}-seed{seed}", fitted[-1], args, X_test, y_test, indices,
@@ -100,18 +100,26 @@ def run_part(args) -> None:
                         X_test, y_test, indices, {"members": [weights_digest(m) for m in mixed]})
     if method == "gaussian":
         consensus = ensemble(fitted, consensus=2, precision=args.precision)
-        few = indices[: args.consensus_images]
+        name = f"gaussian-ensemble{len(fitted)}-consensus2"
         network = consensus.classifier_network_
-        before = network.member_rows  # the rows fit checked
-        certify_run(f"gaussian-ensemble{len(fitted)}-consensus2", consensus, args, X_test,
-                    y_test, few, {"members": [weights_digest(m) for m in fitted],
-                                  "consensus": 2})
-        draws = len(few) * (100 + args.n)
-        rows = network.member_rows - before
-        atomic_write_text(args.out / "consensus-cost.json", json.dumps(
-            {"images": len(few), "draws": draws, "member_rows": int(rows),
-             "member_evaluations_per_draw": rows / draws, "without_consensus": len(fitted)},
-            indent=1))
+        rows_before, evaluations_before = count_complete_rows(args.out / f"{name}.tsv"), \
+            network.member_rows  # a resumed run; the rows fit checked
+        certify_run(name, consensus, args, X_test, y_test, indices[: args.consensus_images],
+                    {"members": [weights_digest(m) for m in fitted], "consensus": 2})
+        # the cost of the rows this process certified (a resumed run counts only those)
+        images = count_complete_rows(args.out / f"{name}.tsv") - rows_before
+        if images:
+            draws = images * (100 + args.n)
+            evaluations = network.member_rows - evaluations_before
+            atomic_write_text(args.out / "consensus-cost.json", json.dumps(
+                {"images": images, "draws": draws, "member_rows": int(evaluations),
+                 "member_evaluations_per_draw": evaluations / draws,
+                 "without_consensus": len(fitted)}, indent=1))
+
+
+def ensemble_sizes(args) -> tuple[int, int]:
+    """The ensembles of each method: its first 3 members, then all of them."""
+    return 3, args.members
 
 
 def summary(run) -> dict:
@@ -129,7 +137,7 @@ def report(args) -> None:
         if count_complete_rows(path):  # a run just started has none yet
             runs[path.stem] = read_certification_tsv(path)
     groups = {f"{m}-ensemble{k}": [f"{m}-seed{s}" for s in range(k)]
-              for m in ("gaussian", "consistency") for k in (3, 5)}
+              for m in ("gaussian", "consistency") for k in ensemble_sizes(args)}
     groups["mixed-ensemble3"] = [f"{m}-seed{s}" for m, s in MIXED]
     acr_lines = ["| ensemble | images | best member | best member ACR | ensemble ACR | "
                  "gain (paired) |", "|---|---|---|---|---|---|"]
@@ -144,10 +152,10 @@ def report(args) -> None:
         best = max(names, key=lambda n: runs[n].average_certified_radius)
         gain, se, k = paired_gain(runs[best], runs[name])
         base = runs[best].average_certified_radius
-        hits = grid_hits(runs[name], radii).astype(float) - \
-            grid_hits(runs[best], radii).astype(float)
+        best_hits = grid_hits(runs[best], radii)
+        hits = grid_hits(runs[name], radii) - best_hits
         hit_se = hits.std(axis=0, ddof=1) / np.sqrt(k)
-        member_accuracy = runs[best].certified_accuracy(radii)
+        member_accuracy = best_hits.mean(axis=0)
         comparisons[name] = {
             "members": names, "best_member": best, "images": k, "gain": round(gain, 4),
             "se": round(se, 4), "relative": round(gain / base, 4),

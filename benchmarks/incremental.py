@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from smoothsk import (
+    ABSTAIN,
     GaussianAugClassifier,
     average_certified_radius,
     certified_accuracy,
@@ -149,7 +150,8 @@ def main(argv=None):
                          "from_scratch": _summary(plain, y), "incremental": _summary(fast, y),
                          "original": _summary(original, y),
                          "recertified_inputs": int((draws > args.n_zeta).sum()),
-                         "abstained_on_cheap_path": int((kept & (fast.prediction == -1)).sum()),
+                         "abstained_on_cheap_path":
+                             int((kept & (fast.prediction == ABSTAIN)).sum()),
                          "mean_zeta": round(float(zeta.mean()), 5) if kept.any() else None,
                          "mean_zeta_bound": round(float(zeta_bound.mean()), 5)
                          if kept.any() else None,
