@@ -386,7 +386,8 @@ class SmoothedClassifier(SmoothedPredictionMixin, TrainingStepMixin, FitDataMixi
         -------
         self
         """
-        self.prepare_side_models(X, y, partial=True)
+        if not self.side_models_prepared():
+            self.prepare_side_models(X, y, partial=True)
         first = not (self.initialized_ and hasattr(self, "classes_fitted_"))
         X, y = self.prepare_fit_data(X, y, fit_params, reset=first, classes=classes)
         if first:

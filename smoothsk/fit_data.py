@@ -58,12 +58,24 @@ class FitDataMixin:
         else:
             super().__setattr__(name, value)
 
+    prepared_side_models: tuple = ()
+    """The fitted attributes :meth:`prepare_side_models` sets (a CRT student's
+    ``teacher_network_``): once they all exist, ``partial_fit`` keeps them as they are
+    and does not call the hook again."""
+
+    def side_models_prepared(self) -> bool:
+        """Whether every attribute of ``prepared_side_models`` exists (False when the
+        estimator declares none, so that the hook always runs)."""
+        return bool(self.prepared_side_models) and all(
+            hasattr(self, name) for name in self.prepared_side_models)
+
     def prepare_side_models(self, X, y, *, partial: bool) -> None:
         """Hook: fit or take the models only read (``side_model_params``), check them
         against ``(X, y)`` and keep what training needs; the default has none.
 
-        ``fit`` calls it first with ``partial=False``; every ``partial_fit`` calls it
-        first with ``partial=True``, where a model already prepared is kept as it is.
+        ``fit`` calls it first with ``partial=False``; ``partial_fit`` calls it first with
+        ``partial=True`` until :meth:`side_models_prepared`, and then keeps the models
+        already prepared as they are.
 
         Parameters
         ----------

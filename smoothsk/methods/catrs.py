@@ -291,6 +291,7 @@ class CATRSClassifier(SmoothedClassifier):
     display_name = "CAT-RS"
 
     side_model_params = ("target_model",)
+    prepared_side_models = ("target_model_",)
 
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
@@ -359,8 +360,6 @@ class CATRSClassifier(SmoothedClassifier):
         X, y, partial
             As in :meth:`smoothsk.SmoothedClassifier.prepare_side_models`.
         """
-        if partial and hasattr(self, "target_model_"):
-            return
         X_checked = self.check_inputs(X, reset=True)
         target = unwrap_frozen(self.target_model)
         if target is None:

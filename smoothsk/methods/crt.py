@@ -122,6 +122,7 @@ class CRTStudent(SmoothedClassifier):
     display_name = "CRT student"
 
     side_model_params = ("teacher",)
+    prepared_side_models = ("teacher_network_",)
 
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
@@ -191,8 +192,6 @@ class CRTStudent(SmoothedClassifier):
         X, y, partial
             As in :meth:`smoothsk.SmoothedClassifier.prepare_side_models`.
         """
-        if partial and hasattr(self, "teacher_network_"):
-            return
         X_checked = self.check_inputs(X, reset=True)
         teacher_classes, teacher_shape = self._resolve_teacher(X, y)
         self.check_read_model("the teacher", teacher_classes, X_checked, y, teacher_shape)

@@ -91,6 +91,7 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
     sigma_fixed_by_training = False  # fit trains nothing: any σ smooths the classifier
 
     side_model_params = ("classifier",)
+    prepared_side_models = ("classifier_network_",)
 
     _parameter_constraints: dict = {
         **SmoothedClassifier._parameter_constraints,
@@ -160,8 +161,6 @@ class PretrainedSmoothingClassifier(SmoothedClassifier):
         X, y, partial
             As in :meth:`smoothsk.SmoothedClassifier.prepare_side_models`.
         """
-        if partial and hasattr(self, "classifier_network_"):
-            return
         self.validate_parameters()
         self._resolve_classifier(X, y)
 

@@ -81,12 +81,15 @@ def test_side_models_are_prepared_by_fit_and_kept_by_partial_fit(name, base_mode
     monkeypatch.setattr(cls, "prepare_side_models", spy)
     clf = cls(**params).fit(X[:120], y[:120])
     prepared = {key: value for key, value in vars(clf).items()
-                if key in ("teacher_network_", "target_model_", "classifier_network_")}
-    assert prepared
+                if key in cls.prepared_side_models}
+    assert set(prepared) == set(cls.prepared_side_models)
     clf.partial_fit(X[:120], y[:120])
-    assert calls == [False, True]
+    assert calls == [False]  # prepared once by fit, kept by partial_fit
     for key, value in prepared.items():
         assert getattr(clf, key) is value, key
+    fresh = cls(**params).partial_fit(X[:120], y[:120])  # no fit: partial_fit prepares
+    assert calls == [False, True]
+    assert fresh.side_models_prepared()
 
 
 def _help(*args) -> str:
