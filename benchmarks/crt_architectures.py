@@ -18,7 +18,6 @@ with the teacher it learned from.  Timings go to ``<out>/train-*.json``; models 
 from __future__ import annotations
 
 import json
-import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import reproduce  # benchmarks/reproduce.py: the study's training of the teacher
 
 from smoothsk.datasets import load_fashion_mnist
-from smoothsk.io.runs import certify_to_tsv, load_model
+from smoothsk.io.runs import load_model
 from smoothsk.models import MLP, CIFARResNet, LeNet, count_parameters
 
 SIGMA = 0.5
@@ -68,15 +67,9 @@ def train_network(method: str, name: str, teacher, X, y, out: Path):
 
 
 def certify(clf, name: str, X_test, y_test, indices, out: Path) -> None:
-    tsv = out / f"{name}-sigma{SIGMA:g}-n10000.tsv"
-    start = time.perf_counter()
-    certify_to_tsv(clf, X_test[indices], y_test[indices], indices, tsv,
-                   run_info={"method": name, "sigma": SIGMA, "train": 60_000, "epochs": 30},
-                   n0=100, n=10_000, alpha=0.001, batch_size=200, random_state=0,
-                   rows_per_call=50,
-                   progress=lambda rows: print(f"{name}: {rows} images, "
-                                               f"{time.perf_counter() - start:.0f} s",
-                                               flush=True))
+    reproduce.certify_study_images(
+        clf, name, X_test, y_test, indices, out / f"{name}-sigma{SIGMA:g}-n10000.tsv",
+        {"method": name, "sigma": SIGMA, "train": 60_000, "epochs": 30})
 
 
 def main(argv=None):

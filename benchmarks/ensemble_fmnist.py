@@ -30,13 +30,13 @@ from pathlib import Path
 
 import harness  # benchmarks/harness.py: parser, --threads, machine record
 import numpy as np
-from reproduce import fit_and_save, method_estimator, weights_digest
+from reproduce import certify_study_images, fit_and_save, method_estimator, weights_digest
 
 from smoothsk import SmoothedEnsembleClassifier
 from smoothsk.datasets import load_fashion_mnist
 from smoothsk.io.files import atomic_write_text
 from smoothsk.io.report import read_certification_tsv
-from smoothsk.io.runs import certify_to_tsv, count_complete_rows, load_model
+from smoothsk.io.runs import count_complete_rows, load_model
 from smoothsk.io.study import grid_hits, paired_gain
 
 SIGMA = 0.5
@@ -63,11 +63,8 @@ def member(method: str, seed: int, args, X, y):
 
 
 def certify_run(name: str, clf, args, X_test, y_test, indices, run_info: dict) -> None:
-    start = time.perf_counter()
-    certify_to_tsv(clf, X_test[indices], y_test[indices], indices, args.out / f"{name}.tsv",
-                   run_info={"sigma": SIGMA, **run_info}, n0=100, n=args.n, alpha=0.001,
-                   batch_size=200, random_state=0, rows_per_call=50)
-    print(f"certified {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    certify_study_images(clf, name, X_test, y_test, indices, args.out / f"{name}.tsv",
+                         {"sigma": SIGMA, **run_info}, n=args.n)
 
 
 def ensemble(members: list, consensus=None, precision="fp32") -> SmoothedEnsembleClassifier:

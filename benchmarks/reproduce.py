@@ -174,6 +174,21 @@ def main(argv=None):
     report(out, args)
 
 
+def certify_study_images(clf, name: str, X_test, y_test, indices, tsv: Path, run_info: dict,
+                         *, n: int = 10_000) -> None:
+    """CERTIFY of the study's test images ``indices`` into ``tsv`` with its fixed settings
+    (n0 = 100, α = 0.001, ``random_state=0``, batches of 200, 50 rows per call):
+    resumable, and paired with every other run on the same images."""
+    start = time.perf_counter()
+    certify_to_tsv(clf, X_test[indices], y_test[indices], indices, tsv, run_info=run_info,
+                   n0=100, n=n, alpha=0.001, batch_size=200, random_state=0,
+                   rows_per_call=50,
+                   progress=lambda rows: print(f"{name}: {rows} images, "
+                                               f"{time.perf_counter() - start:.0f} s",
+                                               flush=True))
+    print(f"certified {name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
 def grid_of(args) -> list[float]:
     return sorted(float(r) for r in args.radii.split(","))
 
