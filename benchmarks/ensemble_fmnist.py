@@ -97,7 +97,7 @@ def run_part(args) -> None:
                         X_test, y_test, indices, {"members": [weights_digest(m) for m in mixed]})
     if method == "gaussian":
         consensus = ensemble(fitted, consensus=2, precision=args.precision)
-        name = f"gaussian-ensemble{len(fitted)}-consensus2"
+        name = consensus_run(len(fitted))
         network = consensus.classifier_network_
         rows_before, evaluations_before = count_complete_rows(args.out / f"{name}.tsv"), \
             network.member_rows  # a resumed run; the rows fit checked
@@ -112,6 +112,11 @@ def run_part(args) -> None:
                 {"images": images, "draws": draws, "member_rows": int(evaluations),
                  "member_evaluations_per_draw": evaluations / draws,
                  "without_consensus": len(fitted)}, indent=1))
+
+
+def consensus_run(members: int) -> str:
+    """The TSV stem of K = 2 consensus over the first ``members`` Gaussian members."""
+    return f"gaussian-ensemble{members}-consensus2"
 
 
 def ensemble_sizes(args) -> tuple[int, int]:
@@ -167,20 +172,20 @@ def report(args) -> None:
     cost_path = args.out / "consensus-cost.json"
     cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
     consensus_lines = []
-    plain, name = f"gaussian-ensemble{args.members}", f"gaussian-ensemble{args.members}-consensus2"
-    if cost and plain in runs and name in runs:
+    plain, agreed = f"gaussian-ensemble{args.members}", consensus_run(args.members)
+    if cost and plain in runs and agreed in runs:
         # K-consensus changes the base classifier (the agreed class where the first K
         # agree), so its certificates are compared with plain soft voting's, paired
-        difference, se, k = paired_gain(runs[plain], runs[name])
+        difference, se, k = paired_gain(runs[plain], runs[agreed])
         cost.update(images_compared=k, acr_difference=round(difference, 4), se=round(se, 4))
         consensus_lines = [
             "| ensemble | images | member evaluations per draw | soft voting ACR | "
             "K = 2 consensus ACR | difference (paired) |", "|---|---|---|---|---|---|",
-            f"| `{name}` | {k} | {cost['member_evaluations_per_draw']:.2f} of "
+            f"| `{agreed}` | {k} | {cost['member_evaluations_per_draw']:.2f} of "
             f"{cost['without_consensus']} | "
             # soft voting on the consensus run's images (a prefix of its own)
-            f"{runs[name].average_certified_radius - difference:.3f} | "
-            f"{runs[name].average_certified_radius:.3f} | {difference:+.4f} ± {se:.4f} |"]
+            f"{runs[agreed].average_certified_radius - difference:.3f} | "
+            f"{runs[agreed].average_certified_radius:.3f} | {difference:+.4f} ± {se:.4f} |"]
     result = {"sigma": SIGMA, "n": args.n, "alpha": 0.001,
               "runs": {name: summary(run) for name, run in runs.items()},
               "comparisons": comparisons, "consensus": cost, "machine": harness.machine()}
