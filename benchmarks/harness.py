@@ -85,9 +85,12 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """Where a figure was measured: torch, its threads, the CPU and its bf16 support."""
+    """Where a figure was measured: torch, its threads, the CPU, the vector kernels torch
+    dispatches to (``AVX2``, ``AVX512``, ...: fp32 training is bit-reproducible only on
+    the same kernels) and the CPU's bf16 support."""
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": cpu_model(), "machine": platform.machine()}
+            "cpu": cpu_model(), "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     try:
         info["cpu_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

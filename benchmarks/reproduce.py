@@ -89,14 +89,15 @@ def train(method, sigma, args, X, y, out: Path):
 def fit_and_save(clf, X, y, model_path: Path, info_path: Path, info: dict) -> dict:
     """Fit ``clf`` with a checkpoint every epoch beside ``model_path`` (a killed run
     continues where it stopped, to the same weights), save it there, and write ``info``
-    to ``info_path`` with ``"seconds"`` set to the training time over every resumed piece.
-    Returns that ``info``."""
+    to ``info_path`` with ``"seconds"`` set to the training time over every resumed piece
+    and ``"machine"`` to where it trained (retraining reproduces the weights bit for bit
+    only on the same CPU kernels).  Returns that ``info``."""
     checkpoint = model_path.with_suffix(".ckpt")
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     clf.set_params(callbacks=list(clf.callbacks or [])
                    + [("checkpoint", TrainingCheckpoint(checkpoint))])
     clf.fit(X, y)
-    info = dict(info, seconds=float(sum(clf.history[:, "dur"])))
+    info = dict(info, seconds=float(sum(clf.history[:, "dur"])), machine=harness.machine())
     save_model(clf, model_path)
     atomic_write_text(info_path, json.dumps(info, indent=1))
     checkpoint.unlink(missing_ok=True)
