@@ -136,9 +136,20 @@ def main(argv=None):
     parser.add_argument("--radii", default=None,
                         help="comma-separated grid: certify with certify_radii (max_n = --n) "
                              "instead of CERTIFY")
+    parser.add_argument("--reference", default=None,
+                        help="with --radii: a second study directory on the same grid (e.g. "
+                             "the fp32 runs of a bf16 study); radii.md adds each method's "
+                             "paired difference against it")
+    parser.add_argument("--labels", default=None,
+                        help="with --reference: names of --out's runs and its runs in those "
+                             "rows, comma-separated (e.g. bf16,fp32)")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the tables, claims and curves from the TSVs in --out")
     args = harness.parse(parser, argv)
+    if (args.reference is None) != (args.labels is None) or \
+            (args.reference and (not args.radii or len(args.labels.split(",")) != 2)):
+        parser.error("--reference and --labels go together, with --radii; --labels names "
+                     "the two directories' runs, e.g. --labels bf16,fp32")
     out = Path(args.out)
     report = write_grid_report if args.radii else write_report
     if args.report_only:
@@ -227,7 +238,9 @@ def write_grid_report(out: Path, args):
     text = write_grid_report_of(
         out, grid, f"Fashion-MNIST, LeNet, {args.train:,} training images, {args.epochs} "
         f"epochs; certify_radii on the grid {', '.join(f'{r:g}' for r in grid)} (at most "
-        f"{args.n:,} estimation draws, n0 = 100, α = 0.001).")
+        f"{args.n:,} estimation draws, n0 = 100, α = 0.001).",
+        reference=args.reference,
+        labels=tuple(args.labels.split(",")) if args.labels else None)
     if text:
         print(text)
 

@@ -145,3 +145,50 @@ def test_the_ensemble_table_matches_its_files():
         relative = diff.mean() / runs[top].average_certified_radius
         se = diff.std(ddof=1) / np.sqrt(len(diff))
         assert gain == f"{diff.mean():+.3f} ± {se:.3f} ({relative:+.1%})", name
+
+
+DIFFERENCES_MARKER = re.compile(r"<!-- checked differences: (\S+) sigma=([0-9.]+) "
+                                r"reference=(\S+) labels=([^,\s]+),(\S+) -->")
+
+
+def _grid_hits(directory: Path, method: str, sigma: float, radii):
+    run = read_certification_tsv(directory / f"{method}-sigma{sigma:g}-radii.tsv")
+    hits = run.correct.astype(bool)[:, None] & (run.radius[:, None] >= np.asarray(radii))
+    return run.idx, 100.0 * hits
+
+
+def test_every_checked_differences_table_matches_its_files():
+    # a row "A − B" (both in the directory) or "A label − A reference-label" (the same
+    # method in the directory and in the reference directory): mean ± sample SD / √k of
+    # the per-image differences of "correct and certified at r", over the k shared images
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    checked = 0
+    for at, line in enumerate(lines):
+        match = DIFFERENCES_MARKER.search(line)
+        if not match:
+            continue
+        directory, sigma, reference = match.group(1), float(match.group(2)), match.group(3)
+        label, reference_label = match.group(4), match.group(5)
+        table = [[c.strip() for c in row.strip("|").split("|")]
+                 for row in itertools.takewhile(lambda r: r.startswith("|"), lines[at + 1:])]
+        header, rows = table[0], table[2:]
+        radii = [float(c.removeprefix("r=")) for c in header[2:]]
+        assert rows, f"no rows after the marker on line {at + 1}"
+        for name, images, *cells in rows:
+            sides = re.sub(r" \(.*\)$", "", name).split(" − ")
+            assert len(sides) == 2, name
+            (first, second) = [side.split() for side in sides]
+            where = [RESULTS / (reference if side[1:] == [reference_label] else directory)
+                     for side in (first, second)]
+            assert all(side[1:] in ([], [label], [reference_label]) for side in (first, second))
+            idx_a, hits_a = _grid_hits(where[0], METHODS[first[0].lower()], sigma, radii)
+            idx_b, hits_b = _grid_hits(where[1], METHODS[second[0].lower()], sigma, radii)
+            shared, ia, ib = np.intersect1d(idx_a, idx_b, return_indices=True)
+            assert _number(images) == str(len(shared)), name
+            diff = hits_a[ia] - hits_b[ib]
+            mean, se = diff.mean(0), diff.std(0, ddof=1) / np.sqrt(len(shared))
+            for cell, m, e in zip(cells, mean, se):
+                assert cell.replace("−", "-") == f"{m:+.2f} ± {e:.2f}", (name, cell)
+                checked += 1
+    assert checked >= 30  # the whole-test-set differences table as committed: 5 rows × 6 radii

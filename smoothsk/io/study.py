@@ -87,7 +87,8 @@ def _mean_se_cells(values: np.ndarray, sign: str) -> list[str]:
     return [f"{m:{sign}.2f} ± {e:.2f}" for m, e in zip(mean, se)]
 
 
-def write_grid_report(out, grid, header: str) -> str | None:
+def write_grid_report(out, grid, header: str, *, reference=None,
+                      labels: tuple[str, str] | None = None) -> str | None:
     """``out/radii.md``: certified accuracy at each grid radius, and paired differences.
 
     Parameters
@@ -98,20 +99,30 @@ def write_grid_report(out, grid, header: str) -> str | None:
         The radii the runs were certified at.
     header : str
         The paragraph above the tables (data, network, settings).
+    reference : str or Path, optional
+        A second study directory on the same grid and test images (for example the same
+        recipes trained in another precision): for every (method, σ) both directories
+        hold, the differences table gains the row ``<method> labels[0] − <method>
+        labels[1]``, paired over the images both runs certified.
+    labels : (str, str), optional
+        Names of ``out``'s runs and ``reference``'s in those rows (e.g. ``("bf16",
+        "fp32")``); required with ``reference``.
 
     Returns
     -------
     str or None
         The markdown written (None when ``out`` holds no grid run).
     """
+    if (reference is None) != (labels is None):
+        raise ValueError("write_grid_report: pass reference and labels together, e.g. "
+                         "reference='results/fp32', labels=('bf16', 'fp32').")
+    if labels is not None and (len(labels) != 2 or not all(labels)):
+        raise ValueError(f"labels must be two non-empty names, got {labels!r}.")
     out, grid = Path(out), sorted(float(r) for r in grid)
-    runs = {}
-    for method in STUDY_ORDER:
-        for tsv in sorted(out.glob(f"{method}-sigma*-radii.tsv")):
-            sigma = float(tsv.stem.split("-sigma", 1)[1].removesuffix("-radii"))
-            runs[(method, sigma)] = read_certification_tsv(tsv, display_name(method))
+    runs = _grid_runs(out)
     if not runs:
         return None
+    references = _grid_runs(Path(reference)) if reference is not None else {}
     columns = " | ".join(f"r={r:g}" for r in grid)
     lines = [header + "\n"]
     for sigma in sorted({s for _, s in runs}):
@@ -125,20 +136,37 @@ def write_grid_report(out, grid, header: str) -> str | None:
         lines += ["", "Paired differences in certified accuracy (points, mean ± SE over the "
                   "images both runs certified):\n", f"| difference | images | {columns} |",
                   "|---|---|" + "---|" * len(grid)]
+        pairs = []
+        for method, run in at_sigma.items():
+            if (method, sigma) in references:
+                name = display_name(method)
+                pairs.append((f"{name} {labels[0]} − {name} {labels[1]}",
+                              references[(method, sigma)], run))
         methods = list(at_sigma)
         for i, first in enumerate(methods):
             for second in methods[i + 1:]:
-                a, b = at_sigma[first], at_sigma[second]
-                shared, ia, ib = np.intersect1d(a.idx, b.idx, return_indices=True)
-                if len(shared) < 2:
-                    continue
-                cells = _mean_se_cells(grid_hits(b, grid)[ib] - grid_hits(a, grid)[ia], "+")
-                lines.append(f"| {display_name(second)} − {display_name(first)} | "
-                             f"{len(shared):,} | " + " | ".join(cells) + " |")
+                pairs.append((f"{display_name(second)} − {display_name(first)}",
+                              at_sigma[first], at_sigma[second]))
+        for name, a, b in pairs:
+            shared, ia, ib = np.intersect1d(a.idx, b.idx, return_indices=True)
+            if len(shared) < 2:
+                continue
+            cells = _mean_se_cells(grid_hits(b, grid)[ib] - grid_hits(a, grid)[ia], "+")
+            lines.append(f"| {name} | {len(shared):,} | " + " | ".join(cells) + " |")
         lines.append("")
     text = "\n".join(lines)
     atomic_write_text(out / "radii.md", text)
     return text
+
+
+def _grid_runs(directory: Path) -> dict[tuple[str, float], CertificationRun]:
+    """``{(method, σ): run}`` of the ``*-radii.tsv`` runs in ``directory``, in study order."""
+    runs = {}
+    for method in STUDY_ORDER:
+        for tsv in sorted(directory.glob(f"{method}-sigma*-radii.tsv")):
+            sigma = float(tsv.stem.split("-sigma", 1)[1].removesuffix("-radii"))
+            runs[(method, sigma)] = read_certification_tsv(tsv, display_name(method))
+    return runs
 
 
 def _run_name(method: str, n: int, seconds: float, images: str | None = None) -> str:

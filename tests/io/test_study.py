@@ -109,3 +109,36 @@ def test_paired_gain_uses_only_the_shared_images(tmp_path):
     gain, se, k = paired_gain(a, b)
     # images 1 and 2: differences 1 − 2 = −1 and 1 − 0 = +1
     assert k == 2 and gain == pytest.approx(0.0) and se == pytest.approx(np.sqrt(2) / np.sqrt(2))
+
+
+def test_grid_report_pairs_each_method_with_its_reference_run(tmp_path):
+    # the same method in two directories (say bf16 and fp32): one paired row per method
+    # both hold, over the images both certified (here the reference stops at image 8)
+    rng = np.random.default_rng(2)
+    grid = [0.25, 0.5]
+    here, there = tmp_path / "bf16", tmp_path / "fp32"
+    here.mkdir(), there.mkdir()
+    hits = {}
+    for directory, images in ((here, 12), (there, 8)):
+        radius = rng.choice([0.0, 0.25, 0.5], images)
+        correct = rng.random(images) < 0.9
+        _write_tsv(directory / "gaussian-sigma0.5-radii.tsv", np.arange(images), radius,
+                   correct)
+        hits[directory.name] = np.stack([correct & (radius >= r) for r in grid], 1) * 100.0
+    _write_tsv(here / "smoothmix-sigma0.5-radii.tsv", np.arange(12), np.zeros(12),
+               np.ones(12, bool))  # no reference run: no bf16 − fp32 row
+    text = write_grid_report(here, grid, "Grid.", reference=there, labels=("bf16", "fp32"))
+    diff = hits["bf16"][:8] - hits["fp32"]
+    mean, se = diff.mean(0), diff.std(0, ddof=1) / np.sqrt(8)
+    assert (f"| Gaussian bf16 − Gaussian fp32 | 8 | {mean[0]:+.2f} ± {se[0]:.2f} | "
+            f"{mean[1]:+.2f} ± {se[1]:.2f} |") in text
+    assert "SmoothMix bf16" not in text and "| SmoothMix − Gaussian | 12 |" in text
+
+
+@pytest.mark.parametrize("kwargs", [{"reference": "elsewhere"}, {"labels": ("a", "b")},
+                                    {"reference": "elsewhere", "labels": ("a", "")}])
+def test_grid_report_refuses_a_reference_without_names(tmp_path, kwargs):
+    _write_tsv(tmp_path / "gaussian-sigma0.5-radii.tsv", [0, 1], [0.5, 0.5], [True, True])
+    with pytest.raises(ValueError, match="reference|labels"):
+        write_grid_report(tmp_path, [0.25], "Grid.", **kwargs)
+    assert not (tmp_path / "radii.md").exists()
