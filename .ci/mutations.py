@@ -76,6 +76,9 @@ MUTATIONS = [
     ("incremental: path chosen after the disagreement draws",
      "smoothsk/certification/incremental.py", "fallback = np.flatnonzero(~cheap)",
      "fallback = np.flatnonzero(~certified)", ["tests/certification/test_incremental.py"]),
+    ("incremental: recorded votes replayed against other draws",
+     "smoothsk/certification/incremental.py", "original.classes[cheap].ravel()",
+     "original.classes[cheap].T.ravel()", ["tests/certification/test_incremental.py"]),
 ]
 
 

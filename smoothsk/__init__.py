@@ -6,7 +6,7 @@ from smoothsk.certification.adaptive import RadiusCertificate, certify_radius, r
 from smoothsk.certification.bounds import lower_confidence_bound, upper_confidence_bound
 from smoothsk.certification.certificate import ABSTAIN, Certificate
 from smoothsk.certification.core import certify, predict
-from smoothsk.certification.incremental import certify_incremental
+from smoothsk.certification.incremental import RecordedVotes, certify_incremental, record_votes
 from smoothsk.certification.radii import RadiiCertificate, certify_radii
 from smoothsk.certification.sampling import class_counts
 from smoothsk.methods.attacks import (
@@ -72,6 +72,8 @@ __all__ = [
     "certify_radius",
     "certify_radii",
     "certify_incremental",
+    "record_votes",
+    "RecordedVotes",
     "RadiiCertificate",
     "SmoothedEnsembleClassifier",
     "EnsembleNetwork",

@@ -360,7 +360,7 @@ class SmoothedPredictionMixin:
         return result
 
     def certify_incremental(self, X, original, certificate: Certificate, *,
-                            n_zeta: int = 10_000, alpha_zeta: float = 0.001,
+                            n_zeta: int | None = None, alpha_zeta: float = 0.001,
                             recertify_above: float | None = 0.99,
                             batch_size=None, random_state=None,
                             index_offset: int = 0) -> Certificate:
@@ -379,12 +379,14 @@ class SmoothedPredictionMixin:
         ----------
         X : array-like or torch Dataset
             The inputs ``certificate`` was computed on, in its order.
-        original : fitted smoothsk estimator or torch.nn.Module
-            The network that was certified.
+        original : fitted smoothsk estimator, torch.nn.Module or RecordedVotes
+            The network that was certified, or its :func:`smoothsk.record_votes` on
+            ``X`` (then only this estimator's network runs, on the recorded draws, and
+            ``random_state`` defaults to the recording's).
         certificate : Certificate
             Its finished CERTIFY certificate on ``X``.
-        n_zeta : int, default=10_000
-            Draws on which the two networks are compared.
+        n_zeta : int or None, default=None
+            Draws on which the two networks are compared: 10,000, or the recording's.
         alpha_zeta : float, default=0.001
             Failure probability of the disagreement bound.
         recertify_above : float or None, default=0.99
@@ -401,12 +403,14 @@ class SmoothedPredictionMixin:
             Of this estimator, at level ``certificate.alpha + alpha_zeta``.
         """
         X = self.check_fitted_inputs(X)
+        defaults = self._defaults(batch_size=batch_size, random_state=random_state)
+        if isinstance(original, incremental.RecordedVotes) and random_state is None:
+            defaults["random_state"] = None  # the recording's seed
         with torch_threads(self.n_threads):
             result = incremental.certify_incremental(
                 self.module_, original, X, certificate, n_zeta=n_zeta, alpha_zeta=alpha_zeta,
                 modified_precision=self.precision, recertify_above=recertify_above,
-                **self._defaults(batch_size=batch_size, random_state=random_state),
-                index_offset=index_offset)
+                **defaults, index_offset=index_offset)
         self.check_n_classes(result.counts.shape[1])
         result.classes = self.classes_
         return result

@@ -24,9 +24,19 @@ probability is at most ``1{p̲_A fails} + α_ζ`` on the cheap path and ``α_ζ`
 other; averaged over ``D`` it is at most ``α + α_ζ`` either way.  (A choice that looked at
 the disagreement draws, or a fallback at ``α + α_ζ`` or on the original's draws, would
 need a union bound over both certificates: up to ``2α + 2α_ζ``.)
+
+Recorded votes.  :func:`record_votes` evaluates ``f`` once on the ``n_ζ`` disagreement
+draws of every input it certified and keeps its class per draw; ``certify_incremental``
+given those votes instead of ``f`` runs only ``f'`` on the same draws (the same seeds) and
+compares.  The counts, and so the certificate, are the ones ``f`` itself would give, so
+the argument above is unchanged; each further copy costs ``n_ζ`` forward passes of the
+copy alone instead of ``2 n_ζ``.
 """
 
 from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,7 +50,7 @@ from smoothsk.certification.precision import check_precision, precision_context
 from smoothsk.certification.sampling import sample_counts
 from smoothsk.validation import Float, check_parameters
 
-__all__ = ["DisagreementNetwork", "certify_incremental"]
+__all__ = ["DisagreementNetwork", "RecordedVotes", "certify_incremental", "record_votes"]
 
 STREAM_INCREMENTAL = 6
 
@@ -76,6 +86,174 @@ class DisagreementNetwork(torch.nn.Module):
         return torch.stack([(~differ).float(), differ.float()], dim=1)
 
 
+class _VoteRecorder(torch.nn.Module):
+    """The network itself, keeping the class of every row it is given, in order."""
+
+    def __init__(self, network: torch.nn.Module, precision: str):
+        super().__init__()
+        self.network, self.precision, self.votes = network, precision, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with precision_context(self.precision, x.device):
+            logits = self.network(x.to(inputs.module_device_dtype(self.network)[1]))
+        self.votes.append(logits.argmax(1).cpu())
+        return logits.float()
+
+
+class _ReplayedDisagreement(DisagreementNetwork):
+    """:class:`DisagreementNetwork` with the original's classes read from a recording.
+
+    ``sample_counts`` hands the network each active input's draws in order, input by
+    input (its contract), so row ``k`` of the replay is row ``k`` of the recording of
+    the same inputs.
+    """
+
+    def __init__(self, recorded: np.ndarray, modified: torch.nn.Module,
+                 modified_precision: str):
+        super().__init__(modified, modified, modified_precision)
+        self.recorded = torch.from_numpy(recorded.astype(np.int64))
+        self.read = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = self.recorded[self.read : self.read + len(x)].to(x.device)
+        self.read += len(x)
+        if len(expected) != len(x):
+            raise RuntimeError("more draws replayed than were recorded")
+        differ = expected != self._run(self.modified, x, self.modified_precision)
+        return torch.stack([(~differ).float(), differ.float()], dim=1)
+
+
+@dataclass
+class RecordedVotes:
+    """The original network's class on each of its inputs' disagreement draws
+    (:func:`record_votes`), for certifying any number of modified copies with
+    :func:`certify_incremental` without evaluating the original again.
+
+    Attributes
+    ----------
+    classes : ndarray of int, shape (N, n_zeta)
+        The original's class on draw ``j`` of input ``i``; −1 for inputs its certificate
+        abstained on (never compared).
+    seed : int
+        The base seed of the draws (:func:`smoothsk.certify`'s ``random_state``).
+    indices : ndarray of int, shape (N,)
+        The inputs' global indices (``index_offset``), which seed their noise.
+    sigma : float
+        The noise level.
+    precision : str
+        The arithmetic the original ran at (its certificate's).
+    certificate_digest : str
+        Fingerprint of the certificate the votes belong to (its counts and σ).
+    network_classes : ndarray or None
+        The original's class labels, for the copies' certificates.
+    """
+
+    classes: np.ndarray
+    seed: int
+    indices: np.ndarray
+    sigma: float
+    precision: str
+    certificate_digest: str
+    network_classes: np.ndarray | None = None
+
+    @property
+    def n_zeta(self) -> int:
+        """Draws recorded per input."""
+        return self.classes.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+def _certificate_digest(certificate: Certificate) -> str:
+    digest = hashlib.sha256()
+    for array in (certificate.prediction, certificate.selection_counts, certificate.counts):
+        digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    digest.update(repr((certificate.sigma, certificate.n0, certificate.n, certificate.alpha,
+                        certificate.precision)).encode())
+    return digest.hexdigest()
+
+
+def _check_plain_certificate(certificate: Certificate, X) -> None:
+    if len(certificate) != len(X):
+        raise ValueError(f"the certificate holds {len(certificate)} inputs but X has {len(X)}.")
+    if certificate.sequential or certificate.bound != "binary" or \
+            certificate.interval != "clopper-pearson" or certificate.noise != "gaussian":
+        raise ValueError("certify_incremental builds on a plain CERTIFY certificate (binary "
+                         "bound, Clopper–Pearson, Gaussian noise, not sequential).")
+
+
+def record_votes(original, X, certificate: Certificate, *, n_zeta: int = 10_000,
+                 batch_size: int = 1000, random_state=None,
+                 index_offset: int = 0) -> RecordedVotes:
+    """The original's class on the disagreement draws of every input it certified.
+
+    :func:`certify_incremental` given the result in place of ``original`` evaluates only
+    the modified network on those draws and returns exactly the certificate it would
+    return given ``original`` with the same ``n_zeta``, ``random_state`` and
+    ``index_offset``; the original's half of the work is paid once for all copies.
+
+    Parameters
+    ----------
+    original : torch.nn.Module or fitted classifier
+        The certified network ``f``.
+    X : array or tensor
+        The inputs ``certificate`` was computed on, in its order.
+    certificate : Certificate
+        ``certify(original, X, sigma, ...)``'s result.
+    n_zeta : int
+        Draws per input (the copies' ``n_zeta``).
+    batch_size : int
+        Noisy inputs per forward pass (changes no vote).
+    random_state : int, RandomState or None
+        Seeds the draws; recorded, so the copies use the same ones.
+    index_offset : int or array of int
+        As in :func:`smoothsk.certify`.
+
+    Returns
+    -------
+    RecordedVotes
+        ``N × n_zeta`` classes (int16 for networks of fewer than 32,768 classes).
+    """
+    network, classes = as_base_network(original)
+    n_zeta = inputs.check_positive_int(n_zeta, "n_zeta")
+    _check_plain_certificate(certificate, X)
+    seed = inputs.base_seed(random_state)
+    compared = certificate.prediction != ABSTAIN
+    recorder = _VoteRecorder(network, certificate.precision)
+    (counts,) = sample_counts(recorder, X, certificate.sigma, [n_zeta], batch_size=batch_size,
+                              random_state=seed, index_offset=index_offset,
+                              streams=[STREAM_INCREMENTAL], active=compared)
+    width = counts.shape[1] if counts.size else 0
+    votes = np.full((len(X), n_zeta), ABSTAIN,
+                    dtype=np.int16 if width < 2**15 else np.int32)
+    if recorder.votes:
+        votes[compared] = torch.cat(recorder.votes).numpy().reshape(-1, n_zeta)
+    return RecordedVotes(
+        classes=votes, seed=seed,
+        indices=inputs.global_indices(index_offset, len(X)), sigma=certificate.sigma,
+        precision=certificate.precision, certificate_digest=_certificate_digest(certificate),
+        network_classes=classes if classes is not None else certificate.classes)
+
+
+def _check_votes(votes: RecordedVotes, certificate: Certificate, X, n_zeta, random_state,
+                 index_offset) -> tuple[int, int]:
+    """``(n_zeta, seed)`` of ``votes``, refusing anything that would replay other draws."""
+    if votes.certificate_digest != _certificate_digest(certificate) or len(votes) != len(X):
+        raise ValueError("These recorded votes belong to another certificate; record them "
+                         "with record_votes(original, X, certificate) for this one.")
+    if n_zeta is not None and n_zeta != votes.n_zeta:
+        raise ValueError(f"n_zeta={n_zeta} but the votes were recorded on {votes.n_zeta} "
+                         "draws per input; leave n_zeta out or record again.")
+    if random_state is not None and inputs.base_seed(random_state) != votes.seed:
+        raise ValueError(f"random_state gives other draws than the recorded votes' (seed "
+                         f"{votes.seed}); leave random_state out to use theirs.")
+    if not np.array_equal(inputs.global_indices(index_offset, len(X)), votes.indices):
+        raise ValueError("index_offset gives the inputs other indices (other draws) than "
+                         "the recorded votes'; pass the index_offset they were recorded with.")
+    return votes.n_zeta, votes.seed
+
+
 def _fresh_seed(random_state) -> int:
     """A seed whose noise is independent of ``random_state``'s: the fallback's CERTIFY
     must not reuse the draws of the original certificate, which chose the path."""
@@ -89,7 +267,7 @@ def certify_incremental(
     X,
     certificate: Certificate,
     *,
-    n_zeta: int = 10_000,
+    n_zeta: int | None = None,
     alpha_zeta: float = 0.001,
     modified_precision: str = "fp32",
     recertify_above: float | None = 0.99,
@@ -101,14 +279,19 @@ def certify_incremental(
 
     Parameters
     ----------
-    modified, original : torch.nn.Module or fitted classifier
-        ``f'`` and ``f`` (networks, or estimators whose networks are used).
+    modified : torch.nn.Module or fitted classifier
+        ``f'`` (a network, or an estimator whose network is used).
+    original : torch.nn.Module, fitted classifier or RecordedVotes
+        ``f``, or its :func:`record_votes` on ``X`` for this certificate: then only
+        ``modified`` is evaluated, on the recorded draws, and ``n_zeta``, ``random_state``
+        and ``index_offset`` default to (and must equal) the recording's.
     X : array or tensor
         The inputs ``certificate`` was computed on, in its order.
     certificate : Certificate
         ``certify(original, X, sigma, ...)``'s result (σ, ``n`` and α are taken from it).
-    n_zeta : int
-        Draws on which both networks are compared (``f`` and ``f'`` each evaluate them).
+    n_zeta : int or None
+        Draws on which both networks are compared (``f`` and ``f'`` each evaluate them);
+        None: 10,000, or the recorded votes' count.
     alpha_zeta : float
         Failure probability of the disagreement bound; the result holds at
         ``certificate.alpha + alpha_zeta``.
@@ -135,30 +318,37 @@ def certify_incremental(
     check_parameters({"recertify_above": [Float(0.5, 1, closed="right"), None]},
                      {"recertify_above": recertify_above}, "certify_incremental")
     modified_net, _ = as_base_network(modified)
-    original_net, classes = as_base_network(original)
-    n_zeta = inputs.check_positive_int(n_zeta, "n_zeta")
     alpha_zeta = bounds.check_alpha(alpha_zeta)
     check_precision(modified_precision)
-    if len(certificate) != len(X):
-        raise ValueError(f"the certificate holds {len(certificate)} inputs but X has {len(X)}.")
-    if certificate.sequential or certificate.bound != "binary" or \
-            certificate.interval != "clopper-pearson" or certificate.noise != "gaussian":
-        raise ValueError("certify_incremental builds on a plain CERTIFY certificate (binary "
-                         "bound, Clopper–Pearson, Gaussian noise, not sequential).")
+    _check_plain_certificate(certificate, X)
+    if isinstance(original, RecordedVotes):
+        n_zeta, random_state = _check_votes(original, certificate, X, n_zeta, random_state,
+                                            index_offset)
+        classes = original.network_classes
+    else:
+        original_net, classes = as_base_network(original)
+        n_zeta = inputs.check_positive_int(10_000 if n_zeta is None else n_zeta, "n_zeta")
+        random_state = inputs.base_seed(random_state)  # one seed for draws and fallback
     alpha = certificate.alpha + alpha_zeta
     if alpha >= 1:
         raise ValueError(f"alpha + alpha_zeta = {alpha} must stay below 1.")
     sigma = certificate.sigma
-    pair = DisagreementNetwork(original_net, modified_net, modified_precision,
-                               certificate.precision)
     # The path is chosen from the original certificate alone (module docstring).
     zeta_floor = bounds.upper_confidence_bound(0, n_zeta, alpha_zeta)
     cheap = (certificate.prediction != ABSTAIN) & (certificate.pa_lower - zeta_floor > 0.5)
     if recertify_above is not None:
         cheap &= certificate.pa_lower < recertify_above
+    if isinstance(original, RecordedVotes):
+        pair = _ReplayedDisagreement(original.classes[cheap].ravel(), modified_net,
+                                     modified_precision)
+    else:
+        pair = DisagreementNetwork(original_net, modified_net, modified_precision,
+                                   certificate.precision)
     (counts,) = sample_counts(pair, X, sigma, [n_zeta], batch_size=batch_size,
                               random_state=random_state, index_offset=index_offset,
                               streams=[STREAM_INCREMENTAL], active=cheap)
+    if isinstance(pair, _ReplayedDisagreement) and pair.read != len(pair.recorded):
+        raise RuntimeError("fewer draws replayed than were recorded")
     disagreements = (counts[:, 1] if counts.shape[1] > 1 else
                      np.zeros(len(X))).astype(np.int64)
     zeta_upper = np.where(cheap, bounds.upper_confidence_bound(disagreements, n_zeta,

@@ -301,7 +301,8 @@ def sample_counts(module, X, sigma, nums, *, batch_size, random_state, index_off
     the ``nums[j]`` draws per input.  ``active`` (a boolean mask over the inputs)
     evaluates only the inputs it marks; the others get zero counts and cost nothing.
     Counts never depend on which other inputs are active, on ``batch_size`` or on
-    chunking: the noise of each input is seeded by its global index alone.
+    chunking: the noise of each input is seeded by its global index alone.  Without
+    ``shared_noise`` rows reach the network input by input, draws in order (record_votes).
     ``noise="discrete-gaussian"`` draws the Gaussian rounded to the lattice of step
     ``noise_step`` (:mod:`smoothsk.certification.noise`); inputs must lie on it.
     """

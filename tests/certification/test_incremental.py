@@ -6,7 +6,7 @@ import torch
 from conftest import LinearBinary, points_at_radii
 from scipy.stats import binom, norm
 
-from smoothsk import ABSTAIN, certify, certify_incremental
+from smoothsk import ABSTAIN, RecordedVotes, certify, certify_incremental, record_votes
 
 
 def modified_pair(rng, dim=6, tilt=0.08):
@@ -18,14 +18,17 @@ def modified_pair(rng, dim=6, tilt=0.08):
     return original, modified
 
 
-def test_incremental_certificates_hold_at_alpha_plus_alpha_zeta():
+@pytest.mark.parametrize("recorded", [False, True], ids=["original", "recorded votes"])
+def test_incremental_certificates_hold_at_alpha_plus_alpha_zeta(recorded):
     rng = np.random.default_rng(0)
     original, modified = modified_pair(rng)
     sigma, trials, alpha, alpha_zeta = 0.5, 1500, 0.05, 0.05
     X = points_at_radii(original, sigma * norm.ppf(rng.uniform(0.55, 0.995, trials)), rng)
     cert = certify(original, X, sigma, n0=50, n=2000, alpha=alpha, batch_size=8192,
                    random_state=1)
-    result = certify_incremental(modified, original, X, cert, n_zeta=500,
+    reference = record_votes(original, X, cert, n_zeta=500, batch_size=8192,
+                             random_state=2) if recorded else original
+    result = certify_incremental(modified, reference, X, cert, n_zeta=500,
                                  alpha_zeta=alpha_zeta, batch_size=8192, random_state=2)
     assert result.alpha == pytest.approx(alpha + alpha_zeta)
     truth = modified.true_radius(X)
@@ -156,5 +159,75 @@ def test_the_estimator_form_certifies_its_bf16_copy_as_the_function_does(digits)
     np.testing.assert_array_equal(result.radius, direct.radius)
     np.testing.assert_array_equal(result.prediction, direct.prediction)
     assert result.alpha == pytest.approx(cert.alpha + 0.01)
+    # from the original's recorded votes, the estimator's seed not imposed on them
+    votes = record_votes(clf, X[:12], cert, n_zeta=300, random_state=clf.random_state)
+    replayed = bf16.set_params(random_state=clf.random_state + 1).certify_incremental(
+        X[:12], votes, cert, alpha_zeta=0.01)
+    np.testing.assert_array_equal(replayed.radius, direct.radius)
+    np.testing.assert_array_equal(replayed.disagreements, direct.disagreements)
     # labels, as the estimator's own certificates give them
     assert set(result.labels()) <= set(clf.classes_) | {-1}
+
+
+class CountingNetwork(torch.nn.Module):
+    """A network that counts the noisy rows it classifies."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network, self.rows = network, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.network(x)
+
+
+def test_recorded_votes_give_the_certificate_the_original_gives_at_half_the_cost():
+    rng = np.random.default_rng(5)
+    original, modified = modified_pair(rng, tilt=0.2)
+    flipped = LinearBinary(-original.w.detach().numpy(), -float(original.b.detach()))
+    X = points_at_radii(original, 0.5 * norm.ppf(rng.uniform(0.3, 0.999, 50)), rng)
+    cert = certify(original, X, 0.5, n=2000, random_state=0, index_offset=7)
+    counting = CountingNetwork(original)
+    votes = record_votes(counting, X, cert, n_zeta=300, batch_size=7, random_state=3,
+                         index_offset=7)
+    compared = cert.prediction != ABSTAIN
+    assert isinstance(votes, RecordedVotes) and votes.n_zeta == 300 and votes.seed == 3
+    assert counting.rows == 300 * compared.sum()  # only the inputs it certified
+    np.testing.assert_array_equal(votes.classes[~compared], ABSTAIN)
+    assert set(np.unique(votes.classes[compared])) <= {0, 1}
+    # the votes are the original's own classes, draw by draw: the copy equal to the
+    # original never disagrees
+    same = certify_incremental(original, votes, X, cert, index_offset=7)
+    assert same.disagreements.sum() == 0 and np.all(same.samples[same.samples <= 300] == 300)
+    for copy in (modified, flipped):  # one recording serves every copy
+        counting.rows = 0
+        direct = certify_incremental(copy, counting, X, cert, n_zeta=300, random_state=3,
+                                     batch_size=64, index_offset=7)
+        assert counting.rows > 0
+        counting.rows = 0
+        replayed = certify_incremental(copy, votes, X, cert, batch_size=1000, index_offset=7)
+        assert counting.rows == 0  # the original is not evaluated again
+        for name in ("prediction", "radius", "pa_lower", "samples", "disagreements"):
+            np.testing.assert_array_equal(getattr(replayed, name), getattr(direct, name), name)
+        assert replayed.alpha == direct.alpha
+    assert direct.disagreements.max() > 0  # the flipped copy disagreed
+
+
+def test_recorded_votes_refuse_other_draws_and_other_certificates():
+    rng = np.random.default_rng(6)
+    original, modified = modified_pair(rng)
+    X = points_at_radii(original, 0.5 * norm.ppf(rng.uniform(0.6, 0.95, 12)), rng)
+    cert = certify(original, X, 0.5, n=1000, random_state=0)
+    votes = record_votes(original, X, cert, n_zeta=100, random_state=4)
+    with pytest.raises(ValueError, match="n_zeta=200 but the votes were recorded on 100"):
+        certify_incremental(modified, votes, X, cert, n_zeta=200)
+    with pytest.raises(ValueError, match="random_state gives other draws"):
+        certify_incremental(modified, votes, X, cert, random_state=5)
+    with pytest.raises(ValueError, match="index_offset"):
+        certify_incremental(modified, votes, X, cert, index_offset=1)
+    other = certify(original, X, 0.5, n=1000, random_state=1)
+    with pytest.raises(ValueError, match="belong to another certificate"):
+        certify_incremental(modified, votes, X, other)
+    # the seed, n_zeta and indices given again are accepted
+    again = certify_incremental(modified, votes, X, cert, n_zeta=100, random_state=4)
+    assert again.alpha == pytest.approx(cert.alpha + 0.001)
